@@ -1,0 +1,127 @@
+// What the data plane can use on this host: CPU features and SIMD paths,
+// io_uring, libibverbs and RDMA devices, CRC32C. Backs `novacron doctor`.
+#include <dlfcn.h>
+#include <linux/io_uring.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include <napi.h>
+
+#include "hde/kernels.h"
+#include "util.h"
+#include "util/cpu.h"
+#include "util/crc32c.h"
+
+namespace dwcp::binding {
+namespace {
+
+Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const auto& f = cpu_features();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("sse2", f.sse2);
+  o.Set("sse42", f.sse42);
+  o.Set("avx2", f.avx2);
+  o.Set("bmi2", f.bmi2);
+  o.Set("avx512f", f.avx512f);
+  o.Set("avx512bw", f.avx512bw);
+  o.Set("avx512vl", f.avx512vl);
+  o.Set("crc32c", crc32c_hw_available() ? "sse4.2" : "table");
+  return o;
+}
+
+Napi::Value SimdPaths(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Array supported = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (hde::SimdPath p : {hde::SimdPath::kScalar, hde::SimdPath::kSse2, hde::SimdPath::kAvx2,
+                          hde::SimdPath::kAvx512}) {
+    if (hde::simd_path_supported(p)) supported.Set(i++, hde::simd_path_name(p));
+  }
+  o.Set("supported", supported);
+  o.Set("selected", hde::select_kernels(hde::SimdPath::kAuto)->name);
+  return o;
+}
+
+Napi::Value Crc32c(const Napi::CallbackInfo& info) {
+  Bytes b = GetBytes(info[0], "data");
+  uint32_t seed = info.Length() > 1 ? info[1].As<Napi::Number>().Uint32Value() : 0;
+  return Napi::Number::New(info.Env(), crc32c(seed, b.data, b.len));
+}
+
+// Sets up and tears down a tiny ring: the only reliable test, since
+// seccomp, sysctl kernel.io_uring_disabled and old kernels all say no here.
+Napi::Value ProbeIoUring(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  io_uring_params params;
+  std::memset(&params, 0, sizeof(params));
+  long fd = syscall(__NR_io_uring_setup, 4, &params);
+  if (fd < 0) {
+    int err = errno;
+    o.Set("available", false);
+    o.Set("error", std::string(strerrordesc_np(err) ? strerrordesc_np(err) : "unknown"));
+    return o;
+  }
+  close(static_cast<int>(fd));
+  o.Set("available", true);
+  o.Set("features", Napi::Number::New(env, params.features));
+  return o;
+}
+
+// libibverbs is opened at run time so one build serves hosts with and
+// without rdma-core. Only the device list is read here.
+Napi::Value ProbeRdma(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Array devices = Napi::Array::New(env);
+  o.Set("devices", devices);
+  void* lib = dlopen("libibverbs.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    o.Set("library", env.Null());
+    const char* err = dlerror();
+    o.Set("error", err ? err : "libibverbs.so.1 not found");
+    return o;
+  }
+  o.Set("library", "libibverbs.so.1");
+  using GetList = void** (*)(int*);
+  using FreeList = void (*)(void**);
+  using GetName = const char* (*)(void*);
+  auto get_list = reinterpret_cast<GetList>(dlsym(lib, "ibv_get_device_list"));
+  auto free_list = reinterpret_cast<FreeList>(dlsym(lib, "ibv_free_device_list"));
+  auto get_name = reinterpret_cast<GetName>(dlsym(lib, "ibv_get_device_name"));
+  if (get_list && free_list && get_name) {
+    int n = 0;
+    void** list = get_list(&n);
+    if (list) {
+      for (int i = 0; i < n; i++) devices.Set(static_cast<uint32_t>(i), get_name(list[i]));
+      free_list(list);
+    }
+  } else {
+    o.Set("error", "libibverbs lacks the device list API");
+  }
+  dlclose(lib);
+  return o;
+}
+
+Napi::Value SystemPageSize(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(sysconf(_SC_PAGESIZE)));
+}
+
+}  // namespace
+
+void InitSystem(Napi::Env env, Napi::Object exports) {
+  exports.Set("cpuFeatures", Napi::Function::New<CpuFeatures>(env, "cpuFeatures"));
+  exports.Set("simdPaths", Napi::Function::New<SimdPaths>(env, "simdPaths"));
+  exports.Set("crc32c", Napi::Function::New<Crc32c>(env, "crc32c"));
+  exports.Set("probeIoUring", Napi::Function::New<ProbeIoUring>(env, "probeIoUring"));
+  exports.Set("systemPageSize", Napi::Function::New<SystemPageSize>(env, "systemPageSize"));
+  exports.Set("probeRdma", Napi::Function::New<ProbeRdma>(env, "probeRdma"));
+}
+
+}  // namespace dwcp::binding

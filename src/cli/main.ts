@@ -1,0 +1,92 @@
+#!/usr/bin/env node
+// The `novacron` command.
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { dirname, join } from 'node:path';
+import { NovacronError } from '../errors.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+const USAGE = `usage: novacron <command> [options]
+
+commands:
+  doctor [--json]           what the data plane will use on this host
+  bench encode [options]    HDE encode/decode throughput against memcpy
+      --size-mib N          working set (default 256)
+      --simd a,b            SIMD paths to measure (default: every supported one)
+      --max-time S          seconds per measurement (default 0.5)
+  help                      this text
+  --version                 the package version
+`;
+
+class UsageError extends NovacronError {
+  constructor(message: string) {
+    super('ERR_USAGE', message);
+  }
+}
+
+async function cmdDoctor(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean', default: false } }, strict: true });
+  const { doctor, formatDoctor } = await import('../sys/doctor.js');
+  const report = await doctor();
+  process.stdout.write(values.json ? `${JSON.stringify(report)}\n` : `${formatDoctor(report)}\n`);
+}
+
+async function cmdBench(args: string[]): Promise<void> {
+  const [suite, ...rest] = args;
+  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\``);
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      'size-mib': { type: 'string' },
+      simd: { type: 'string' },
+      'max-time': { type: 'string' },
+    },
+    strict: true,
+  });
+  const num = (v: string | undefined, name: string): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new UsageError(`--${name} must be a positive number, got ${v}`);
+    return n;
+  };
+  const url = pathToFileURL(join(root, 'bench', `${suite}.js`)).href;
+  const mod = (await import(url)) as { run(opts: Record<string, unknown>): Promise<void> };
+  await mod.run({
+    sizeMiB: num(values['size-mib'], 'size-mib'),
+    simd: values.simd?.split(',').filter(Boolean),
+    maxTime: num(values['max-time'], 'max-time'),
+  });
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [cmd, ...args] = argv;
+  switch (cmd) {
+    case 'doctor':
+      return cmdDoctor(args);
+    case 'bench':
+      return cmdBench(args);
+    case '--version':
+    case 'version': {
+      const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
+      process.stdout.write(`${pkg.version}\n`);
+      return;
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return;
+    default:
+      throw new UsageError(`unknown command: ${cmd}`);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const code = err instanceof NovacronError ? err.code : (err as { code?: string }).code;
+  process.stderr.write(`novacron: ${err instanceof Error ? err.message : String(err)}${code ? ` (${code})` : ''}\n`);
+  if (err instanceof UsageError || code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') process.stderr.write(USAGE);
+  process.exitCode = err instanceof UsageError ? 2 : 1;
+});

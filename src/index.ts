@@ -1,0 +1,26 @@
+// Public API: re-exports only.
+export { NovacronError, InvalidArgumentError, HdeError } from './errors.js';
+export type { NetworkMode } from './dwcp/mode.js';
+export {
+  HdeEncoder,
+  HdeDecoder,
+  parseFrameHeader,
+  HEADER_SIZE,
+  MAX_PAGES_PER_FRAME,
+  SIMD_PATHS,
+} from './dwcp/encoding/hde.js';
+export type {
+  HdeEncoderOptions,
+  HdeDecoderOptions,
+  HdeEncoderStats,
+  HdeDecoderStats,
+  DecodeResult,
+  FrameHeader,
+  OperationOptions,
+  SimdPath,
+} from './dwcp/encoding/hde.js';
+export type { Compression } from './dwcp/encoding/compression.js';
+export { chooseCompression } from './dwcp/encoding/policy.js';
+export type { CompressionChoice, LinkView } from './dwcp/encoding/policy.js';
+export { doctor } from './sys/doctor.js';
+export type { DoctorReport } from './sys/doctor.js';

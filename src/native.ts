@@ -1,0 +1,90 @@
+// The one place the addon is loaded. Everything native goes through the
+// typed interface below; nothing else requires the .node file.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+/** Options passed to the native encoder after TypeScript has validated them. */
+export interface NativeEncoderOptions {
+  pageSize: number;
+  cacheBytes: number;
+  deltaThreshold: number;
+  detectDuplicates: boolean;
+  simd?: string;
+}
+
+/** Counters kept by the native encoder. */
+export interface NativeEncoderStats {
+  batches: number;
+  pages: number;
+  zero: number;
+  dup: number;
+  delta: number;
+  unchanged: number;
+  full: number;
+  bytesIn: number;
+  bytesOut: number;
+  cacheEvictions: number;
+}
+
+/** Methods return a non-negative result or a negated status number. */
+export interface NativeHdeEncoder {
+  readonly simd: string | null;
+  maxEncodedSize(pages: number): number;
+  encode(out: Uint8Array, pages: Uint8Array, pageNumbers: BigUint64Array): number;
+  encodeDirty(out: Uint8Array, region: Uint8Array, bitmap: Uint8Array, firstPage: bigint, result: Float64Array): number;
+  encodeAsync(out: Uint8Array, pages: Uint8Array, pageNumbers: BigUint64Array, done: (result: number) => void): number;
+  stats(): NativeEncoderStats | null;
+  reset(): number;
+  close(): number;
+}
+
+export interface NativeHdeDecoder {
+  readonly simd: string | null;
+  apply(header: Uint8Array, raw: Uint8Array, region: Uint8Array, counts: Uint32Array): number;
+  applyAsync(header: Uint8Array, raw: Uint8Array, region: Uint8Array, counts: Uint32Array, done: (result: number) => void): number;
+  close(): number;
+}
+
+export interface NativeCpuFeatures {
+  sse2: boolean;
+  sse42: boolean;
+  avx2: boolean;
+  bmi2: boolean;
+  avx512f: boolean;
+  avx512bw: boolean;
+  avx512vl: boolean;
+  crc32c: 'sse4.2' | 'table';
+}
+
+export interface NativeBinding {
+  HdeEncoder: new (options: NativeEncoderOptions) => NativeHdeEncoder;
+  HdeDecoder: new (options: { pageSize: number; simd?: string }) => NativeHdeDecoder;
+  hdeParseHeader(frame: Uint8Array, out: Float64Array, exact: boolean): number;
+  hdeSealHeader(header: Uint8Array, codec: number, payloadLen: number): number;
+  statusNames(): string[];
+  hdeLimits: { headerSize: number; maxRecords: number; maxRawLen: number };
+  cpuFeatures(): NativeCpuFeatures;
+  simdPaths(): { supported: string[]; selected: string };
+  crc32c(data: Uint8Array, seed?: number): number;
+  systemPageSize(): number;
+  probeIoUring(): { available: boolean; features?: number; error?: string };
+  probeRdma(): { library: string | null; devices: string[]; error?: string };
+}
+
+function locate(): string {
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+  for (const kind of ['Release', 'Debug']) {
+    const p = join(root, 'build', kind, 'dwcp.node');
+    if (existsSync(p)) return p;
+  }
+  throw new Error(
+    `novacron: native addon not built (looked in ${join(root, 'build')}); run \`npm install\` or \`npm run build\``,
+  );
+}
+
+const require = createRequire(import.meta.url);
+
+/** The loaded addon, one instance per thread (it is context-aware). */
+export const native: NativeBinding = require(locate()) as NativeBinding;
