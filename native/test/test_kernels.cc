@@ -101,6 +101,10 @@ TEST(kernels_xor_and_hash_match_scalar) {
       CHECK(std::memcmp(d1.p, b.p, n) == 0);  // (a ^ b) ^ a == b
       size_t hn = (n / 64) * 64;
       CHECK_EQ(ref.hash(a.p, hn), k->hash(a.p, hn));
+      Buf s1(hn, 0), s2(hn + 1, 0);
+      ref.stream_copy(s1.p, a.p, hn);
+      k->stream_copy(s2.p + 1, a.p, hn);
+      CHECK(std::memcmp(s1.p, a.p, hn) == 0 && std::memcmp(s2.p + 1, a.p, hn) == 0);
     }
   }
 }

@@ -16,6 +16,7 @@ commands:
       --size-mib N          working set (default 256)
       --simd a,b            SIMD paths to measure (default: every supported one)
       --max-time S          seconds per measurement (default 0.5)
+      --workloads a,b       k1,k16,k128,region512,unchanged,random,zero (default all)
   help                      this text
   --version                 the package version
 `;
@@ -42,6 +43,7 @@ async function cmdBench(args: string[]): Promise<void> {
       'size-mib': { type: 'string' },
       simd: { type: 'string' },
       'max-time': { type: 'string' },
+      workloads: { type: 'string' },
     },
     strict: true,
   });
@@ -57,6 +59,7 @@ async function cmdBench(args: string[]): Promise<void> {
     sizeMiB: num(values['size-mib'], 'size-mib'),
     simd: values.simd?.split(',').filter(Boolean),
     maxTime: num(values['max-time'], 'max-time'),
+    workloads: values.workloads?.split(',').filter(Boolean),
   });
 }
 

@@ -7,12 +7,10 @@
 namespace dwcp::hde {
 namespace {
 
-uint64_t mix(uint64_t k) {
-  k ^= k >> 33;
-  k *= 0xFF51AFD7ED558CCDull;
-  k ^= k >> 33;
-  return k;
-}
+// Keeps consecutive page numbers in consecutive buckets (the common access
+// pattern, and prefetch friendly) while folding high bits in so that large
+// power-of-two strides still spread.
+uint64_t mix(uint64_t k) { return k ^ (k >> 17) ^ (k >> 31) ^ (k >> 47); }
 
 }  // namespace
 
@@ -28,7 +26,7 @@ BaselineCache::BaselineCache(uint32_t page_size, uint64_t capacity_bytes)
   meta_.resize(slots_);
   size_t buckets = 16;
   while (buckets < static_cast<size_t>(slots_) * 2) buckets <<= 1;
-  map_.assign(buckets, kNone);
+  map_.assign(buckets, Bucket{0, kNone});
   map_mask_ = buckets - 1;
 }
 
@@ -37,26 +35,26 @@ size_t BaselineCache::bucket_of(uint64_t pn) const { return mix(pn) & map_mask_;
 uint32_t BaselineCache::find(uint64_t pn) const {
   if (slots_ == 0) return kNone;
   for (size_t b = bucket_of(pn);; b = (b + 1) & map_mask_) {
-    uint32_t s = map_[b];
-    if (s == kNone) return kNone;
-    if (meta_[s].pn == pn) return s;
+    const Bucket& e = map_[b];
+    if (e.slot == kNone) return kNone;
+    if (e.pn == pn) return e.slot;
   }
 }
 
 void BaselineCache::map_erase(uint64_t pn) {
   size_t b = bucket_of(pn);
-  while (meta_[map_[b]].pn != pn) b = (b + 1) & map_mask_;
+  while (map_[b].pn != pn || map_[b].slot == kNone) b = (b + 1) & map_mask_;
   // Backward-shift deletion keeps probe chains intact without tombstones.
   size_t hole = b;
-  for (size_t j = (hole + 1) & map_mask_; map_[j] != kNone; j = (j + 1) & map_mask_) {
-    size_t home = bucket_of(meta_[map_[j]].pn);
+  for (size_t j = (hole + 1) & map_mask_; map_[j].slot != kNone; j = (j + 1) & map_mask_) {
+    size_t home = bucket_of(map_[j].pn);
     bool movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
     if (movable) {
       map_[hole] = map_[j];
       hole = j;
     }
   }
-  map_[hole] = kNone;
+  map_[hole].slot = kNone;
 }
 
 void BaselineCache::unlink(uint32_t s) {
@@ -76,10 +74,7 @@ void BaselineCache::push_front(uint32_t s) {
 uint32_t BaselineCache::insert_or_touch(uint64_t pn, bool* inserted) {
   uint32_t s = find(pn);
   if (s != kNone) {
-    if (head_ != s) {
-      unlink(s);
-      push_front(s);
-    }
+    touch(s);
     *inserted = false;
     return s;
   }
@@ -94,8 +89,8 @@ uint32_t BaselineCache::insert_or_touch(uint64_t pn, bool* inserted) {
   meta_[s].pn = pn;
   meta_[s].zero = false;
   for (size_t b = bucket_of(pn);; b = (b + 1) & map_mask_) {
-    if (map_[b] == kNone) {
-      map_[b] = s;
+    if (map_[b].slot == kNone) {
+      map_[b] = Bucket{pn, s};
       break;
     }
   }
@@ -107,7 +102,7 @@ uint32_t BaselineCache::insert_or_touch(uint64_t pn, bool* inserted) {
 void BaselineCache::clear() {
   used_ = 0;
   head_ = tail_ = kNone;
-  std::fill(map_.begin(), map_.end(), kNone);
+  std::fill(map_.begin(), map_.end(), Bucket{0, kNone});
 }
 
 }  // namespace dwcp::hde

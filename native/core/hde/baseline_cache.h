@@ -29,6 +29,13 @@ class BaselineCache {
   // recently used page when full) when absent. `*inserted` tells which.
   // Must not be called when capacity() == 0.
   uint32_t insert_or_touch(uint64_t pn, bool* inserted);
+  // Makes a slot returned by find() the most recently used.
+  void touch(uint32_t slot) {
+    if (head_ != slot) {
+      unlink(slot);
+      push_front(slot);
+    }
+  }
   void clear();
 
   uint8_t* data(uint32_t slot) { return data_.get() + static_cast<size_t>(slot) * page_size_; }
@@ -64,7 +71,13 @@ class BaselineCache {
   uint32_t tail_ = kNone;  // least recently used
   std::unique_ptr<uint8_t, FreeDeleter> data_;
   std::vector<Meta> meta_;
-  std::vector<uint32_t> map_;  // open addressing, linear probing: slot or kNone
+  // Open addressing with linear probing. The key is stored beside the slot so
+  // a lookup touches one cache line, not the slot's metadata as well.
+  struct Bucket {
+    uint64_t pn;
+    uint32_t slot;  // kNone when empty
+  };
+  std::vector<Bucket> map_;
   size_t map_mask_ = 0;
 };
 

@@ -8,6 +8,29 @@
 namespace dwcp::hde {
 namespace {
 
+// dst ^= src; short runs inline, as a kernel call would cost more than them.
+inline void apply_xor(const Kernels& k, uint8_t* dst, const uint8_t* src, uint32_t n) {
+  if (n <= 64 && n % 8 == 0) {
+    for (uint32_t i = 0; i < n; i += 8) {
+      uint64_t a, b;
+      std::memcpy(&a, dst + i, 8);
+      std::memcpy(&b, src + i, 8);
+      a ^= b;
+      std::memcpy(dst + i, &a, 8);
+    }
+    return;
+  }
+  k.xor_into(dst, src, n);
+}
+
+// The validation pass knows which lines of the region a delta will touch;
+// fetching them then turns the apply pass's scattered misses into hits.
+inline void prefetch_for_write(uint8_t* p, uint32_t n) {
+  const auto first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63};
+  const auto last = reinterpret_cast<uintptr_t>(p) + n - 1;
+  for (uintptr_t a = first; a <= last; a += 64) __builtin_prefetch(reinterpret_cast<const void*>(a), 1, 3);
+}
+
 inline uint32_t get_token(const uint8_t* p, unsigned bytes) {
   uint32_t v = p[0] | (static_cast<uint32_t>(p[1]) << 8);
   if (bytes == 3) v |= static_cast<uint32_t>(p[2]) << 16;
@@ -87,7 +110,7 @@ Status Decoder::walk(const uint8_t* p, const uint8_t* end, uint32_t records, uin
       case Kind::kFull:
         if (aux) return Status::kCorrupt;
         if (static_cast<size_t>(end - p) < P) return Status::kTruncated;
-        if (kApply) std::memcpy(page, p, P);
+        if (kApply) k_->stream_copy(page, p, P);
         p += P;
         counts->full++;
         break;
@@ -112,7 +135,8 @@ Status Decoder::walk(const uint8_t* p, const uint8_t* end, uint32_t records, uin
         if (len > geo_.word1_max_len || start + len > geo_.words) return Status::kCorrupt;
         const uint32_t n = len * 8;
         if (static_cast<size_t>(end - p) < n) return Status::kTruncated;
-        if (kApply) k_->xor_into(page + start * 8, p, n);
+        if (kApply) apply_xor(*k_, page + start * 8, p, n);
+        else prefetch_for_write(page + start * 8, n);
         p += n;
         counts->delta++;
         break;
@@ -142,7 +166,8 @@ Status Decoder::walk(const uint8_t* p, const uint8_t* end, uint32_t records, uin
           const uint32_t off = words ? pos * 8 : pos;
           const uint32_t n = words ? len * 8 : len;
           if (static_cast<size_t>(end - p) < n) return Status::kTruncated;
-          if (kApply) k_->xor_into(page + off, p, n);
+          if (kApply) apply_xor(*k_, page + off, p, n);
+          else prefetch_for_write(page + off, n);
           p += n;
           pos += len;
         }
@@ -172,6 +197,7 @@ Status Decoder::walk(const uint8_t* p, const uint8_t* end, uint32_t records, uin
           }
         } else {
           p += changed * 8;
+          prefetch_for_write(page, P);
         }
         counts->delta++;
         break;

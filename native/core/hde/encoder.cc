@@ -39,6 +39,24 @@ inline uint64_t load64(const uint8_t* p) {
 
 inline uint32_t div_ceil(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 
+// Writes cur ^ ref for n bytes at `o` and, when `patch` is set, copies cur
+// over it. Short word runs (most of them) are done inline: a kernel call per
+// 8-byte run would cost more than the work.
+inline void emit_xor(const Kernels& k, uint8_t* o, const uint8_t* cur, const uint8_t* ref,
+                     uint8_t* patch, uint32_t n) {
+  if (n <= 64 && n % 8 == 0) {
+    for (uint32_t i = 0; i < n; i += 8) {
+      const uint64_t c = load64(cur + i);
+      const uint64_t x = c ^ load64(ref + i);
+      std::memcpy(o + i, &x, 8);
+      if (patch) std::memcpy(patch + i, &c, 8);
+    }
+    return;
+  }
+  k.xor_bytes(o, cur, ref, n);
+  if (patch) std::memcpy(patch, cur, n);
+}
+
 }  // namespace
 
 const uint8_t* zero_page() { return kZeroPage; }
@@ -169,8 +187,7 @@ uint8_t* Encoder::try_delta(const uint8_t* cur, uint64_t pn, uint32_t slot, uint
       if (geo_.word1_extra == 2) o[1] = static_cast<uint8_t>(v >> 12);
       o += geo_.word1_extra;
       const uint32_t off = runs_[0].start * 8, n = runs_[0].len * 8;
-      k_->xor_bytes(o, cur + off, ref + off, n);
-      if (patch) std::memcpy(patch + off, cur + off, n);
+      emit_xor(*k_, o, cur + off, ref + off, patch ? patch + off : nullptr, n);
       o += n;
       break;
     }
@@ -184,8 +201,7 @@ uint8_t* Encoder::try_delta(const uint8_t* cur, uint64_t pn, uint32_t slot, uint
           const uint32_t len = left < wt.max_len ? left : wt.max_len;
           o = put_token(o, wt, start - pos, len);
           const uint32_t off = start * 8, n = len * 8;
-          k_->xor_bytes(o, cur + off, ref + off, n);
-          if (patch) std::memcpy(patch + off, cur + off, n);
+          emit_xor(*k_, o, cur + off, ref + off, patch ? patch + off : nullptr, n);
           o += n;
           start += len;
           left -= len;
@@ -236,17 +252,28 @@ uint8_t* Encoder::try_delta(const uint8_t* cur, uint64_t pn, uint32_t slot, uint
       break;
   }
   if (base_zero) {
-    std::memcpy(base, cur, P);
+    k_->stream_copy(base, cur, P);
     cache_.set_zero(slot, false);
   }
   return o;
+}
+
+// Duplicate candidates are found by hashing four 64-byte lines spread over
+// the page; the full byte compare that follows is what decides. Hashing the
+// whole page would cost as much as sending it on pages that are not
+// duplicates, which are nearly all of them.
+uint64_t Encoder::sample_hash(const uint8_t* cur) const {
+  alignas(64) uint8_t sample[256];
+  const uint32_t q = geo_.page_size / 4;
+  for (uint32_t i = 0; i < 4; i++) std::memcpy(sample + i * 64, cur + i * q, 64);
+  return k_->hash(sample, sizeof(sample));
 }
 
 uint8_t* Encoder::store_page(const uint8_t* cur, uint64_t pn) {
   if (cache_.capacity() == 0) return nullptr;
   bool inserted;
   const uint32_t slot = cache_.insert_or_touch(pn, &inserted);
-  std::memcpy(cache_.data(slot), cur, geo_.page_size);
+  k_->stream_copy(cache_.data(slot), cur, geo_.page_size);
   cache_.set_zero(slot, false);
   return cache_.data(slot);
 }
@@ -268,8 +295,7 @@ uint8_t* Encoder::encode_page(const uint8_t* cur, uint64_t pn, uint8_t* o) {
   if (slot != BaselineCache::kNone) {
     if (uint8_t* end = try_delta(cur, pn, slot, o)) {
       stats_.delta++;
-      bool inserted;
-      cache_.insert_or_touch(pn, &inserted);
+      cache_.touch(slot);
       return end;
     }
   }
@@ -277,7 +303,7 @@ uint8_t* Encoder::encode_page(const uint8_t* cur, uint64_t pn, uint8_t* o) {
   // Duplicate detection costs a hash of the page, so it runs only where a
   // delta did not pay.
   if (!dup_.empty()) {
-    const uint64_t h = k_->hash(cur, P);
+    const uint64_t h = sample_hash(cur);
     DupEntry& e = dup_[h & dup_mask_];
     if (e.hash == h && e.pn != UINT64_MAX) {
       const uint32_t src = cache_.find(e.pn);

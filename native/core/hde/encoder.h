@@ -71,6 +71,7 @@ class Encoder {
   // Writes a delta record when one pays; returns nullptr otherwise.
   uint8_t* try_delta(const uint8_t* cur, uint64_t pn, uint32_t slot, uint8_t* o);
   uint8_t* store_page(const uint8_t* cur, uint64_t pn);
+  uint64_t sample_hash(const uint8_t* cur) const;
 
   EncoderOptions opts_;
   PageGeometry geo_;

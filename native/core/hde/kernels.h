@@ -25,6 +25,10 @@ struct Kernels {
   void (*xor_bytes)(uint8_t* dst, const uint8_t* a, const uint8_t* b, size_t n);
   // dst[i] ^= src[i]
   void (*xor_into)(uint8_t* dst, const uint8_t* src, size_t n);
+  // memcpy with streaming stores, for pages that will not be read again soon
+  // (baseline cache entries, the receiver's memory): no read-for-ownership,
+  // no eviction of hot data. Any alignment and length.
+  void (*stream_copy)(uint8_t* dst, const uint8_t* src, size_t n);
   // 64-bit content hash for duplicate detection (not cryptographic: every hit
   // is confirmed by a byte compare). n is a multiple of 64.
   uint64_t (*hash)(const uint8_t* p, size_t n);

@@ -1,6 +1,8 @@
 // AVX2, built with -mavx2; only reached after the CPU check in dispatch.cc.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "hde/kernels.h"
 
 namespace dwcp::hde {
@@ -70,6 +72,19 @@ void xor_into(uint8_t* dst, const uint8_t* src, size_t n) {
   for (; i < n; i++) dst[i] ^= src[i];
 }
 
+void stream_copy(uint8_t* dst, const uint8_t* src, size_t n) {
+  size_t head = (64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63;
+  if (n < head + 64) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 32 <= n; i += 32) _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i), ld(src + i));
+  _mm_sfence();
+  std::memcpy(dst + i, src + i, n - i);
+}
+
 uint64_t hash(const uint8_t* p, size_t n) {
   using namespace hash_detail;
   __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
@@ -90,7 +105,8 @@ uint64_t hash(const uint8_t* p, size_t n) {
   return finish(lanes, n);
 }
 
-const Kernels kKernels{SimdPath::kAvx2, "avx2", is_zero, diff_words, xor_bytes, xor_into, hash};
+const Kernels kKernels{SimdPath::kAvx2, "avx2", is_zero, diff_words, xor_bytes, xor_into, stream_copy,
+                       hash};
 
 }  // namespace
 

@@ -54,6 +54,8 @@ void xor_into(uint8_t* dst, const uint8_t* src, size_t n) {
   for (; i < n; i++) dst[i] ^= src[i];
 }
 
+void stream_copy(uint8_t* dst, const uint8_t* src, size_t n) { std::memcpy(dst, src, n); }
+
 uint64_t hash(const uint8_t* p, size_t n) {
   using namespace hash_detail;
   uint64_t acc[8] = {0};
@@ -70,7 +72,8 @@ uint64_t hash(const uint8_t* p, size_t n) {
   return finish(acc, n);
 }
 
-const Kernels kKernels{SimdPath::kScalar, "scalar", is_zero, diff_words, xor_bytes, xor_into, hash};
+const Kernels kKernels{SimdPath::kScalar, "scalar", is_zero, diff_words, xor_bytes, xor_into, stream_copy,
+                       hash};
 
 }  // namespace
 

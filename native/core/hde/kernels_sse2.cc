@@ -63,6 +63,19 @@ void xor_into(uint8_t* dst, const uint8_t* src, size_t n) {
   for (; i < n; i++) dst[i] ^= src[i];
 }
 
+void stream_copy(uint8_t* dst, const uint8_t* src, size_t n) {
+  size_t head = (64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63;
+  if (n < head + 64) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 16 <= n; i += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), ld(src + i));
+  _mm_sfence();
+  std::memcpy(dst + i, src + i, n - i);
+}
+
 uint64_t hash(const uint8_t* p, size_t n) {
   using namespace hash_detail;
   __m128i acc[4], key[4];
@@ -86,7 +99,8 @@ uint64_t hash(const uint8_t* p, size_t n) {
   return finish(lanes, n);
 }
 
-const Kernels kKernels{SimdPath::kSse2, "sse2", is_zero, diff_words, xor_bytes, xor_into, hash};
+const Kernels kKernels{SimdPath::kSse2, "sse2", is_zero, diff_words, xor_bytes, xor_into, stream_copy,
+                       hash};
 
 }  // namespace
 

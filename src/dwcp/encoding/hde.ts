@@ -230,6 +230,20 @@ export class HdeEncoder {
   }
 
   /**
+   * Hot path: encodes into a caller-provided buffer of at least
+   * `maxEncodedSize(pages)` bytes and returns the frame length. The frame is
+   * not compressed (its header says so); `decode` accepts it as it is.
+   */
+  encodeInto(out: Uint8Array, pages: Uint8Array, pageNumbers: BigUint64Array | readonly (number | bigint)[]): number {
+    checkBytes(out, 'out');
+    const pns = this.#checkBatch(pages, pageNumbers);
+    const enc = this.#open();
+    const n = checkNative(enc.encode(out, pages, pns), 'HDE encode');
+    this.#bytesOut += n;
+    return n;
+  }
+
+  /**
    * Encodes the pages of `region` whose bit is set in `dirty` (bit i of byte
    * i >> 3, least significant first, is page i; its page number is
    * firstPage + i). Returns null when no bit is set.
