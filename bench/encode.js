@@ -3,7 +3,7 @@
 //   npx novacron bench encode [--size-mib 256] [--simd avx512,scalar] [--max-time 0.5]
 import Benchmark from 'benchmark';
 import { randomFillSync } from 'node:crypto';
-import { HdeDecoder, HdeEncoder, HEADER_SIZE } from '../dist/index.js';
+import { HdeDecoder, HdeEncoder, HEADER_SIZE, findZeroPages } from '../dist/index.js';
 import { native } from '../dist/native.js';
 import { compress } from '../dist/dwcp/encoding/compression.js';
 
@@ -122,6 +122,20 @@ export async function run(opts = {}) {
   const dst = Buffer.allocUnsafe(bytes).fill(0);
   const memcpy = measure('memcpy', () => src.copy(dst), bytes, maxTime);
   log(`memcpy ${fmt(memcpy.gbps)} GB/s (range ${fmt(memcpy.min)}-${fmt(memcpy.max)})`);
+  // The ceiling of any exact delta encoder: it must read both versions.
+  src.copy(dst);
+  const memcmp = measure('memcmp', () => {
+    if (Buffer.compare(src, dst) !== 0) throw new Error('copies differ');
+  }, bytes, maxTime);
+  log(`memcmp of equal buffers ${fmt(memcmp.gbps)} GB/s (${(memcmp.gbps / memcpy.gbps).toFixed(2)}x memcpy)`);
+  dst.fill(0);
+  const zeroScan = {};
+  for (const p of paths) {
+    zeroScan[p] = measure(`zero scan ${p}`, () => {
+      if (findZeroPages(dst, { simd: p }).count !== pages) throw new Error('zero scan miscounted');
+    }, bytes, maxTime);
+    log(`zero-page scan ${p} ${fmt(zeroScan[p].gbps)} GB/s (${(zeroScan[p].gbps / memcpy.gbps).toFixed(2)}x memcpy)`);
+  }
 
   const results = {}; // path -> workload -> figures
   for (const p of paths) results[p] = {};
@@ -203,6 +217,8 @@ export async function run(opts = {}) {
     size_mib: sizeMiB,
     memcpy_gbps: fmt(memcpy.gbps),
     memcpy_range: [fmt(memcpy.min), fmt(memcpy.max)],
+    memcmp_gbps: fmt(memcmp.gbps),
+    zero_scan_gbps: fmt(zeroScan[best].gbps),
     workloads,
     paths: perPath,
   }));

@@ -5,6 +5,7 @@ export {
   HdeEncoder,
   HdeDecoder,
   parseFrameHeader,
+  findZeroPages,
   HEADER_SIZE,
   MAX_PAGES_PER_FRAME,
   SIMD_PATHS,
@@ -18,6 +19,7 @@ export type {
   FrameHeader,
   OperationOptions,
   SimdPath,
+  ZeroPageMap,
 } from './dwcp/encoding/hde.js';
 export type { Compression } from './dwcp/encoding/compression.js';
 export { chooseCompression } from './dwcp/encoding/policy.js';

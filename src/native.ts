@@ -63,6 +63,7 @@ export interface NativeBinding {
   HdeDecoder: new (options: { pageSize: number; simd?: string }) => NativeHdeDecoder;
   hdeParseHeader(frame: Uint8Array, out: Float64Array, exact: boolean): number;
   hdeSealHeader(header: Uint8Array, codec: number, payloadLen: number): number;
+  hdeZeroPages(region: Uint8Array, pageSize: number, simd: string, bitmap: Uint8Array): number;
   statusNames(): string[];
   hdeLimits: { headerSize: number; maxRecords: number; maxRawLen: number };
   cpuFeatures(): NativeCpuFeatures;

@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
@@ -483,6 +484,31 @@ Napi::Value SealHeader(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), -static_cast<double>(s));
 }
 
+// zeroPages(region, pageSize, simd, bitmap) -> number of all-zero pages | -status.
+// Sets bit i of `bitmap` for each all-zero page i.
+Napi::Value ZeroPages(const Napi::CallbackInfo& info) {
+  Bytes region = GetBytes(info[0], "region");
+  uint32_t page = info[1].As<Napi::Number>().Uint32Value();
+  std::string simd = info[2].As<Napi::String>().Utf8Value();
+  Bytes bitmap = GetBytes(info[3], "bitmap");
+  hde::SimdPath path;
+  const hde::Kernels* k = hde::parse_simd_path(simd.c_str(), &path) ? hde::select_kernels(path) : nullptr;
+  const bool page_ok = page >= (1u << hde::kMinPageShift) && page <= (1u << hde::kMaxPageShift) && (page & (page - 1)) == 0;
+  if (!k || !page_ok || region.len % page != 0 || bitmap.len < (region.len / page + 7) / 8) {
+    return Napi::Number::New(info.Env(), -static_cast<double>(Status::kInvalidArgument));
+  }
+  const size_t pages = region.len / page;
+  std::memset(bitmap.data, 0, (pages + 7) / 8);
+  double count = 0;
+  for (size_t i = 0; i < pages; i++) {
+    if (k->is_zero(region.data + i * page, page)) {
+      bitmap.data[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+      count++;
+    }
+  }
+  return Napi::Number::New(info.Env(), count);
+}
+
 Napi::Value StatusNames(const Napi::CallbackInfo& info) {
   Napi::Array a = Napi::Array::New(info.Env());
   for (uint32_t i = 0; i <= static_cast<uint32_t>(Status::kClosed); i++) {
@@ -498,6 +524,7 @@ void InitHde(Napi::Env env, Napi::Object exports) {
   exports.Set("HdeDecoder", DecoderWrap::Define(env));
   exports.Set("hdeParseHeader", Napi::Function::New<ParseHeader>(env, "hdeParseHeader"));
   exports.Set("hdeSealHeader", Napi::Function::New<SealHeader>(env, "hdeSealHeader"));
+  exports.Set("hdeZeroPages", Napi::Function::New<ZeroPages>(env, "hdeZeroPages"));
   exports.Set("statusNames", Napi::Function::New<StatusNames>(env, "statusNames"));
   Napi::Object limits = Napi::Object::New(env);
   limits.Set("headerSize", Napi::Number::New(env, hde::kHeaderSize));

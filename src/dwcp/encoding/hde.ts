@@ -166,6 +166,30 @@ export function parseFrameHeader(frame: Uint8Array): FrameHeader {
   };
 }
 
+/** Result of `findZeroPages`. */
+export interface ZeroPageMap {
+  /** Number of all-zero pages. */
+  count: number;
+  /** Bit i (of byte i >> 3, least significant first) is set when page i is all zeros. */
+  bitmap: Uint8Array;
+}
+
+/**
+ * Finds the all-zero pages of `region` (a first migration pass can skip
+ * them). Runs the same SIMD kernel as the encoder's zero-page check.
+ */
+export function findZeroPages(region: Uint8Array, options: { pageSize?: number; simd?: SimdPath } = {}): ZeroPageMap {
+  checkBytes(region, 'region');
+  const pageSize = checkPageSize(options.pageSize ?? DEFAULTS.pageSize);
+  const simd = checkSimd(options.simd ?? 'auto');
+  if (region.length % pageSize !== 0) {
+    throw new InvalidArgumentError(`region length ${region.length} is not a multiple of the page size ${pageSize}`);
+  }
+  const bitmap = new Uint8Array(Math.ceil(region.length / pageSize / 8));
+  const count = checkNative(native.hdeZeroPages(region, pageSize, simd, bitmap), 'HDE zero-page scan');
+  return { count, bitmap };
+}
+
 /** Encodes pages into frames against a cache of what the receiver holds. */
 export class HdeEncoder {
   readonly pageSize: number;

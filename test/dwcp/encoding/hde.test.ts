@@ -1,5 +1,5 @@
 import t from 'tap';
-import { HdeDecoder, HdeEncoder, HdeError, InvalidArgumentError, parseFrameHeader, HEADER_SIZE } from '../../../src/index.js';
+import { HdeDecoder, HdeEncoder, HdeError, InvalidArgumentError, findZeroPages, parseFrameHeader, HEADER_SIZE } from '../../../src/index.js';
 import { native } from '../../../src/native.js';
 import type { Compression, SimdPath } from '../../../src/index.js';
 import { mutate, pageNumbers, randomBytes, rng } from '../../helpers.js';
@@ -233,4 +233,22 @@ t.test('async encode and decode, busy and abort', async (t) => {
   await t.rejects(enc.encodeAsync(mem, pageNumbers(512), { signal: ac.signal }), { name: 'AbortError' });
   await t.rejects(dec.decodeAsync(Buffer.alloc(10)), { code: 'ERR_HDE_TRUNCATED' });
   t.same(dec.stats().frames, 1);
+});
+
+t.test('findZeroPages marks exactly the all-zero pages on every SIMD path', async (t) => {
+  const pageSize = 4096;
+  const region = Buffer.alloc(37 * pageSize);
+  const rand = rng(5);
+  const nonZero = new Set<number>();
+  for (let i = 0; i < 20; i++) {
+    const p = Math.floor(rand() * 37);
+    nonZero.add(p);
+    region[p * pageSize + Math.floor(rand() * pageSize)] = 1 + Math.floor(rand() * 255);
+  }
+  for (const simd of supported) {
+    const { count, bitmap } = findZeroPages(region, { simd });
+    t.equal(count, 37 - nonZero.size, simd);
+    for (let p = 0; p < 37; p++) t.equal(((bitmap[p >> 3]! >> (p & 7)) & 1) === 1, !nonZero.has(p));
+  }
+  t.throws(() => findZeroPages(Buffer.alloc(100)), { code: 'ERR_INVALID_ARGUMENT' });
 });
