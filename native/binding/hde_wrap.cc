@@ -47,6 +47,44 @@ struct BusyFlag {
   }
 };
 
+// A native object owned by a JS wrapper: closed explicitly, by the
+// finalizer or by the env cleanup hook, whichever comes first, and lent to
+// one caller at a time.
+template <class T>
+class Guarded {
+ public:
+  explicit Guarded(std::unique_ptr<T> obj) : obj_(std::move(obj)) {}
+  T* get() const { return obj_.get(); }
+  // The object for exclusive use, or nullptr with *status CLOSED or BUSY.
+  T* Acquire(Status* status) {
+    if (!obj_) {
+      *status = Status::kClosed;
+      return nullptr;
+    }
+    if (!busy_.try_acquire()) {
+      *status = Status::kBusy;
+      return nullptr;
+    }
+    return obj_.get();
+  }
+  void Release() { busy_.release(); }
+  // 0, or -BUSY while an asynchronous call holds the object.
+  double Close() {
+    if (obj_ && busy_.busy.load()) return -static_cast<double>(Status::kBusy);
+    obj_.reset();
+    return 0;
+  }
+  // Waits out an in-flight worker, then frees.
+  void Destroy() {
+    busy_.wait_idle();
+    obj_.reset();
+  }
+
+ private:
+  std::unique_ptr<T> obj_;
+  BusyFlag busy_;
+};
+
 template <class T>
 class CleanupHook {
  public:
@@ -115,8 +153,10 @@ class EncoderWrap : public Napi::ObjectWrap<EncoderWrap> {
     opts.delta_threshold = o.Get("deltaThreshold").As<Napi::Number>().DoubleValue();
     opts.detect_duplicates = o.Get("detectDuplicates").As<Napi::Boolean>().Value();
     opts.simd = ParseSimd(env, o);
-    Status s = hde::Encoder::create(opts, &enc_);
+    std::unique_ptr<hde::Encoder> enc;
+    Status s = hde::Encoder::create(opts, &enc);
     if (s != Status::kOk) ThrowStatus(env, s, "invalid encoder options");
+    enc_ = std::make_unique<Guarded<hde::Encoder>>(std::move(enc));
     TagObject(env, info.This().As<Napi::Object>(), &kEncoderTag);
     hook_.add(env, this);
   }
@@ -127,32 +167,20 @@ class EncoderWrap : public Napi::ObjectWrap<EncoderWrap> {
   }
 
   void Release() {
-    busy_.wait_idle();
-    enc_.reset();
+    if (enc_) enc_->Destroy();
   }
 
  private:
   friend class CleanupHook<EncoderWrap>;
   friend class EncodeWorker;
 
-  // Rejects calls on closed or busy encoders; returns nullptr with *status set.
-  hde::Encoder* Acquire(Status* status) {
-    if (!enc_) {
-      *status = Status::kClosed;
-      return nullptr;
-    }
-    if (!busy_.try_acquire()) {
-      *status = Status::kBusy;
-      return nullptr;
-    }
-    return enc_.get();
-  }
+  hde::Encoder* Acquire(Status* status) { return enc_->Acquire(status); }
 
   Napi::Value MaxEncodedSize(const Napi::CallbackInfo& info) {
     CheckTag(info, &kEncoderTag, "HdeEncoder");
-    if (!enc_) return Napi::Number::New(info.Env(), -static_cast<double>(Status::kClosed));
+    if (!enc_->get()) return Napi::Number::New(info.Env(), -static_cast<double>(Status::kClosed));
     double n = info[0].As<Napi::Number>().DoubleValue();
-    return Napi::Number::New(info.Env(), static_cast<double>(enc_->max_encoded_size(static_cast<size_t>(n))));
+    return Napi::Number::New(info.Env(), static_cast<double>(enc_->get()->max_encoded_size(static_cast<size_t>(n))));
   }
 
   // encode(out, pages, pageNumbers: BigUint64Array) -> bytes written | -status
@@ -171,7 +199,7 @@ class EncoderWrap : public Napi::ObjectWrap<EncoderWrap> {
     } else {
       s = enc->encode(pages.data, pns, npns, out.data, out.len, &written);
     }
-    busy_.release();
+    enc_->Release();
     return Napi::Number::New(info.Env(), s == Status::kOk ? static_cast<double>(written) : -static_cast<double>(s));
   }
 
@@ -193,7 +221,7 @@ class EncoderWrap : public Napi::ObjectWrap<EncoderWrap> {
     size_t written = 0, pages = 0;
     s = enc->encode_dirty(region.data, region.len, bitmap.data, bitmap.len, first, out.data,
                           out.len, &written, &pages);
-    busy_.release();
+    enc_->Release();
     res[0] = static_cast<double>(written);
     res[1] = static_cast<double>(pages);
     return Napi::Number::New(info.Env(), -static_cast<double>(s));
@@ -205,8 +233,8 @@ class EncoderWrap : public Napi::ObjectWrap<EncoderWrap> {
     CheckTag(info, &kEncoderTag, "HdeEncoder");
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
-    if (!enc_) return env.Null();
-    const hde::EncoderStats& st = enc_->stats();
+    if (!enc_->get()) return env.Null();
+    const hde::EncoderStats& st = enc_->get()->stats();
     auto num = [&](const char* k, uint64_t v) { o.Set(k, Napi::Number::New(env, static_cast<double>(v))); };
     num("batches", st.batches);
     num("pages", st.pages);
@@ -227,25 +255,22 @@ class EncoderWrap : public Napi::ObjectWrap<EncoderWrap> {
     hde::Encoder* enc = Acquire(&s);
     if (!enc) return Napi::Number::New(info.Env(), -static_cast<double>(s));
     enc->reset();
-    busy_.release();
+    enc_->Release();
     return Napi::Number::New(info.Env(), 0);
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     CheckTag(info, &kEncoderTag, "HdeEncoder");
-    if (enc_ && busy_.busy.load()) return Napi::Number::New(info.Env(), -static_cast<double>(Status::kBusy));
-    enc_.reset();
-    return Napi::Number::New(info.Env(), 0);
+    return Napi::Number::New(info.Env(), enc_->Close());
   }
 
   Napi::Value Simd(const Napi::CallbackInfo& info) {
     CheckTag(info, &kEncoderTag, "HdeEncoder");
-    if (!enc_) return info.Env().Null();
-    return Napi::String::New(info.Env(), enc_->kernels().name);
+    if (!enc_->get()) return info.Env().Null();
+    return Napi::String::New(info.Env(), enc_->get()->kernels().name);
   }
 
-  std::unique_ptr<hde::Encoder> enc_;
-  BusyFlag busy_;
+  std::unique_ptr<Guarded<hde::Encoder>> enc_;
   CleanupHook<EncoderWrap> hook_;
 };
 
@@ -260,7 +285,7 @@ class EncodeWorker : public Napi::AsyncWorker {
   void Execute() override {
     if (pages_.len != n_ * enc_->geometry().page_size) status_ = Status::kInvalidArgument;
     else status_ = enc_->encode(pages_.data, pns_, n_, out_.data, out_.len, &written_);
-    self_->busy_.release();  // here, not in OnOK: teardown may never call OnOK
+    self_->enc_->Release();  // here, not in OnOK: teardown may never call OnOK
   }
 
   void OnOK() override {
@@ -314,8 +339,10 @@ class DecoderWrap : public Napi::ObjectWrap<DecoderWrap> {
     hde::DecoderOptions opts;
     opts.page_size = o.Get("pageSize").As<Napi::Number>().Uint32Value();
     opts.simd = ParseSimd(env, o);
-    Status s = hde::Decoder::create(opts, &dec_);
+    std::unique_ptr<hde::Decoder> dec;
+    Status s = hde::Decoder::create(opts, &dec);
     if (s != Status::kOk) ThrowStatus(env, s, "invalid decoder options");
+    dec_ = std::make_unique<Guarded<hde::Decoder>>(std::move(dec));
     TagObject(env, info.This().As<Napi::Object>(), &kDecoderTag);
     hook_.add(env, this);
   }
@@ -326,32 +353,19 @@ class DecoderWrap : public Napi::ObjectWrap<DecoderWrap> {
   }
 
   void Release() {
-    busy_.wait_idle();
-    dec_.reset();
+    if (dec_) dec_->Destroy();
   }
 
  private:
   friend class CleanupHook<DecoderWrap>;
   friend class ApplyWorker;
 
-  hde::Decoder* Acquire(Status* status) {
-    if (!dec_) {
-      *status = Status::kClosed;
-      return nullptr;
-    }
-    if (!busy_.try_acquire()) {
-      *status = Status::kBusy;
-      return nullptr;
-    }
-    return dec_.get();
-  }
+  hde::Decoder* Acquire(Status* status) { return dec_->Acquire(status); }
 
   // Parsed by TypeScript first; re-checked here because the header is the
   // only thing telling apply() how to read the records.
   static Status Header(const Bytes& header, hde::FrameHeader* h) {
-    Status s = hde::parse_header_only(header.data, header.len, h);
-    if (s != Status::kOk) return s;
-    return Status::kOk;
+    return hde::parse_header_only(header.data, header.len, h);
   }
 
   // apply(header, raw, region, counts: Uint32Array(5)) -> 0 | -status
@@ -370,7 +384,7 @@ class DecoderWrap : public Napi::ObjectWrap<DecoderWrap> {
     hde::DecodeCounts c;
     s = Header(header, &h);
     if (s == Status::kOk) s = dec->apply(h, raw.data, raw.len, region.data, region.len, &c);
-    busy_.release();
+    dec_->Release();
     if (s == Status::kOk) {
       counts[0] = c.pages, counts[1] = c.zero, counts[2] = c.dup, counts[3] = c.delta, counts[4] = c.full;
     }
@@ -381,19 +395,16 @@ class DecoderWrap : public Napi::ObjectWrap<DecoderWrap> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     CheckTag(info, &kDecoderTag, "HdeDecoder");
-    if (dec_ && busy_.busy.load()) return Napi::Number::New(info.Env(), -static_cast<double>(Status::kBusy));
-    dec_.reset();
-    return Napi::Number::New(info.Env(), 0);
+    return Napi::Number::New(info.Env(), dec_->Close());
   }
 
   Napi::Value Simd(const Napi::CallbackInfo& info) {
     CheckTag(info, &kDecoderTag, "HdeDecoder");
-    if (!dec_) return info.Env().Null();
-    return Napi::String::New(info.Env(), dec_->kernels().name);
+    if (!dec_->get()) return info.Env().Null();
+    return Napi::String::New(info.Env(), dec_->get()->kernels().name);
   }
 
-  std::unique_ptr<hde::Decoder> dec_;
-  BusyFlag busy_;
+  std::unique_ptr<Guarded<hde::Decoder>> dec_;
   CleanupHook<DecoderWrap> hook_;
 };
 
@@ -409,7 +420,7 @@ class ApplyWorker : public Napi::AsyncWorker {
     hde::FrameHeader h;
     status_ = DecoderWrap::Header(header_, &h);
     if (status_ == Status::kOk) status_ = dec_->apply(h, raw_.data, raw_.len, region_.data, region_.len, &c_);
-    self_->busy_.release();
+    self_->dec_->Release();
   }
 
   void OnOK() override {

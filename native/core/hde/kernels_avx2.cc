@@ -1,9 +1,8 @@
 // AVX2, built with -mavx2; only reached after the CPU check in dispatch.cc.
 #include <immintrin.h>
 
-#include <cstring>
-
 #include "hde/kernels.h"
+#include "hde/kernels_common.h"
 
 namespace dwcp::hde {
 namespace {
@@ -73,16 +72,7 @@ void xor_into(uint8_t* dst, const uint8_t* src, size_t n) {
 }
 
 void stream_copy(uint8_t* dst, const uint8_t* src, size_t n) {
-  size_t head = (64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63;
-  if (n < head + 64) {
-    std::memcpy(dst, src, n);
-    return;
-  }
-  std::memcpy(dst, src, head);
-  size_t i = head;
-  for (; i + 32 <= n; i += 32) _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i), ld(src + i));
-  _mm_sfence();
-  std::memcpy(dst + i, src + i, n - i);
+  stream_copy_with<32>(dst, src, n, [](uint8_t* d, const uint8_t* s) { _mm256_stream_si256(reinterpret_cast<__m256i*>(d), ld(s)); });
 }
 
 uint64_t hash(const uint8_t* p, size_t n) {

@@ -2,9 +2,8 @@
 // check in dispatch.cc. One 64-byte compare yields the mask of 8 words.
 #include <immintrin.h>
 
-#include <cstring>
-
 #include "hde/kernels.h"
+#include "hde/kernels_common.h"
 
 namespace dwcp::hde {
 namespace {
@@ -66,16 +65,7 @@ void xor_into(uint8_t* dst, const uint8_t* src, size_t n) {
 }
 
 void stream_copy(uint8_t* dst, const uint8_t* src, size_t n) {
-  size_t head = (64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63;
-  if (n < head + 64) {
-    std::memcpy(dst, src, n);
-    return;
-  }
-  std::memcpy(dst, src, head);
-  size_t i = head;
-  for (; i + 64 <= n; i += 64) _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), ld(src + i));
-  _mm_sfence();
-  std::memcpy(dst + i, src + i, n - i);
+  stream_copy_with<64>(dst, src, n, [](uint8_t* d, const uint8_t* s) { _mm512_stream_si512(reinterpret_cast<__m512i*>(d), ld(s)); });
 }
 
 uint64_t hash(const uint8_t* p, size_t n) {

@@ -1,9 +1,8 @@
 // SSE2: the x86-64 baseline, so it needs no special compiler flags.
 #include <emmintrin.h>
 
-#include <cstring>
-
 #include "hde/kernels.h"
+#include "hde/kernels_common.h"
 
 namespace dwcp::hde {
 namespace {
@@ -64,16 +63,7 @@ void xor_into(uint8_t* dst, const uint8_t* src, size_t n) {
 }
 
 void stream_copy(uint8_t* dst, const uint8_t* src, size_t n) {
-  size_t head = (64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63;
-  if (n < head + 64) {
-    std::memcpy(dst, src, n);
-    return;
-  }
-  std::memcpy(dst, src, head);
-  size_t i = head;
-  for (; i + 16 <= n; i += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), ld(src + i));
-  _mm_sfence();
-  std::memcpy(dst + i, src + i, n - i);
+  stream_copy_with<16>(dst, src, n, [](uint8_t* d, const uint8_t* s) { _mm_stream_si128(reinterpret_cast<__m128i*>(d), ld(s)); });
 }
 
 uint64_t hash(const uint8_t* p, size_t n) {
