@@ -14,13 +14,13 @@
       "target_name": "dwcp_core_avx2",
       "type": "static_library",
       "sources": ["native/core/hde/kernels_avx2.cc"],
-      "cflags_cc": ["-mavx2"]
+      "cflags_cc": ["-mavx2", "-mpopcnt"]
     },
     {
       "target_name": "dwcp_core_avx512",
       "type": "static_library",
       "sources": ["native/core/hde/kernels_avx512.cc"],
-      "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-Wno-maybe-uninitialized"]
+      "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mpopcnt", "-Wno-maybe-uninitialized"]
     },
     {
       "target_name": "dwcp_core_sse42",

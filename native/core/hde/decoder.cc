@@ -2,11 +2,18 @@
 
 #include <cstring>
 
+#include "util/bits.h"
 #include "util/crc32c.h"
 #include "util/varint.h"
 
 namespace dwcp::hde {
 namespace {
+
+inline uint64_t load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
 
 // dst ^= src; short runs inline, as a kernel call would cost more than them.
 inline void apply_xor(const Kernels& k, uint8_t* dst, const uint8_t* src, uint32_t n) {
@@ -181,20 +188,10 @@ Status Decoder::walk(const uint8_t* p, const uint8_t* end, uint32_t records, uin
         const uint8_t* bm = p;
         p += bm_bytes;
         size_t changed = 0;
-        for (uint32_t i = 0; i < bm_bytes; i++) changed += static_cast<size_t>(__builtin_popcount(bm[i]));
+        for (uint32_t i = 0; i < bm_bytes; i += 8) changed += popcount64(load64(bm + i));
         if (static_cast<size_t>(end - p) < changed * 8) return Status::kTruncated;
         if (kApply) {
-          for (uint32_t i = 0; i < bm_bytes; i++) {
-            for (unsigned m = bm[i]; m; m &= m - 1) {
-              uint8_t* w = page + (i * 8 + static_cast<uint32_t>(__builtin_ctz(m))) * 8;
-              uint64_t a, b;
-              std::memcpy(&a, w, 8);
-              std::memcpy(&b, p, 8);
-              a ^= b;
-              std::memcpy(w, &a, 8);
-              p += 8;
-            }
-          }
+          p = k_->apply_words(page, p, bm, geo_.words);
         } else {
           p += changed * 8;
           prefetch_for_write(page, P);

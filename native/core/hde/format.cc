@@ -23,7 +23,8 @@ TokenLayout token_layout(unsigned pos_bits) {
   TokenLayout t;
   t.pos_bits = pos_bits;
   t.bytes = pos_bits <= 12 ? 2 : 3;
-  t.max_len = 1u << (t.bytes * 8 - pos_bits);
+  t.max_len_log2 = t.bytes * 8 - pos_bits;
+  t.max_len = 1u << t.max_len_log2;
   return t;
 }
 

@@ -57,7 +57,8 @@ void write_header(const FrameHeader& h, uint8_t out[kHeaderSize]);
 struct TokenLayout {
   unsigned pos_bits;     // bits of the gap field
   unsigned bytes;        // token width in bytes
-  uint32_t max_len;      // longest run one token carries
+  uint32_t max_len;      // longest run one token carries (a power of two)
+  unsigned max_len_log2;
 };
 
 struct PageGeometry {

@@ -29,12 +29,26 @@ struct Kernels {
   // (baseline cache entries, the receiver's memory): no read-for-ownership,
   // no eviction of hot data. Any alignment and length.
   void (*stream_copy)(uint8_t* dst, const uint8_t* src, size_t n);
+  // Bitmap deltas. emit_words writes cur ^ ref for every 8-byte word whose
+  // bit is set in `bitmap` (nwords bits), in order, and copies those words
+  // of cur into `patch` when it is not null; returns the end of the output.
+  // It may write up to 64 bytes past that end (callers leave the room).
+  uint8_t* (*emit_words)(uint8_t* out, const uint8_t* cur, const uint8_t* ref, uint8_t* patch,
+                         const uint64_t* bitmap, size_t nwords);
+  // page word i ^= next input word, for every bit set in the little-endian
+  // bitmap `bm`; returns the end of the input consumed. Reads no input beyond
+  // popcount(bm) words.
+  const uint8_t* (*apply_words)(uint8_t* page, const uint8_t* in, const uint8_t* bm, size_t nwords);
   // 64-bit content hash for duplicate detection (not cryptographic: every hit
   // is confirmed by a byte compare). n is a multiple of 64.
   uint64_t (*hash)(const uint8_t* p, size_t n);
 };
 
 const Kernels& scalar_kernels();
+// The scalar bitmap routines, shared by the paths without a compress instruction.
+uint8_t* emit_words_scalar(uint8_t* out, const uint8_t* cur, const uint8_t* ref, uint8_t* patch,
+                           const uint64_t* bitmap, size_t nwords);
+const uint8_t* apply_words_scalar(uint8_t* page, const uint8_t* in, const uint8_t* bm, size_t nwords);
 const Kernels& sse2_kernels();
 const Kernels& avx2_kernels();
 const Kernels& avx512_kernels();

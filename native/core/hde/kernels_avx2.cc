@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "hde/kernels.h"
+#include "util/bits.h"
 #include "hde/kernels_common.h"
 
 namespace dwcp::hde {
@@ -53,7 +54,7 @@ uint32_t diff_words(const uint8_t* a, const uint8_t* b, size_t n, uint64_t* bitm
       }
     }
     *bitmap++ = m;
-    count += static_cast<uint32_t>(__builtin_popcountll(m));
+    count += popcount64(m);
     if (count > limit) return count;
   }
   return count;
@@ -96,7 +97,7 @@ uint64_t hash(const uint8_t* p, size_t n) {
 }
 
 const Kernels kKernels{SimdPath::kAvx2, "avx2", is_zero, diff_words, xor_bytes, xor_into, stream_copy,
-                       hash};
+                       emit_words_scalar, apply_words_scalar, hash};
 
 }  // namespace
 

@@ -2,7 +2,10 @@
 // check in dispatch.cc. One 64-byte compare yields the mask of 8 words.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "hde/kernels.h"
+#include "util/bits.h"
 #include "hde/kernels_common.h"
 
 namespace dwcp::hde {
@@ -36,7 +39,7 @@ uint32_t diff_words(const uint8_t* a, const uint8_t* b, size_t n, uint64_t* bitm
            << (j * 8);
     }
     *bitmap++ = m;
-    count += static_cast<uint32_t>(__builtin_popcountll(m));
+    count += popcount64(m);
     if (count > limit) return count;
   }
   return count;
@@ -68,6 +71,46 @@ void stream_copy(uint8_t* dst, const uint8_t* src, size_t n) {
   stream_copy_with<64>(dst, src, n, [](uint8_t* d, const uint8_t* s) { _mm512_stream_si512(reinterpret_cast<__m512i*>(d), ld(s)); });
 }
 
+// Per 64-byte line: the changed-word mask selects lanes, compress packs the
+// XORed words together (in a register: the memory form is microcoded and slow
+// on some cores), and one unaligned store writes them.
+uint8_t* emit_words(uint8_t* out, const uint8_t* cur, const uint8_t* ref, uint8_t* patch,
+                    const uint64_t* bitmap, size_t nwords) {
+  for (size_t i = 0; i < nwords / 64; i++) {
+    const uint64_t m = bitmap[i];
+    if (!m) continue;
+    for (unsigned j = 0; j < 8; j++) {
+      const __mmask8 k = static_cast<__mmask8>(m >> (8 * j));
+      if (!k) continue;
+      const size_t off = (i * 64 + j * 8) * 8;
+      const __m512i c = ld(cur + off);
+      _mm512_storeu_si512(out, _mm512_maskz_compress_epi64(k, _mm512_xor_si512(c, ld(ref + off))));
+      out += popcount64(k) * 8;
+      if (patch) _mm512_mask_storeu_epi64(patch + off, k, c);
+    }
+  }
+  return out;
+}
+
+const uint8_t* apply_words(uint8_t* page, const uint8_t* in, const uint8_t* bm, size_t nwords) {
+  for (size_t i = 0; i < nwords / 8; i += 8) {
+    uint64_t m;
+    std::memcpy(&m, bm + i, 8);
+    if (!m) continue;
+    for (unsigned j = 0; j < 8; j++) {
+      const __mmask8 k = static_cast<__mmask8>(m >> (8 * j));
+      if (!k) continue;
+      const unsigned n = popcount64(k);
+      // A masked load reads only the words present, never past the input.
+      const __m512i v = _mm512_maskz_loadu_epi64(static_cast<__mmask8>((1u << n) - 1), in);
+      uint8_t* line = page + (i * 8 + j * 8) * 8;
+      _mm512_storeu_si512(line, _mm512_xor_si512(ld(line), _mm512_maskz_expand_epi64(k, v)));
+      in += n * 8;
+    }
+  }
+  return in;
+}
+
 uint64_t hash(const uint8_t* p, size_t n) {
   using namespace hash_detail;
   __m512i acc = _mm512_setzero_si512();
@@ -85,7 +128,7 @@ uint64_t hash(const uint8_t* p, size_t n) {
 }
 
 const Kernels kKernels{SimdPath::kAvx512, "avx512", is_zero, diff_words, xor_bytes, xor_into,
-                       stream_copy, hash};
+                       stream_copy, emit_words, apply_words, hash};
 
 }  // namespace
 

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "hde/kernels.h"
+#include "util/bits.h"
 
 namespace dwcp::hde {
 namespace {
@@ -30,7 +31,7 @@ uint32_t diff_words(const uint8_t* a, const uint8_t* b, size_t n, uint64_t* bitm
       m |= static_cast<uint64_t>(load64(a + blk + w * 8) != load64(b + blk + w * 8)) << w;
     }
     *bitmap++ = m;
-    count += static_cast<uint32_t>(__builtin_popcountll(m));
+    count += popcount64(m);
     if (count > limit) return count;
   }
   return count;
@@ -73,9 +74,37 @@ uint64_t hash(const uint8_t* p, size_t n) {
 }
 
 const Kernels kKernels{SimdPath::kScalar, "scalar", is_zero, diff_words, xor_bytes, xor_into, stream_copy,
-                       hash};
+                       emit_words_scalar, apply_words_scalar, hash};
 
 }  // namespace
+
+uint8_t* emit_words_scalar(uint8_t* out, const uint8_t* cur, const uint8_t* ref, uint8_t* patch,
+                           const uint64_t* bitmap, size_t nwords) {
+  for (size_t i = 0; i < nwords / 64; i++) {
+    for (uint64_t m = bitmap[i]; m; m &= m - 1) {
+      const size_t off = (i * 64 + static_cast<size_t>(__builtin_ctzll(m))) * 8;
+      const uint64_t c = load64(cur + off);
+      const uint64_t x = c ^ load64(ref + off);
+      std::memcpy(out, &x, 8);
+      out += 8;
+      if (patch) std::memcpy(patch + off, &c, 8);
+    }
+  }
+  return out;
+}
+
+const uint8_t* apply_words_scalar(uint8_t* page, const uint8_t* in, const uint8_t* bm, size_t nwords) {
+  for (size_t i = 0; i < nwords / 8; i += 8) {
+    uint8_t* words = page + i * 64;
+    for (uint64_t m = load64(bm + i); m; m &= m - 1) {
+      uint8_t* w = words + __builtin_ctzll(m) * 8;
+      const uint64_t x = load64(w) ^ load64(in);
+      std::memcpy(w, &x, 8);
+      in += 8;
+    }
+  }
+  return in;
+}
 
 const Kernels& scalar_kernels() { return kKernels; }
 
