@@ -32,10 +32,13 @@ inline void apply_xor(const Kernels& k, uint8_t* dst, const uint8_t* src, uint32
 
 // The validation pass knows which lines of the region a delta will touch;
 // fetching them then turns the apply pass's scattered misses into hits.
+// A plain read prefetch into L2 (prefetcht2): measured on a 256 MiB region it
+// more than doubled delta decoding, where a write prefetch (prefetchw) into
+// L1 gained nothing, its outstanding misses being far fewer.
 inline void prefetch_for_write(uint8_t* p, uint32_t n) {
   const auto first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63};
   const auto last = reinterpret_cast<uintptr_t>(p) + n - 1;
-  for (uintptr_t a = first; a <= last; a += 64) __builtin_prefetch(reinterpret_cast<const void*>(a), 1, 3);
+  for (uintptr_t a = first; a <= last; a += 64) __builtin_prefetch(reinterpret_cast<const void*>(a), 0, 1);
 }
 
 inline uint32_t get_token(const uint8_t* p, unsigned bytes) {
@@ -194,7 +197,9 @@ Status Decoder::walk(const uint8_t* p, const uint8_t* end, uint32_t records, uin
           p = k_->apply_words(page, p, bm, geo_.words);
         } else {
           p += changed * 8;
-          prefetch_for_write(page, P);
+          for (uint32_t i = 0; i < bm_bytes; i++) {
+            if (bm[i]) prefetch_for_write(page + i * 64, 64);
+          }
         }
         counts->delta++;
         break;
