@@ -150,11 +150,18 @@ function abortError(signal: AbortSignal): Error {
   return reason instanceof Error ? reason : new DOMException('The operation was aborted', 'AbortError');
 }
 
+// Reused by every decode: [version, codec, pageShift, flags, pages, rawLen, payloadLen, rawCrc].
+const headerFields = new Float64Array(8);
+
+function readHeader(frame: Uint8Array): Float64Array {
+  checkNative(native.hdeParseHeader(frame, headerFields, true), 'HDE frame header');
+  return headerFields;
+}
+
 /** Reads and validates a frame header (and that `frame` holds exactly one frame). */
 export function parseFrameHeader(frame: Uint8Array): FrameHeader {
   checkBytes(frame, 'frame');
-  const out = new Float64Array(8);
-  checkNative(native.hdeParseHeader(frame, out, true), 'HDE frame header');
+  const out = readHeader(frame);
   return {
     version: out[0]!,
     compression: CODEC_NAMES[out[1]!]!,
@@ -482,13 +489,16 @@ export class HdeDecoder {
   }
 
   #unpack(frame: Uint8Array): { header: Uint8Array; raw: Uint8Array } {
-    const h = parseFrameHeader(frame);
-    if (h.pageSize !== this.pageSize) {
-      throw new HdeError('ERR_HDE_PAGE_SIZE_MISMATCH', `HDE decode: frame page size ${h.pageSize}, decoder ${this.pageSize}`);
+    checkBytes(frame, 'frame');
+    const h = readHeader(frame);
+    const pageSize = 2 ** h[2]!;
+    if (pageSize !== this.pageSize) {
+      throw new HdeError('ERR_HDE_PAGE_SIZE_MISMATCH', `HDE decode: frame page size ${pageSize}, decoder ${this.pageSize}`);
     }
     const header = frame.subarray(0, HEADER_SIZE);
     const payload = frame.subarray(HEADER_SIZE);
-    const raw = h.compression === 'none' ? payload : decompress(h.compression, payload, h.rawLength);
+    const codec = CODEC_NAMES[h[1]!]!;
+    const raw = codec === 'none' ? payload : decompress(codec, payload, h[5]!);
     return { header, raw };
   }
 
