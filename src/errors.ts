@@ -44,7 +44,6 @@ const STATUS_MESSAGES: Readonly<Record<string, string>> = {
   LIMIT_EXCEEDED: 'frame exceeds a size limit',
   UNKNOWN_CODEC: 'unknown compression codec',
   OUTPUT_TOO_SMALL: 'output buffer too small',
-  NO_BASELINE: 'delta without a baseline page',
   BUSY: 'object is busy with an asynchronous call',
   CLOSED: 'object is closed',
 };

@@ -4,7 +4,7 @@ import t from 'tap';
 import { Worker } from 'node:worker_threads';
 import { setImmediate as tick } from 'node:timers/promises';
 import { native } from '../../src/native.js';
-import { statusName } from '../../src/errors.js';
+import { hdeStatusError, statusName } from '../../src/errors.js';
 
 const workerSource = (mode: 'roundtrip' | 'exit-busy'): string => `
 const { parentPort, workerData } = require('node:worker_threads');
@@ -92,10 +92,30 @@ t.test('methods refuse receivers of another class', async (t) => {
 });
 
 t.test('status names are shared with TypeScript', async (t) => {
-  const names = native.statusNames();
-  t.equal(names[0], 'OK');
+  // The codes are API: appending is fine, renumbering or renaming is not.
+  t.same(native.statusNames(), [
+    'OK',
+    'INVALID_ARGUMENT',
+    'TRUNCATED',
+    'BAD_MAGIC',
+    'UNSUPPORTED_VERSION',
+    'HEADER_CHECKSUM',
+    'PAYLOAD_CHECKSUM',
+    'CORRUPT',
+    'PAGE_SIZE_MISMATCH',
+    'PAGE_OUT_OF_RANGE',
+    'LIMIT_EXCEEDED',
+    'UNKNOWN_CODEC',
+    'OUTPUT_TOO_SMALL',
+    'BUSY',
+    'CLOSED',
+  ]);
   t.equal(statusName(7), 'CORRUPT');
-  t.ok(names.length >= 16);
+  for (let i = 1; i < native.statusNames().length; i++) {
+    const err = hdeStatusError(i, 'ctx');
+    t.equal(err.code, `ERR_HDE_${statusName(i)}`);
+    t.notMatch(err.message, /_/, 'every status has a written message');
+  }
 });
 
 t.test('crc32c matches the standard check value', async (t) => {

@@ -17,7 +17,6 @@ const char* status_name(Status s) {
     case Status::kLimitExceeded: return "LIMIT_EXCEEDED";
     case Status::kUnknownCodec: return "UNKNOWN_CODEC";
     case Status::kOutputTooSmall: return "OUTPUT_TOO_SMALL";
-    case Status::kNoBaseline: return "NO_BASELINE";
     case Status::kBusy: return "BUSY";
     case Status::kClosed: return "CLOSED";
   }

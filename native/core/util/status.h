@@ -19,7 +19,6 @@ enum class Status : uint8_t {
   kLimitExceeded,     // a declared size is beyond the configured limits
   kUnknownCodec,
   kOutputTooSmall,
-  kNoBaseline,        // a delta refers to a page the receiver does not hold
   kBusy,              // the object is in use by an asynchronous call
   kClosed,            // the object was closed
 };

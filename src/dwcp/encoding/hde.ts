@@ -5,6 +5,8 @@
 import { native, type NativeHdeDecoder, type NativeHdeEncoder } from '../../native.js';
 import { HdeError, InvalidArgumentError, checkNative, hdeStatusError } from '../../errors.js';
 import { CODEC_IDS, CODEC_NAMES, compress, decompress, type Compression } from './compression.js';
+import { chooseCompression, type LinkView } from './policy.js';
+import { NETWORK_MODES, type NetworkMode } from '../mode.js';
 
 /** SIMD implementation of the page kernels; `auto` picks the best the CPU runs. */
 export type SimdPath = 'auto' | 'scalar' | 'sse2' | 'avx2' | 'avx512';
@@ -22,10 +24,14 @@ export interface HdeEncoderOptions {
   deltaThreshold?: number;
   /** Send pages equal to one the receiver holds as references. Default true. */
   detectDuplicates?: boolean;
-  /** Payload compression of each frame. Default `lz4`. */
+  /** Payload compression of each frame. Default: from `mode` when given, else `lz4`. */
   compression?: Compression;
-  /** zstd level, 1 to 19, when `compression` is `zstd`. Default 3. */
+  /** zstd level, 1 to 19, when `compression` is `zstd`. Default: from `mode`, else 3. */
   zstdLevel?: number;
+  /** Link mode; picks compression and level by policy (`chooseCompression`) unless set explicitly. */
+  mode?: NetworkMode;
+  /** What is known of the link, for the policy. */
+  link?: LinkView;
   /** Force a SIMD path (tests, benchmarks). Default `auto`. */
   simd?: SimdPath;
 }
@@ -210,7 +216,15 @@ export class HdeEncoder {
 
   constructor(options: HdeEncoderOptions = {}) {
     if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options must be an object');
-    const o = { ...DEFAULTS, ...options };
+    if (options.mode !== undefined && !NETWORK_MODES.includes(options.mode)) {
+      throw new InvalidArgumentError(`mode must be one of ${NETWORK_MODES.join(', ')}, got ${String(options.mode)}`);
+    }
+    const policy = options.mode === undefined ? undefined : chooseCompression(options.mode, options.link ?? {});
+    const o = {
+      ...DEFAULTS,
+      ...(policy ? { compression: policy.codec, zstdLevel: policy.level || DEFAULTS.zstdLevel } : {}),
+      ...options,
+    };
     this.pageSize = checkPageSize(o.pageSize);
     if (typeof o.cacheBytes !== 'number' || !Number.isSafeInteger(o.cacheBytes) || o.cacheBytes < 0) {
       throw new InvalidArgumentError(`cacheBytes must be a non-negative integer, got ${String(o.cacheBytes)}`);

@@ -252,3 +252,12 @@ t.test('findZeroPages marks exactly the all-zero pages on every SIMD path', asyn
   }
   t.throws(() => findZeroPages(Buffer.alloc(100)), { code: 'ERR_INVALID_ARGUMENT' });
 });
+
+t.test('mode picks compression by policy unless set explicitly', async (t) => {
+  t.equal(new HdeEncoder({ mode: 'datacenter' }).compression, 'lz4');
+  const slow = new HdeEncoder({ mode: 'internet', link: { bandwidthBps: 20e6 } });
+  t.equal(slow.compression, 'zstd');
+  t.equal(slow.zstdLevel, 9);
+  t.equal(new HdeEncoder({ mode: 'internet', compression: 'none' }).compression, 'none');
+  t.throws(() => new HdeEncoder({ mode: 'lan' as never }), { code: 'ERR_INVALID_ARGUMENT' });
+});
