@@ -31,33 +31,24 @@ bool is_zero(const uint8_t* p, size_t n) {
 
 uint32_t diff_words(const uint8_t* a, const uint8_t* b, size_t n, uint64_t* bitmap,
                     uint32_t limit) {
-  uint32_t count = 0;
-  for (size_t blk = 0; blk < n; blk += 512) {
-    const uint8_t* pa = a + blk;
-    const uint8_t* pb = b + blk;
+  return diff_words_with(a, b, n, bitmap, limit, [](const uint8_t* pa, const uint8_t* pb) {
+    // Most blocks of a dirty page are unchanged: test the whole block first.
     __m256i any = _mm256_setzero_si256();
-    for (unsigned off = 0; off < 512; off += 128) {
+    for (unsigned off = 0; off < 512; off += 64) {
       any = _mm256_or_si256(any, _mm256_or_si256(_mm256_xor_si256(ld(pa + off), ld(pb + off)),
                                                  _mm256_xor_si256(ld(pa + off + 32), ld(pb + off + 32))));
-      any = _mm256_or_si256(any,
-                            _mm256_or_si256(_mm256_xor_si256(ld(pa + off + 64), ld(pb + off + 64)),
-                                            _mm256_xor_si256(ld(pa + off + 96), ld(pb + off + 96))));
     }
     uint64_t m = 0;
-    if (!_mm256_testz_si256(any, any)) {
-      for (unsigned w = 0; w < 64; w += 8) {
-        unsigned eq0 = static_cast<unsigned>(_mm256_movemask_pd(
-            _mm256_castsi256_pd(_mm256_cmpeq_epi64(ld(pa + w * 8), ld(pb + w * 8)))));
-        unsigned eq1 = static_cast<unsigned>(_mm256_movemask_pd(
-            _mm256_castsi256_pd(_mm256_cmpeq_epi64(ld(pa + w * 8 + 32), ld(pb + w * 8 + 32)))));
-        m |= static_cast<uint64_t>(~(eq0 | (eq1 << 4)) & 0xffu) << w;
-      }
+    if (_mm256_testz_si256(any, any)) return m;
+    for (unsigned w = 0; w < 64; w += 8) {
+      const auto eq0 = static_cast<unsigned>(
+          _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(ld(pa + w * 8), ld(pb + w * 8)))));
+      const auto eq1 = static_cast<unsigned>(_mm256_movemask_pd(
+          _mm256_castsi256_pd(_mm256_cmpeq_epi64(ld(pa + w * 8 + 32), ld(pb + w * 8 + 32)))));
+      m |= static_cast<uint64_t>(~(eq0 | (eq1 << 4)) & 0xffu) << w;
     }
-    *bitmap++ = m;
-    count += popcount64(m);
-    if (count > limit) return count;
-  }
-  return count;
+    return m;
+  });
 }
 
 void xor_bytes(uint8_t* dst, const uint8_t* a, const uint8_t* b, size_t n) {

@@ -29,20 +29,13 @@ bool is_zero(const uint8_t* p, size_t n) {
 
 uint32_t diff_words(const uint8_t* a, const uint8_t* b, size_t n, uint64_t* bitmap,
                     uint32_t limit) {
-  uint32_t count = 0;
-  for (size_t blk = 0; blk < n; blk += 512) {
-    const uint8_t* pa = a + blk;
-    const uint8_t* pb = b + blk;
+  return diff_words_with(a, b, n, bitmap, limit, [](const uint8_t* pa, const uint8_t* pb) {
     uint64_t m = 0;
     for (unsigned j = 0; j < 8; j++) {
-      m |= static_cast<uint64_t>(_mm512_cmpneq_epu64_mask(ld(pa + j * 64), ld(pb + j * 64)))
-           << (j * 8);
+      m |= static_cast<uint64_t>(_mm512_cmpneq_epu64_mask(ld(pa + j * 64), ld(pb + j * 64))) << (j * 8);
     }
-    *bitmap++ = m;
-    count += popcount64(m);
-    if (count > limit) return count;
-  }
-  return count;
+    return m;
+  });
 }
 
 void xor_bytes(uint8_t* dst, const uint8_t* a, const uint8_t* b, size_t n) {

@@ -7,6 +7,8 @@
 
 #include <cstring>
 
+#include "util/bits.h"
+
 namespace dwcp::hde {
 
 // memcpy whose 64-byte-aligned middle goes through `stream(dst, src)`, a
@@ -23,6 +25,21 @@ inline void stream_copy_with(uint8_t* dst, const uint8_t* src, size_t n, Stream 
   for (; i + kWidth <= n; i += kWidth) stream(dst + i, src + i);
   _mm_sfence();
   std::memcpy(dst + i, src + i, n - i);
+}
+
+// The loop every diff_words shares: one 64-bit change mask per 512-byte
+// block from `block_mask(a, b)`, a running count, and the early stop.
+template <class BlockMask>
+inline uint32_t diff_words_with(const uint8_t* a, const uint8_t* b, size_t n, uint64_t* bitmap,
+                                uint32_t limit, BlockMask block_mask) {
+  uint32_t count = 0;
+  for (size_t blk = 0; blk < n; blk += 512) {
+    const uint64_t m = block_mask(a + blk, b + blk);
+    *bitmap++ = m;
+    count += popcount64(m);
+    if (count > limit) return count;
+  }
+  return count;
 }
 
 }  // namespace dwcp::hde

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "hde/kernels.h"
+#include "hde/kernels_common.h"
 #include "util/bits.h"
 
 namespace dwcp::hde {
@@ -24,17 +25,11 @@ bool is_zero(const uint8_t* p, size_t n) {
 
 uint32_t diff_words(const uint8_t* a, const uint8_t* b, size_t n, uint64_t* bitmap,
                     uint32_t limit) {
-  uint32_t count = 0;
-  for (size_t blk = 0; blk < n; blk += 512) {
+  return diff_words_with(a, b, n, bitmap, limit, [](const uint8_t* pa, const uint8_t* pb) {
     uint64_t m = 0;
-    for (unsigned w = 0; w < 64; w++) {
-      m |= static_cast<uint64_t>(load64(a + blk + w * 8) != load64(b + blk + w * 8)) << w;
-    }
-    *bitmap++ = m;
-    count += popcount64(m);
-    if (count > limit) return count;
-  }
-  return count;
+    for (unsigned w = 0; w < 64; w++) m |= static_cast<uint64_t>(load64(pa + w * 8) != load64(pb + w * 8)) << w;
+    return m;
+  });
 }
 
 void xor_bytes(uint8_t* dst, const uint8_t* a, const uint8_t* b, size_t n) {

@@ -23,32 +23,22 @@ bool is_zero(const uint8_t* p, size_t n) {
 
 uint32_t diff_words(const uint8_t* a, const uint8_t* b, size_t n, uint64_t* bitmap,
                     uint32_t limit) {
-  uint32_t count = 0;
-  for (size_t blk = 0; blk < n; blk += 512) {
-    const uint8_t* pa = a + blk;
-    const uint8_t* pb = b + blk;
+  return diff_words_with(a, b, n, bitmap, limit, [](const uint8_t* pa, const uint8_t* pb) {
     // Most blocks of a dirty page are unchanged: test the whole block first.
     __m128i any = _mm_setzero_si128();
-    for (unsigned off = 0; off < 512; off += 64) {
+    for (unsigned off = 0; off < 512; off += 32) {
       any = _mm_or_si128(any, _mm_or_si128(_mm_xor_si128(ld(pa + off), ld(pb + off)),
                                            _mm_xor_si128(ld(pa + off + 16), ld(pb + off + 16))));
-      any = _mm_or_si128(any, _mm_or_si128(_mm_xor_si128(ld(pa + off + 32), ld(pb + off + 32)),
-                                           _mm_xor_si128(ld(pa + off + 48), ld(pb + off + 48))));
     }
     uint64_t m = 0;
-    if (_mm_movemask_epi8(_mm_cmpeq_epi8(any, _mm_setzero_si128())) != 0xffff) {
-      for (unsigned w = 0; w < 64; w += 2) {
-        unsigned eq = static_cast<unsigned>(
-            _mm_movemask_epi8(_mm_cmpeq_epi8(ld(pa + w * 8), ld(pb + w * 8))));
-        m |= static_cast<uint64_t>((eq & 0xff) != 0xff) << w;
-        m |= static_cast<uint64_t>((eq >> 8) != 0xff) << (w + 1);
-      }
+    if (_mm_movemask_epi8(_mm_cmpeq_epi8(any, _mm_setzero_si128())) == 0xffff) return m;
+    for (unsigned w = 0; w < 64; w += 2) {
+      const auto eq = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(ld(pa + w * 8), ld(pb + w * 8))));
+      m |= static_cast<uint64_t>((eq & 0xff) != 0xff) << w;
+      m |= static_cast<uint64_t>((eq >> 8) != 0xff) << (w + 1);
     }
-    *bitmap++ = m;
-    count += popcount64(m);
-    if (count > limit) return count;
-  }
-  return count;
+    return m;
+  });
 }
 
 void xor_bytes(uint8_t* dst, const uint8_t* a, const uint8_t* b, size_t n) {
