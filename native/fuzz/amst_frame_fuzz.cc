@@ -1,0 +1,79 @@
+// libFuzzer harness over the AMST stream reader and reassembler.
+// Input: [mode][split seed][bytes...]. Mode bit 0 set: the bytes go to the
+// reader as they are (exercising checksum and magic checks). Otherwise the
+// bytes are read as a sequence of chunk headers and payloads whose CRCs the
+// harness repairs first, so the fuzzer reaches the field checks and the
+// reassembler. Either way the bytes are fed in pieces of varying size.
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "transport/frame.h"
+#include "util/crc32c.h"
+
+using namespace dwcp;
+using namespace dwcp::transport;
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 2) return 0;
+  const bool raw = data[0] & 1;
+  const bool hello = data[0] & 2;
+  uint32_t split = data[1] * 2654435761u + 1;
+  data += 2;
+  size -= 2;
+
+  std::vector<uint8_t> wire(data, data + size);
+  if (!raw) {
+    size_t pos = hello ? kHelloSize : 0;
+    if (hello && wire.size() >= kHelloSize) {
+      // Keep whatever fields the fuzzer chose, but make magic and CRC valid.
+      wire[0] = 'A', wire[1] = 'M', wire[2] = 'S', wire[3] = '1';
+      const uint32_t c = crc32c(0, wire.data(), 36);
+      std::memcpy(wire.data() + 36, &c, 4);
+    }
+    while (pos + kChunkHeaderSize <= wire.size()) {
+      uint8_t* h = wire.data() + pos;
+      uint32_t plen;
+      std::memcpy(&plen, h + 4, 4);
+      plen %= 70000;  // keep declared payloads within reach of the input
+      std::memcpy(h + 4, &plen, 4);
+      const size_t avail = wire.size() - pos - kChunkHeaderSize;
+      const uint32_t pc = crc32c(0, h + kChunkHeaderSize, plen <= avail ? plen : avail);
+      std::memcpy(h + 32, &pc, 4);
+      const uint32_t hc = crc32c(0, h, 36);
+      std::memcpy(h + 36, &hc, 4);
+      pos += kChunkHeaderSize + plen;
+    }
+  }
+
+  Limits lim;
+  lim.max_message = 1 << 20;
+  lim.max_pending_bytes = 4 << 20;
+  lim.max_out_of_order = 64;
+  Reassembler re(lim);
+  StreamReader reader(
+      lim, hello, [](const Hello&) { return Status::kOk; },
+      [&](const ChunkHeader& h, const uint8_t* payload) {
+        if (h.type != ChunkType::kData) return Status::kOk;
+        bool done, dup;
+        std::vector<uint8_t> msg;
+        Status s = re.add(h, payload, &done, &msg, &dup);
+        if (done && msg.size() != h.message_len) abort();
+        return s;
+      });
+  size_t pos = 0;
+  Status last = Status::kOk;
+  while (pos < wire.size()) {
+    split = split * 1103515245u + 12345u;
+    size_t n = 1 + (split >> 16) % 5000;
+    if (n > wire.size() - pos) n = wire.size() - pos;
+    Status s = reader.feed(wire.data() + pos, n);
+    // Once a stream has failed it must stay failed.
+    if (last != Status::kOk && s != last) abort();
+    last = s;
+    pos += n;
+  }
+  if (re.pending_bytes() > lim.max_pending_bytes) abort();
+  return 0;
+}

@@ -1,0 +1,225 @@
+#include "transport/frame.h"
+
+#include <cstring>
+
+#include "util/crc32c.h"
+
+namespace dwcp::transport {
+namespace {
+
+void put16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+void put32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+void put64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint16_t get16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+uint32_t get32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t get64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+  return v;
+}
+
+}  // namespace
+
+// HELLO: magic u32, version u8, reserved u8, stream index u16, stream count
+// u16, chunk shift u8, reserved u8 + u32, connection id [16], reserved u32,
+// header CRC32C u32 (of bytes 0..35).
+void write_hello(const Hello& h, uint8_t out[kHelloSize]) {
+  std::memset(out, 0, kHelloSize);
+  put32(out, kHelloMagic);
+  out[4] = kWireVersion;
+  put16(out + 6, h.stream_index);
+  put16(out + 8, h.stream_count);
+  out[10] = h.chunk_shift;
+  std::memcpy(out + 16, h.connection_id, 16);
+  put32(out + 36, crc32c(0, out, 36));
+}
+
+Status parse_hello(const uint8_t in[kHelloSize], Hello* h) {
+  if (get32(in) != kHelloMagic) return Status::kBadMagic;
+  if (get32(in + 36) != crc32c(0, in, 36)) return Status::kHeaderChecksum;
+  if (in[4] != kWireVersion) return Status::kUnsupportedVersion;
+  if (in[5] != 0 || in[11] != 0 || get32(in + 12) != 0 || get32(in + 32) != 0) return Status::kCorrupt;
+  Hello r;
+  r.stream_index = get16(in + 6);
+  r.stream_count = get16(in + 8);
+  r.chunk_shift = in[10];
+  std::memcpy(r.connection_id, in + 16, 16);
+  if (r.stream_count == 0 || r.stream_index >= r.stream_count) return Status::kCorrupt;
+  if (r.chunk_shift < kMinChunkShift || r.chunk_shift > kMaxChunkShift) return Status::kCorrupt;
+  *h = r;
+  return Status::kOk;
+}
+
+// Chunk header: type u8, chunk shift u8, reserved u16, payload length u32,
+// message id u64, offset u64, message length u64, payload CRC32C u32,
+// header CRC32C u32 (of bytes 0..35).
+void write_chunk_header(const ChunkHeader& h, uint8_t out[kChunkHeaderSize]) {
+  out[0] = static_cast<uint8_t>(h.type);
+  out[1] = h.type == ChunkType::kData ? h.chunk_shift : 0;
+  put16(out + 2, 0);
+  put32(out + 4, h.payload_len);
+  put64(out + 8, h.message_id);
+  put64(out + 16, h.offset);
+  put64(out + 24, h.message_len);
+  put32(out + 32, h.payload_crc);
+  put32(out + 36, crc32c(0, out, 36));
+}
+
+Status parse_chunk_header(const uint8_t in[kChunkHeaderSize], const Limits& limits, ChunkHeader* h) {
+  if (get32(in + 36) != crc32c(0, in, 36)) return Status::kHeaderChecksum;
+  if (get16(in + 2) != 0) return Status::kCorrupt;
+  ChunkHeader r;
+  r.type = static_cast<ChunkType>(in[0]);
+  r.chunk_shift = in[1];
+  r.payload_len = get32(in + 4);
+  r.message_id = get64(in + 8);
+  r.offset = get64(in + 16);
+  r.message_len = get64(in + 24);
+  r.payload_crc = get32(in + 32);
+  switch (r.type) {
+    case ChunkType::kData: {
+      if (r.chunk_shift < kMinChunkShift || r.chunk_shift > kMaxChunkShift) return Status::kCorrupt;
+      if (r.message_len == 0) return Status::kCorrupt;
+      if (r.message_len > limits.max_message) return Status::kLimitExceeded;
+      const uint64_t chunk = 1ull << r.chunk_shift;
+      // Chunks sit on the message's chunk grid and are full but for the last.
+      if (r.offset % chunk != 0 || r.offset >= r.message_len) return Status::kCorrupt;
+      const uint64_t expect = r.message_len - r.offset < chunk ? r.message_len - r.offset : chunk;
+      if (r.payload_len != expect) return Status::kCorrupt;
+      break;
+    }
+    case ChunkType::kAck:
+    case ChunkType::kClose:
+      if (r.chunk_shift || r.payload_len || r.offset || r.message_len || r.payload_crc) return Status::kCorrupt;
+      break;
+    case ChunkType::kPing:
+    case ChunkType::kPong:
+      if (r.chunk_shift || r.payload_len > 64 || r.offset || r.message_len) return Status::kCorrupt;
+      break;
+    default:
+      return Status::kCorrupt;
+  }
+  *h = r;
+  return Status::kOk;
+}
+
+StreamReader::StreamReader(Limits limits, bool expect_hello, OnHello on_hello, OnChunk on_chunk)
+    : limits_(limits), need_hello_(expect_hello), on_hello_(std::move(on_hello)), on_chunk_(std::move(on_chunk)) {}
+
+Status StreamReader::feed(const uint8_t* data, size_t len) {
+  while (error_ == Status::kOk && len > 0) {
+    size_t want;
+    if (need_hello_) want = kHelloSize;
+    else if (!have_header_) want = kChunkHeaderSize;
+    else want = header_.payload_len;
+    // Whole units straight from the input when nothing is buffered.
+    const uint8_t* unit = nullptr;
+    if (buf_.empty() && len >= want) {
+      unit = data;
+      data += want;
+      len -= want;
+    } else {
+      const size_t take = want - buf_.size() < len ? want - buf_.size() : len;
+      buf_.insert(buf_.end(), data, data + take);
+      data += take;
+      len -= take;
+      if (buf_.size() < want) break;
+      unit = buf_.data();
+    }
+    if (need_hello_) {
+      Hello h;
+      error_ = parse_hello(unit, &h);
+      if (error_ == Status::kOk) error_ = on_hello_(h);
+      need_hello_ = false;
+    } else if (!have_header_) {
+      error_ = parse_chunk_header(unit, limits_, &header_);
+      have_header_ = error_ == Status::kOk && header_.payload_len > 0;
+      if (error_ == Status::kOk && !have_header_) {
+        // An empty payload's CRC32C is 0.
+        error_ = header_.payload_crc == 0 ? on_chunk_(header_, nullptr) : Status::kPayloadChecksum;
+      }
+    } else {
+      if (crc32c(0, unit, header_.payload_len) != header_.payload_crc) error_ = Status::kPayloadChecksum;
+      else error_ = on_chunk_(header_, unit);
+      have_header_ = false;
+    }
+    buf_.clear();
+  }
+  return error_;
+}
+
+void Reassembler::mark_delivered(uint64_t id) {
+  if (id == next_) {
+    next_++;
+    while (!delivered_ahead_.empty() && *delivered_ahead_.begin() == next_) {
+      delivered_ahead_.erase(delivered_ahead_.begin());
+      next_++;
+    }
+  } else {
+    delivered_ahead_.insert(id);
+  }
+}
+
+Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* done,
+                        std::vector<uint8_t>* message, bool* duplicate) {
+  *done = false;
+  *duplicate = false;
+  if (h.type != ChunkType::kData) return Status::kInvalidArgument;
+  if (delivered(h.message_id)) {
+    *duplicate = true;
+    return Status::kOk;
+  }
+  const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
+  if (chunks == 1) {
+    // The common small message: no partial state at all.
+    if (delivered_ahead_.size() >= limits_.max_out_of_order && h.message_id != next_) return Status::kLimitExceeded;
+    message->assign(payload, payload + h.payload_len);
+    mark_delivered(h.message_id);
+    *done = true;
+    return Status::kOk;
+  }
+  auto it = partial_.find(h.message_id);
+  if (it == partial_.end()) {
+    if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
+    Partial p;
+    p.data.resize(h.message_len);
+    p.have.assign((chunks + 63) / 64, 0);
+    p.chunks = chunks;
+    p.chunk_shift = h.chunk_shift;
+    pending_bytes_ += h.message_len;
+    it = partial_.emplace(h.message_id, std::move(p)).first;
+  }
+  Partial& p = it->second;
+  // Every chunk of one message must agree on its shape.
+  if (p.chunk_shift != h.chunk_shift || p.data.size() != h.message_len) return Status::kCorrupt;
+  const uint64_t idx = h.offset >> h.chunk_shift;
+  uint64_t& word = p.have[idx / 64];
+  const uint64_t bit = 1ull << (idx % 64);
+  if (word & bit) {
+    *duplicate = true;
+    return Status::kOk;
+  }
+  word |= bit;
+  std::memcpy(p.data.data() + h.offset, payload, h.payload_len);
+  if (++p.received < p.chunks) return Status::kOk;
+  if (delivered_ahead_.size() >= limits_.max_out_of_order && h.message_id != next_) return Status::kLimitExceeded;
+  *message = std::move(p.data);
+  pending_bytes_ -= h.message_len;
+  partial_.erase(it);
+  mark_delivered(h.message_id);
+  *done = true;
+  return Status::kOk;
+}
+
+}  // namespace dwcp::transport

@@ -1,0 +1,127 @@
+// AMST wire format: what travels on each TCP stream of a connection.
+//
+// A stream opens with a 40-byte HELLO naming the connection it belongs to;
+// then it carries chunks, each a 40-byte header and a payload. Messages are
+// cut into chunks of 2^chunk_shift bytes (the last one shorter) that may
+// travel on any stream, in any order, more than once (after a stream is
+// lost); the receiver reassembles them by (message id, offset). Header and
+// payload each carry a CRC32C. Everything is little-endian. Input is
+// untrusted: every field is checked and a bad one is a Status, never a crash.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "util/status.h"
+
+namespace dwcp::transport {
+
+constexpr uint32_t kHelloMagic = 0x31534d41u;  // "AMS1"
+constexpr uint8_t kWireVersion = 1;
+constexpr size_t kHelloSize = 40;
+constexpr size_t kChunkHeaderSize = 40;
+constexpr unsigned kMinChunkShift = 12;  // 4 KiB
+constexpr unsigned kMaxChunkShift = 24;  // 16 MiB
+
+enum class ChunkType : uint8_t {
+  kData = 1,   // a piece of a message
+  kAck = 2,    // the peer holds message `message_id` whole (no payload)
+  kClose = 3,  // the peer will send nothing more (no payload)
+  kPing = 4,   // echo request; payload up to 64 bytes
+  kPong = 5,   // echo reply
+};
+
+struct Hello {
+  uint16_t stream_index = 0;
+  uint16_t stream_count = 1;
+  uint8_t connection_id[16] = {};
+  uint8_t chunk_shift = 18;
+};
+
+struct ChunkHeader {
+  ChunkType type = ChunkType::kData;
+  uint8_t chunk_shift = 18;  // DATA: chunk size of this message, log2
+  uint32_t payload_len = 0;
+  uint64_t message_id = 0;
+  uint64_t offset = 0;       // DATA: byte offset of the payload in the message
+  uint64_t message_len = 0;  // DATA: whole message length
+  uint32_t payload_crc = 0;  // CRC32C of the payload
+};
+
+struct Limits {
+  uint64_t max_message = 1ull << 32;        // largest message a receiver accepts
+  uint64_t max_pending_bytes = 1ull << 32;  // partly received messages, all together
+  size_t max_out_of_order = 1u << 16;       // messages completed ahead of an earlier one
+};
+
+void write_hello(const Hello& h, uint8_t out[kHelloSize]);
+[[nodiscard]] Status parse_hello(const uint8_t in[kHelloSize], Hello* h);
+
+// Writes the header; payload_crc must already be set for DATA.
+void write_chunk_header(const ChunkHeader& h, uint8_t out[kChunkHeaderSize]);
+// Checks the header CRC and every field against `limits`; does not see the payload.
+[[nodiscard]] Status parse_chunk_header(const uint8_t in[kChunkHeaderSize], const Limits& limits,
+                                        ChunkHeader* h);
+
+// Feeds bytes read from one stream and calls back per complete, verified
+// chunk (header, payload view valid during the call). After the first error
+// it accepts nothing more: the stream must be closed.
+class StreamReader {
+ public:
+  using OnHello = std::function<Status(const Hello&)>;
+  using OnChunk = std::function<Status(const ChunkHeader&, const uint8_t* payload)>;
+
+  StreamReader(Limits limits, bool expect_hello, OnHello on_hello, OnChunk on_chunk);
+  // Consumes all of `data`; returns the first error seen (also on later calls).
+  [[nodiscard]] Status feed(const uint8_t* data, size_t len);
+  Status error() const { return error_; }
+
+ private:
+  Limits limits_;
+  bool need_hello_;
+  OnHello on_hello_;
+  OnChunk on_chunk_;
+  std::vector<uint8_t> buf_;  // header, then payload being collected
+  ChunkHeader header_;
+  bool have_header_ = false;
+  Status error_ = Status::kOk;
+};
+
+// Rebuilds messages from DATA chunks arriving in any order, possibly twice.
+// A message is complete when every chunk has arrived once.
+class Reassembler {
+ public:
+  explicit Reassembler(Limits limits) : limits_(limits) {}
+
+  // Copies the chunk in. On completion `*done` is set and `*message` holds
+  // the whole message (moved out; the id is then forgotten). Chunks of a
+  // message already delivered are reported as duplicates (`*duplicate`).
+  [[nodiscard]] Status add(const ChunkHeader& h, const uint8_t* payload, bool* done,
+                           std::vector<uint8_t>* message, bool* duplicate);
+  size_t pending_messages() const { return partial_.size(); }
+  uint64_t pending_bytes() const { return pending_bytes_; }
+
+ private:
+  struct Partial {
+    std::vector<uint8_t> data;
+    std::vector<uint64_t> have;  // bit per chunk
+    uint64_t chunks = 0;
+    uint64_t received = 0;
+    uint8_t chunk_shift = 0;
+  };
+  bool delivered(uint64_t id) const { return id < next_ || delivered_ahead_.count(id) > 0; }
+  void mark_delivered(uint64_t id);
+
+  Limits limits_;
+  std::unordered_map<uint64_t, Partial> partial_;
+  // Senders number messages 0, 1, 2, ...: every id below next_ has been
+  // delivered, and ids delivered out of order wait in delivered_ahead_.
+  uint64_t next_ = 0;
+  std::set<uint64_t> delivered_ahead_;
+  uint64_t pending_bytes_ = 0;
+};
+
+}  // namespace dwcp::transport
