@@ -46,6 +46,8 @@ const STATUS_MESSAGES: Readonly<Record<string, string>> = {
   OUTPUT_TOO_SMALL: 'output buffer too small',
   BUSY: 'object is busy with an asynchronous call',
   CLOSED: 'object is closed',
+  CONNECTION_LOST: 'connection lost',
+  PROTOCOL: 'peer broke the wire protocol',
 };
 
 /** Name of a native status number, e.g. 7 -> 'CORRUPT'. */

@@ -52,14 +52,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   lim.max_pending_bytes = 4 << 20;
   lim.max_out_of_order = 64;
   Reassembler re(lim);
+  uint64_t next_id = 0;
   StreamReader reader(
       lim, hello, [](const Hello&) { return Status::kOk; },
       [&](const ChunkHeader& h, const uint8_t* payload) {
         if (h.type != ChunkType::kData) return Status::kOk;
         bool done, dup;
-        std::vector<uint8_t> msg;
-        Status s = re.add(h, payload, &done, &msg, &dup);
-        if (done && msg.size() != h.message_len) abort();
+        std::vector<std::pair<uint64_t, std::vector<uint8_t>>> ready;
+        Status s = re.add(h, payload, &done, &ready, &dup);
+        for (auto& r : ready) {
+          if (r.first != next_id++) abort();  // released in id order
+        }
         return s;
       });
   size_t pos = 0;

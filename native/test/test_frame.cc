@@ -135,9 +135,9 @@ TEST(frame_stream_reader_any_split) {
             return Status::kOk;
           }
           bool done, dup;
-          std::vector<uint8_t> m;
-          Status s = re.add(h, p, &done, &m, &dup);
-          if (done) got = std::move(m);
+          std::vector<std::pair<uint64_t, std::vector<uint8_t>>> ready;
+          Status s = re.add(h, p, &done, &ready, &dup);
+          for (auto& r : ready) got = std::move(r.second);
           return s;
         });
     size_t pos = 0;
@@ -176,19 +176,20 @@ TEST(frame_reassembly_shuffled_and_duplicated) {
     msgs.push_back(std::move(m));
   }
   std::shuffle(all.begin(), all.end(), rng);
-  std::vector<int> delivered(20, 0);
+  std::vector<uint64_t> order;
   size_t dups = 0;
   for (auto& [h, p] : all) {
     bool done, dup;
-    std::vector<uint8_t> m;
-    CHECK(re.add(h, p.data(), &done, &m, &dup) == Status::kOk);
+    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> ready;
+    CHECK(re.add(h, p.data(), &done, &ready, &dup) == Status::kOk);
     dups += dup;
-    if (done) {
-      CHECK(m == msgs[h.message_id]);
-      delivered[h.message_id]++;
+    for (auto& [id, m] : ready) {
+      CHECK(m == msgs[id]);
+      order.push_back(id);
     }
   }
-  for (int d : delivered) CHECK_EQ(d, 1);
+  CHECK_EQ(order.size(), 20u);
+  for (uint64_t i = 0; i < order.size(); i++) CHECK_EQ(order[i], i);  // released in id order
   CHECK(dups > 0);
   CHECK_EQ(re.pending_messages(), 0u);
   CHECK_EQ(re.pending_bytes(), 0u);
@@ -202,7 +203,7 @@ TEST(frame_reassembly_limits) {
   auto c1 = chunks_of(big, 0, 12), c2 = chunks_of(big2, 1, 12);
   ChunkHeader h;
   bool done, dup;
-  std::vector<uint8_t> m;
+  std::vector<std::pair<uint64_t, std::vector<uint8_t>>> m;
   CHECK(parse_chunk_header(c1[0].data(), Limits{}, &h) == Status::kOk);
   CHECK(re.add(h, c1[0].data() + kChunkHeaderSize, &done, &m, &dup) == Status::kOk);
   CHECK(parse_chunk_header(c2[0].data(), Limits{}, &h) == Status::kOk);

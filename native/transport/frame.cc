@@ -159,66 +159,62 @@ Status StreamReader::feed(const uint8_t* data, size_t len) {
   return error_;
 }
 
-void Reassembler::mark_delivered(uint64_t id) {
-  if (id == next_) {
-    next_++;
-    while (!delivered_ahead_.empty() && *delivered_ahead_.begin() == next_) {
-      delivered_ahead_.erase(delivered_ahead_.begin());
-      next_++;
-    }
-  } else {
-    delivered_ahead_.insert(id);
-  }
-}
-
-Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* done,
-                        std::vector<uint8_t>* message, bool* duplicate) {
-  *done = false;
+Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
+                        std::vector<std::pair<uint64_t, std::vector<uint8_t>>>* ready, bool* duplicate) {
+  *completed = false;
   *duplicate = false;
   if (h.type != ChunkType::kData) return Status::kInvalidArgument;
-  if (delivered(h.message_id)) {
+  if (complete(h.message_id)) {
     *duplicate = true;
     return Status::kOk;
   }
   const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
+  std::vector<uint8_t> whole;
   if (chunks == 1) {
     // The common small message: no partial state at all.
-    if (delivered_ahead_.size() >= limits_.max_out_of_order && h.message_id != next_) return Status::kLimitExceeded;
-    message->assign(payload, payload + h.payload_len);
-    mark_delivered(h.message_id);
-    *done = true;
-    return Status::kOk;
-  }
-  auto it = partial_.find(h.message_id);
-  if (it == partial_.end()) {
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
-    Partial p;
-    p.data.resize(h.message_len);
-    p.have.assign((chunks + 63) / 64, 0);
-    p.chunks = chunks;
-    p.chunk_shift = h.chunk_shift;
-    pending_bytes_ += h.message_len;
-    it = partial_.emplace(h.message_id, std::move(p)).first;
+    whole.assign(payload, payload + h.payload_len);
+  } else {
+    auto it = partial_.find(h.message_id);
+    if (it == partial_.end()) {
+      if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
+      Partial p;
+      p.data.resize(h.message_len);
+      p.have.assign((chunks + 63) / 64, 0);
+      p.chunks = chunks;
+      p.chunk_shift = h.chunk_shift;
+      pending_bytes_ += h.message_len;
+      it = partial_.emplace(h.message_id, std::move(p)).first;
+    }
+    Partial& p = it->second;
+    // Every chunk of one message must agree on its shape.
+    if (p.chunk_shift != h.chunk_shift || p.data.size() != h.message_len) return Status::kCorrupt;
+    const uint64_t idx = h.offset >> h.chunk_shift;
+    uint64_t& word = p.have[idx / 64];
+    const uint64_t bit = 1ull << (idx % 64);
+    if (word & bit) {
+      *duplicate = true;
+      return Status::kOk;
+    }
+    word |= bit;
+    std::memcpy(p.data.data() + h.offset, payload, h.payload_len);
+    if (++p.received < p.chunks) return Status::kOk;
+    whole = std::move(p.data);
+    pending_bytes_ -= h.message_len;
+    partial_.erase(it);
   }
-  Partial& p = it->second;
-  // Every chunk of one message must agree on its shape.
-  if (p.chunk_shift != h.chunk_shift || p.data.size() != h.message_len) return Status::kCorrupt;
-  const uint64_t idx = h.offset >> h.chunk_shift;
-  uint64_t& word = p.have[idx / 64];
-  const uint64_t bit = 1ull << (idx % 64);
-  if (word & bit) {
-    *duplicate = true;
+  *completed = true;
+  if (h.message_id != next_) {
+    if (held_.size() >= limits_.max_out_of_order) return Status::kLimitExceeded;
+    pending_bytes_ += whole.size();
+    held_.emplace(h.message_id, std::move(whole));
     return Status::kOk;
   }
-  word |= bit;
-  std::memcpy(p.data.data() + h.offset, payload, h.payload_len);
-  if (++p.received < p.chunks) return Status::kOk;
-  if (delivered_ahead_.size() >= limits_.max_out_of_order && h.message_id != next_) return Status::kLimitExceeded;
-  *message = std::move(p.data);
-  pending_bytes_ -= h.message_len;
-  partial_.erase(it);
-  mark_delivered(h.message_id);
-  *done = true;
+  ready->emplace_back(next_++, std::move(whole));
+  for (auto it = held_.begin(); it != held_.end() && it->first == next_; it = held_.erase(it)) {
+    pending_bytes_ -= it->second.size();
+    ready->emplace_back(next_++, std::move(it->second));
+  }
   return Status::kOk;
 }
 

@@ -11,7 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <set>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -90,18 +90,20 @@ class StreamReader {
   Status error_ = Status::kOk;
 };
 
-// Rebuilds messages from DATA chunks arriving in any order, possibly twice.
-// A message is complete when every chunk has arrived once.
+// Rebuilds messages from DATA chunks arriving in any order, possibly twice,
+// and releases them in message-id order (senders number messages 0, 1, 2...).
 class Reassembler {
  public:
   explicit Reassembler(Limits limits) : limits_(limits) {}
 
-  // Copies the chunk in. On completion `*done` is set and `*message` holds
-  // the whole message (moved out; the id is then forgotten). Chunks of a
-  // message already delivered are reported as duplicates (`*duplicate`).
-  [[nodiscard]] Status add(const ChunkHeader& h, const uint8_t* payload, bool* done,
-                           std::vector<uint8_t>* message, bool* duplicate);
-  size_t pending_messages() const { return partial_.size(); }
+  // Copies the chunk in. `*completed` tells whether this chunk finished its
+  // message; every message now deliverable in order is appended to `*ready`
+  // as (id, bytes). A chunk of a message already complete sets `*duplicate`.
+  [[nodiscard]] Status add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
+                           std::vector<std::pair<uint64_t, std::vector<uint8_t>>>* ready, bool* duplicate);
+  // Whether message `id` has arrived whole (delivered or held for order).
+  bool complete(uint64_t id) const { return id < next_ || held_.count(id) > 0; }
+  size_t pending_messages() const { return partial_.size() + held_.size(); }
   uint64_t pending_bytes() const { return pending_bytes_; }
 
  private:
@@ -112,16 +114,12 @@ class Reassembler {
     uint64_t received = 0;
     uint8_t chunk_shift = 0;
   };
-  bool delivered(uint64_t id) const { return id < next_ || delivered_ahead_.count(id) > 0; }
-  void mark_delivered(uint64_t id);
 
   Limits limits_;
   std::unordered_map<uint64_t, Partial> partial_;
-  // Senders number messages 0, 1, 2, ...: every id below next_ has been
-  // delivered, and ids delivered out of order wait in delivered_ahead_.
-  uint64_t next_ = 0;
-  std::set<uint64_t> delivered_ahead_;
-  uint64_t pending_bytes_ = 0;
+  std::map<uint64_t, std::vector<uint8_t>> held_;  // complete, waiting for an earlier id
+  uint64_t next_ = 0;                              // every id below it was delivered
+  uint64_t pending_bytes_ = 0;                     // partial and held bytes
 };
 
 }  // namespace dwcp::transport

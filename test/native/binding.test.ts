@@ -109,6 +109,8 @@ t.test('status names are shared with TypeScript', async (t) => {
     'OUTPUT_TOO_SMALL',
     'BUSY',
     'CLOSED',
+    'CONNECTION_LOST',
+    'PROTOCOL',
   ]);
   t.equal(statusName(7), 'CORRUPT');
   for (let i = 1; i < native.statusNames().length; i++) {

@@ -19,6 +19,8 @@ const char* status_name(Status s) {
     case Status::kOutputTooSmall: return "OUTPUT_TOO_SMALL";
     case Status::kBusy: return "BUSY";
     case Status::kClosed: return "CLOSED";
+    case Status::kConnectionLost: return "CONNECTION_LOST";
+    case Status::kProtocol: return "PROTOCOL";
   }
   return "UNKNOWN";
 }

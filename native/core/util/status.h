@@ -21,6 +21,8 @@ enum class Status : uint8_t {
   kOutputTooSmall,
   kBusy,              // the object is in use by an asynchronous call
   kClosed,            // the object was closed
+  kConnectionLost,    // every stream of a connection failed
+  kProtocol,          // the peer broke the wire protocol
 };
 
 const char* status_name(Status s);

@@ -1,0 +1,168 @@
+// AMST over TCP: one I/O thread (epoll) drives every connection of an
+// engine. A connection is N TCP streams between two hosts carrying one
+// ordered flow of messages: each message is cut into chunks striped over the
+// streams and reassembled by the receiver, which acknowledges it whole.
+//
+// Threads: the owner calls the public methods from one thread; they only
+// enqueue a command on a lock-free SPSC ring and wake the I/O thread through
+// an eventfd. Everything else happens on the I/O thread, which reports
+// results through EventSink::deliver in batches.
+//
+// Buffers: a message given to send() is read in place by the I/O thread and
+// must stay valid and unchanged until its kSendDone or kSendFailed event.
+// Received messages are handed over as heap vectors the sink then owns.
+#pragma once
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "queue/spsc_ring.h"
+#include "transport/frame.h"
+#include "transport/tcp/socket.h"
+#include "util/status.h"
+
+namespace dwcp::transport::tcp {
+
+struct Event {
+  enum class Type : uint8_t {
+    kListening,   // listener `id` bound; `value` = port
+    kIncoming,    // new connection `id` accepted by listener `listener`; `value` = streams announced
+    kConnected,   // outgoing connection `id` is up; `value` = streams connected
+    kMessage,     // connection `id` received `data` (owned by the receiver of the event)
+    kSendDone,    // message `value` of connection `id` is held by the peer
+    kSendFailed,  // message `value` of connection `id` will not be delivered (`status`)
+    kStreamLost,  // connection `id` lost stream `value` and carries on (`os_error`)
+    kClosed,      // connection or listener `id` is closed (`status` kOk when cleanly)
+    kError,       // listen/connect `id` failed (`status`, `os_error`)
+  };
+  Type type = Type::kError;
+  uint64_t id = 0;
+  uint64_t listener = 0;
+  uint64_t value = 0;
+  Status status = Status::kOk;
+  int os_error = 0;
+  std::vector<uint8_t>* data = nullptr;
+};
+
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  // Called on the I/O thread with every event since the last call. May block
+  // (that is back-pressure: the I/O thread waits).
+  virtual void deliver(std::vector<Event>& events) = 0;
+};
+
+struct ConnectOptions {
+  std::string host;
+  uint16_t port = 0;
+  uint16_t streams = 4;
+  unsigned chunk_shift = 18;  // 256 KiB chunks
+  SocketOptions socket;
+};
+
+struct StreamStats {
+  uint64_t bytes_sent = 0;
+  uint64_t bytes_received = 0;
+  bool alive = false;
+  uint32_t rtt_us = 0;
+  uint32_t rtt_var_us = 0;
+  uint32_t total_retrans = 0;
+  uint32_t snd_cwnd = 0;
+  std::string congestion;
+};
+
+struct ConnectionStats {
+  uint64_t messages_sent = 0;
+  uint64_t messages_received = 0;
+  uint64_t bytes_sent = 0;      // payload bytes acknowledged by the peer
+  uint64_t bytes_received = 0;  // payload bytes of messages received whole
+  uint64_t chunks_resent = 0;
+  std::vector<StreamStats> streams;
+};
+
+// A request from the owner thread to the I/O thread.
+struct EngineCommand {
+  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kClose, kDestroy, kKillStream } type = Type::kNone;
+  uint64_t id = 0;
+  uint64_t message_id = 0;
+  const uint8_t* data = nullptr;
+  size_t len = 0;
+  std::unique_ptr<ConnectOptions> connect;
+  std::string host;
+  uint16_t port = 0;
+};
+
+class Engine {
+ public:
+  explicit Engine(EventSink* sink, Limits limits = Limits{});
+  ~Engine();  // stops the I/O thread and closes everything
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Each returns an id at once; the outcome arrives as events.
+  uint64_t listen(const std::string& host, uint16_t port);
+  uint64_t connect(const ConnectOptions& opts);
+  // Queues `len` (> 0) bytes at `data` as message `message_id` (ids per
+  // connection start at 0 and increase by one). When the command ring is
+  // full this waits for the I/O thread, which never waits for the owner.
+  void send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_t len);
+  // Sends what is queued, then closes; destroy() closes now and fails sends.
+  void close(uint64_t id);
+  void destroy(uint64_t id);
+  // Counters and TCP_INFO of each stream; false when `conn` is unknown.
+  bool stats(uint64_t conn, ConnectionStats* out);
+  // Fault injection: resets stream `index` of `conn` as a network failure would.
+  void kill_stream(uint64_t conn, uint32_t index);
+
+ private:
+  struct Stream;
+  struct Connection;
+  struct Listener;
+  struct OutMessage;
+  using Command = EngineCommand;
+  void post(Command&& c);
+  void run();
+  void drain_commands();
+  void handle(Command& c);
+  void on_listener(Listener* l);
+  void on_stream(Stream* s, uint32_t events);
+  void start_connect(uint64_t id, const ConnectOptions& opts);
+  void stream_ready(Stream* s);
+  Status on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload);
+  Status on_hello(Stream* s, const Hello& h);
+  void pump(Connection* c);
+  bool flush(Stream* s);
+  void queue_control(Connection* c, ChunkType type, uint64_t message_id);
+  void stream_failed(Stream* s, int err);
+  void finish_close(Connection* c, Status status);
+  void maybe_finish_graceful(Connection* c);
+  void update_epoll(Stream* s);
+  void emit(Event e) { pending_.push_back(e); }
+
+  EventSink* sink_;
+  Limits limits_;
+  Fd epoll_;
+  Fd wake_;
+  std::atomic<uint64_t> next_id_{1};
+  queue::SpscRing<Command> commands_{4096};
+  std::atomic<bool> stop_{false};
+  std::vector<Event> pending_;
+  std::unordered_map<uint64_t, std::unique_ptr<Connection>> conns_;
+  std::unordered_map<uint64_t, std::unique_ptr<Listener>> listeners_;
+  std::map<std::array<uint8_t, 16>, uint64_t> by_conn_id_;  // server side: HELLO id -> connection
+  std::vector<std::unique_ptr<Stream>> orphans_;             // accepted streams before their HELLO
+  std::vector<std::unique_ptr<Stream>> graveyard_;           // freed after the current epoll batch
+  std::vector<std::unique_ptr<Connection>> dead_conns_;      // likewise
+  std::mutex stats_mu_;                                      // guards fds against stats() readers
+  std::thread thread_;
+};
+
+}  // namespace dwcp::transport::tcp

@@ -1,0 +1,92 @@
+#include "transport/tcp/socket.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace dwcp::transport::tcp {
+
+void Fd::reset(int fd) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+bool make_address(const std::string& host, uint16_t port, sockaddr_storage* addr, socklen_t* len) {
+  std::memset(addr, 0, sizeof(*addr));
+  auto* v4 = reinterpret_cast<sockaddr_in*>(addr);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    *len = sizeof(sockaddr_in);
+    return true;
+  }
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(addr);
+  if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    *len = sizeof(sockaddr_in6);
+    return true;
+  }
+  return false;
+}
+
+int apply_options(int fd, const SocketOptions& opts) {
+  int one = 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) return errno;
+  if (!opts.congestion.empty() &&
+      setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, opts.congestion.data(),
+                 static_cast<socklen_t>(opts.congestion.size())) != 0) {
+    return errno;
+  }
+  if (opts.send_buffer > 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &opts.send_buffer, sizeof(int)) != 0) return errno;
+  if (opts.recv_buffer > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &opts.recv_buffer, sizeof(int)) != 0) return errno;
+  return 0;
+}
+
+Fd tcp_socket(int family, const SocketOptions& opts, int* err) {
+  Fd fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) {
+    *err = errno;
+    return Fd();
+  }
+  if ((*err = apply_options(fd.get(), opts)) != 0) return Fd();
+  return fd;
+}
+
+Fd tcp_listen(const std::string& host, uint16_t* port, int backlog, int* err) {
+  sockaddr_storage addr;
+  socklen_t len;
+  if (!make_address(host, *port, &addr, &len)) {
+    *err = EINVAL;
+    return Fd();
+  }
+  Fd fd(::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) {
+    *err = errno;
+    return Fd();
+  }
+  int one = 1;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd.get(), backlog) != 0) {
+    *err = errno;
+    return Fd();
+  }
+  if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    *port = ntohs(addr.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&addr)->sin_port
+                                            : reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+  }
+  return fd;
+}
+
+std::string congestion_of(int fd) {
+  char name[32] = {};
+  socklen_t len = sizeof(name);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &len) != 0) return "";
+  return std::string(name, strnlen(name, len));
+}
+
+}  // namespace dwcp::transport::tcp
