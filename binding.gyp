@@ -3,7 +3,7 @@
     "core_cflags": ["-O3", "-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter"]
   },
   "target_defaults": {
-    "include_dirs": ["native/core"],
+    "include_dirs": ["native/core", "native"],
     "cflags!": ["-fno-exceptions", "-O2"],
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-O2"],
     "cflags_cc": ["<@(core_cflags)"],
@@ -42,10 +42,14 @@
         "native/core/hde/baseline_cache.cc",
         "native/core/hde/encoder.cc",
         "native/core/hde/decoder.cc",
+        "native/transport/frame.cc",
+        "native/transport/tcp/socket.cc",
+        "native/transport/tcp/engine.cc",
         "native/binding/addon.cc",
         "native/binding/util.cc",
         "native/binding/hde_wrap.cc",
-        "native/binding/system_probe.cc"
+        "native/binding/system_probe.cc",
+        "native/binding/amst_wrap.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -26,3 +26,5 @@ export { chooseCompression } from './dwcp/encoding/policy.js';
 export type { CompressionChoice, LinkView } from './dwcp/encoding/policy.js';
 export { doctor } from './sys/doctor.js';
 export type { DoctorReport } from './sys/doctor.js';
+export { listen, connect, AmstConnection, AmstServer, TransportError } from './dwcp/transport/amst.js';
+export type { ListenOptions, ConnectOptions, ConnectionStats, StreamStats } from './dwcp/transport/amst.js';

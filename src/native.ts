@@ -47,6 +47,60 @@ export interface NativeHdeDecoder {
   close(): number;
 }
 
+/** One event from the transport's I/O thread. */
+export interface NativeAmstEvent {
+  type: 'listening' | 'incoming' | 'connected' | 'message' | 'sendDone' | 'sendFailed' | 'streamLost' | 'closed' | 'error';
+  id: number;
+  value: number;
+  listener?: number;
+  status?: string;
+  osError?: number;
+  data?: Buffer;
+}
+
+export interface NativeAmstStreamStats {
+  alive: boolean;
+  bytesSent: number;
+  bytesReceived: number;
+  rttUs: number;
+  rttVarUs: number;
+  retransmits: number;
+  cwnd: number;
+  congestion: string;
+}
+
+export interface NativeAmstStats {
+  messagesSent: number;
+  messagesReceived: number;
+  bytesSent: number;
+  bytesReceived: number;
+  chunksResent: number;
+  streams: NativeAmstStreamStats[];
+}
+
+export interface NativeAmstConnectOptions {
+  host: string;
+  port: number;
+  streams: number;
+  chunkShift: number;
+  congestion: string;
+  sendBuffer: number;
+  recvBuffer: number;
+}
+
+export interface NativeAmstEngine {
+  listen(host: string, port: number): number;
+  connect(options: NativeAmstConnectOptions): number;
+  send(conn: number, messageId: number, data: Uint8Array): void;
+  close(id: number): void;
+  destroy(id: number): void;
+  killStream(conn: number, index: number): void;
+  stats(conn: number): NativeAmstStats | null;
+  ref(): void;
+  unref(): void;
+  shutdown(): void;
+}
+
 export interface NativeCpuFeatures {
   sse2: boolean;
   sse42: boolean;
@@ -61,6 +115,7 @@ export interface NativeCpuFeatures {
 export interface NativeBinding {
   HdeEncoder: new (options: NativeEncoderOptions) => NativeHdeEncoder;
   HdeDecoder: new (options: { pageSize: number; simd?: string }) => NativeHdeDecoder;
+  AmstEngine: new (onEvents: (events: NativeAmstEvent[]) => void) => NativeAmstEngine;
   hdeParseHeader(frame: Uint8Array, out: Float64Array, exact: boolean): number;
   hdeSealHeader(header: Uint8Array, codec: number, payloadLen: number): number;
   hdeZeroPages(region: Uint8Array, pageSize: number, simd: string, bitmap: Uint8Array): number;

@@ -5,11 +5,13 @@
 namespace dwcp::binding {
 void InitHde(Napi::Env env, Napi::Object exports);
 void InitSystem(Napi::Env env, Napi::Object exports);
+void InitAmst(Napi::Env env, Napi::Object exports);
 }  // namespace dwcp::binding
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   dwcp::binding::InitHde(env, exports);
   dwcp::binding::InitSystem(env, exports);
+  dwcp::binding::InitAmst(env, exports);
   return exports;
 }
 

@@ -235,3 +235,14 @@ TEST(tcp_refused_and_hostile_peers) {
   const uint64_t bad = engine.connect(ConnectOptions{"not-an-ip", 1, 1, 16, {}});
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kError, bad) == 1; }));
 }
+
+TEST(tcp_one_buffer_many_messages) {
+  // Callers may send the same bytes many times at once (chunks of different
+  // messages then point at the same memory).
+  Pair p(4, 14);
+  std::vector<uint8_t> m(1u << 20, 5);
+  for (uint64_t i = 0; i < 64; i++) p.engine.send(p.client, i, m.data(), m.size());
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 64; }));
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) == 64; }));
+  for (auto& e : p.sink.all(Type::kMessage, p.server)) CHECK(*e.data == m);
+}

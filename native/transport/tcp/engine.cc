@@ -34,6 +34,8 @@ struct Engine::OutMessage {
   std::deque<uint64_t> resend;     // chunks to send again after a stream loss
   std::vector<int32_t> sent_on;    // stream index each chunk last went out on
   bool queued = false;             // in Connection::queue
+  bool acked = false;              // the peer holds it; done once no chunk is in flight
+  int inflight = 0;                // chunks in stream queues (they point into `data`)
   bool all_sent() const { return next_chunk == chunks && resend.empty(); }
 };
 
@@ -41,6 +43,7 @@ struct Engine::OutMessage {
 // header) and an optional payload borrowed from an OutMessage.
 struct OutChunk {
   uint8_t header[kChunkHeaderSize];
+  Engine::OutMessage* msg = nullptr;  // null for HELLO and control chunks
   const uint8_t* payload = nullptr;
   uint32_t len = 0;
   size_t written = 0;
@@ -83,6 +86,7 @@ struct Engine::Connection {
   bool announced = false;
   bool closing = false;      // close() called, or the peer sent CLOSE
   bool close_sent = false;
+  bool finished = false;     // closed and reported; kept only until the epoll batch ends
   std::vector<std::unique_ptr<Stream>> streams;
   std::deque<OutMessage*> queue;
   std::map<uint64_t, std::unique_ptr<OutMessage>> unacked;
@@ -489,27 +493,28 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
     }
     case ChunkType::kAck: {
       auto it = c->unacked.find(h.message_id);
-      if (it == c->unacked.end()) return Status::kOk;  // repeated ACK
+      if (it == c->unacked.end() || it->second->acked) return Status::kOk;  // repeated ACK
       OutMessage* m = it->second.get();
-      if (m->queued) c->queue.erase(std::find(c->queue.begin(), c->queue.end(), m));
-      // Chunks of it may still sit in stream queues: they point into the
-      // caller's buffer, which is released once we report kSendDone, so
-      // drop the ones not yet started.
+      m->acked = true;
+      if (m->queued) {
+        c->queue.erase(std::find(c->queue.begin(), c->queue.end(), m));
+        m->queued = false;
+      }
+      // Resends of it not yet started are pointless now; ones half written
+      // must finish (the stream's framing depends on it) and still read the
+      // caller's buffer, so the message completes when the last one is out.
       for (auto& st : c->streams) {
         for (auto oc = st->out.begin(); oc != st->out.end();) {
-          if (oc->payload >= m->data && oc->payload < m->data + m->len && oc->written == 0) {
+          if (oc->msg == m && oc->written == 0) {
             st->out_bytes -= oc->total();
+            m->inflight--;
             oc = st->out.erase(oc);
           } else {
             ++oc;
           }
         }
       }
-      c->messages_sent++;
-      c->bytes_sent += m->len;
-      emit(Event{Event::Type::kSendDone, c->id, 0, h.message_id, Status::kOk, 0, nullptr});
-      c->unacked.erase(it);
-      maybe_finish_graceful(c);
+      maybe_complete(c, m);
       return Status::kOk;
     }
     case ChunkType::kClose:
@@ -542,6 +547,7 @@ void Engine::queue_control(Connection* c, ChunkType type, uint64_t message_id) {
 }
 
 void Engine::pump(Connection* c) {
+  if (c->finished) return;
   // Keep about two chunks queued per stream: enough to fill the socket
   // buffer, few enough that a lost stream strands little.
   const size_t high_water = 2 * ((1u << c->shift) + kChunkHeaderSize);
@@ -572,8 +578,10 @@ void Engine::pump(Connection* c) {
     h.payload_len = static_cast<uint32_t>(std::min<uint64_t>(1ull << m->shift, m->len - off));
     h.payload_crc = crc32c(0, m->data + off, h.payload_len);
     write_chunk_header(h, oc.header);
+    oc.msg = m;
     oc.payload = m->data + off;
     oc.len = h.payload_len;
+    m->inflight++;
     s->out.push_back(oc);
     s->out_bytes += oc.total();
     m->sent_on[chunk] = s->index;
@@ -617,7 +625,9 @@ bool Engine::flush(Stream* s) {
       if (left >= need) {
         left -= need;
         s->out_bytes -= f.total();
+        OutMessage* m = f.msg;
         s->out.pop_front();
+        if (m && --m->inflight == 0 && m->acked) maybe_complete(s->conn, m);
       } else {
         f.written += left;
         left = 0;
@@ -717,8 +727,14 @@ void Engine::stream_failed(Stream* s, int err) {
     s->alive = false;
     s->connecting = false;
   }
+  std::vector<OutMessage*> finished;
+  for (auto& oc : s->out) {
+    if (oc.msg && --oc.msg->inflight == 0 && oc.msg->acked) finished.push_back(oc.msg);
+  }
   s->out.clear();
   s->out_bytes = 0;
+  for (OutMessage* m : finished) maybe_complete(c, m);
+  if (c && c->finished) return;
   if (!c) {
     auto it = std::find_if(orphans_.begin(), orphans_.end(), [s](const auto& p) { return p.get() == s; });
     if (it != orphans_.end()) {
@@ -747,6 +763,7 @@ void Engine::stream_failed(Stream* s, int err) {
   // Everything this stream carried for unacknowledged messages goes again
   // on the others; the receiver drops whatever it already had.
   for (auto& [id, m] : c->unacked) {
+    if (m->acked) continue;
     for (uint64_t k = 0; k < m->next_chunk; k++) {
       if (m->sent_on[k] == s->index) {
         m->resend.push_back(k);
@@ -763,8 +780,17 @@ void Engine::stream_failed(Stream* s, int err) {
   pump(c);
 }
 
+void Engine::maybe_complete(Connection* c, OutMessage* m) {
+  if (!c || c->finished || !m->acked || m->inflight > 0) return;
+  c->messages_sent++;
+  c->bytes_sent += m->len;
+  emit(Event{Event::Type::kSendDone, c->id, 0, m->id, Status::kOk, 0, nullptr});
+  c->unacked.erase(m->id);
+  maybe_finish_graceful(c);
+}
+
 void Engine::maybe_finish_graceful(Connection* c) {
-  if (!c->closing || !c->unacked.empty()) return;
+  if (c->finished || !c->closing || !c->unacked.empty()) return;
   if (!c->close_sent) {
     c->close_sent = true;
     for (auto& s : c->streams) {
@@ -787,7 +813,13 @@ void Engine::maybe_finish_graceful(Connection* c) {
 }
 
 void Engine::finish_close(Connection* c, Status status) {
+  if (c->finished) return;
+  c->finished = true;
   for (auto& [id, m] : c->unacked) {
+    if (m->acked) {
+      emit(Event{Event::Type::kSendDone, c->id, 0, id, Status::kOk, 0, nullptr});
+      continue;
+    }
     const Status why = status == Status::kOk ? Status::kClosed : status;
     emit(Event{Event::Type::kSendFailed, c->id, 0, id, why, 0, nullptr});
   }
@@ -809,11 +841,8 @@ void Engine::finish_close(Connection* c, Status status) {
     }
   }
   if (!c->client) by_conn_id_.erase(c->conn_id);
-  if (dead) {
-    // Streams may still have events in the current epoll batch.
-    for (auto& s : dead->streams) graveyard_.push_back(std::move(s));
-    dead_conns_.push_back(std::move(dead));
-  }
+  // Its streams may still have events in the current epoll batch.
+  if (dead) dead_conns_.push_back(std::move(dead));
 }
 
 }  // namespace dwcp::transport::tcp

@@ -107,6 +107,8 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
+  struct OutMessage;
+
   // Each returns an id at once; the outcome arrives as events.
   uint64_t listen(const std::string& host, uint16_t port);
   uint64_t connect(const ConnectOptions& opts);
@@ -126,7 +128,6 @@ class Engine {
   struct Stream;
   struct Connection;
   struct Listener;
-  struct OutMessage;
   using Command = EngineCommand;
   void post(Command&& c);
   void run();
@@ -143,6 +144,7 @@ class Engine {
   void queue_control(Connection* c, ChunkType type, uint64_t message_id);
   void stream_failed(Stream* s, int err);
   void finish_close(Connection* c, Status status);
+  void maybe_complete(Connection* c, OutMessage* m);
   void maybe_finish_graceful(Connection* c);
   void update_epoll(Stream* s);
   void emit(Event e) { pending_.push_back(e); }

@@ -1,0 +1,359 @@
+// AMST: message transport over N TCP streams. One native I/O thread per
+// Node thread serves every connection; this module routes its events to the
+// objects below.
+//
+//   const server = await listen({ port: 7701 });
+//   server.on('connection', (conn) => conn.on('message', (buf) => ...));
+//   const conn = await connect({ host: '10.0.0.2', port: 7701, streams: 8 });
+//   await conn.send(buf);   // resolves once the peer holds the whole message
+import { EventEmitter } from 'node:events';
+import { constants as osConstants } from 'node:os';
+import { native, type NativeAmstEngine, type NativeAmstEvent, type NativeAmstStreamStats } from '../../native.js';
+import { InvalidArgumentError, NovacronError } from '../../errors.js';
+import type { NetworkMode } from '../mode.js';
+
+/** Errors of the transport; `code` is `ERR_AMST_<STATUS>`. */
+export class TransportError extends NovacronError {
+  /** errno name of the underlying socket error, when there was one (e.g. `ECONNREFUSED`). */
+  readonly syscallError: string | undefined;
+  constructor(code: string, message: string, syscallError?: string) {
+    super(code, message);
+    this.name = 'TransportError';
+    this.syscallError = syscallError;
+  }
+}
+
+export interface ListenOptions {
+  /** Numeric address to bind. Default 127.0.0.1. */
+  host?: string;
+  /** Port; 0 picks a free one. Default 0. */
+  port?: number;
+}
+
+export interface ConnectOptions {
+  /** Numeric IPv4 or IPv6 address of the peer. */
+  host: string;
+  port: number;
+  /** TCP streams, 1 to 512. Default from `mode`: 8 (internet, hybrid) or 16 (datacenter). */
+  streams?: number;
+  /** TCP congestion control per stream. Default from `mode`: `bbr` (internet), `cubic` (datacenter), system default otherwise. */
+  congestion?: string;
+  /** Chunk size messages are cut into, a power of two from 4 KiB to 16 MiB. Default 256 KiB. */
+  chunkSize?: number;
+  /** SO_SNDBUF / SO_RCVBUF per stream in bytes; 0 leaves the kernel's autotuning. Default 0. */
+  sendBufferBytes?: number;
+  recvBufferBytes?: number;
+  /** Link mode, for the defaults above. */
+  mode?: NetworkMode;
+}
+
+/** Per-stream figures, TCP_INFO included. */
+export type StreamStats = NativeAmstStreamStats;
+
+export interface ConnectionStats {
+  messagesSent: number;
+  messagesReceived: number;
+  /** Payload bytes of messages the peer acknowledged. */
+  bytesSent: number;
+  bytesReceived: number;
+  /** Chunks sent again after a stream was lost. */
+  chunksResent: number;
+  streams: StreamStats[];
+}
+
+function errnoName(n: number | undefined): string | undefined {
+  if (!n) return undefined;
+  for (const [name, value] of Object.entries(osConstants.errno)) if (value === n) return name;
+  return `errno ${n}`;
+}
+
+function eventError(e: NativeAmstEvent, what: string): TransportError {
+  const status = e.status ?? 'CONNECTION_LOST';
+  const sys = errnoName(e.osError);
+  return new TransportError(`ERR_AMST_${status}`, `${what}: ${status.toLowerCase().replace(/_/g, ' ')}${sys ? ` (${sys})` : ''}`, sys);
+}
+
+interface Handler {
+  handleEvent(e: NativeAmstEvent): void;
+}
+
+// The per-thread engine, created on first use and kept referenced (so the
+// process stays up) only while something is open.
+class Router {
+  readonly engine: NativeAmstEngine;
+  readonly handlers = new Map<number, Handler>();
+  readonly servers = new Map<number, AmstServer>();
+  #open = 0;
+
+  constructor() {
+    this.engine = new native.AmstEngine((events) => {
+      for (const e of events) {
+        // An incoming connection has a new id; its listener's id says where it goes.
+        if (e.type === 'incoming') this.servers.get(e.listener ?? -1)?.accept(e);
+        else this.handlers.get(e.id)?.handleEvent(e);
+      }
+    });
+  }
+
+  retain(): void {
+    if (this.#open++ === 0) this.engine.ref();
+  }
+
+  release(): void {
+    if (--this.#open === 0) this.engine.unref();
+  }
+}
+
+let router: Router | undefined;
+function getRouter(): Router {
+  router ??= new Router();
+  return router;
+}
+
+function checkHost(host: unknown): string {
+  if (typeof host !== 'string' || host.length === 0) throw new InvalidArgumentError('host must be a numeric IP address');
+  return host;
+}
+
+function checkPort(port: unknown, allowZero: boolean): number {
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < (allowZero ? 0 : 1) || port > 65535) {
+    throw new InvalidArgumentError(`port must be an integer from ${allowZero ? 0 : 1} to 65535, got ${String(port)}`);
+  }
+  return port;
+}
+
+interface PendingSend {
+  buffer: Uint8Array;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * One connection: an ordered, message-oriented flow over N TCP streams.
+ * Events: `message` (Buffer), `streamLost` (index, errno name), `close` (error or undefined).
+ */
+export class AmstConnection extends EventEmitter implements Handler {
+  readonly id: number;
+  /** Streams the connection was set up with. */
+  streams: number;
+  #router: Router;
+  #nextMessage = 0;
+  #pending = new Map<number, PendingSend>();
+  #closed = false;
+  #closeWaiters: Array<() => void> = [];
+  #connectWaiter: { resolve: (c: AmstConnection) => void; reject: (e: Error) => void } | undefined;
+
+  /** @internal */
+  constructor(r: Router, id: number, streams: number) {
+    super();
+    this.#router = r;
+    this.id = id;
+    this.streams = streams;
+    r.handlers.set(id, this);
+    r.retain();
+  }
+
+  /** @internal */
+  waitConnected(): Promise<AmstConnection> {
+    return new Promise((resolve, reject) => {
+      this.#connectWaiter = { resolve, reject };
+    });
+  }
+
+  /**
+   * Sends one message. Resolves when the peer holds all of it; rejects with
+   * a TransportError if the connection ends first. The buffer is not copied:
+   * do not change it until the promise settles.
+   */
+  send(message: Uint8Array): Promise<void> {
+    if (!(message instanceof Uint8Array)) return Promise.reject(new InvalidArgumentError('message must be a Buffer or Uint8Array'));
+    if (message.length === 0) return Promise.reject(new InvalidArgumentError('message must not be empty'));
+    if (this.#closed) return Promise.reject(new TransportError('ERR_AMST_CLOSED', 'send: connection is closed'));
+    const id = this.#nextMessage++;
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.set(id, { buffer: message, resolve, reject });
+      this.#router.engine.send(this.id, id, message);
+    });
+  }
+
+  /** Messages not yet acknowledged by the peer. */
+  get pendingSends(): number {
+    return this.#pending.size;
+  }
+
+  /** Counters and TCP_INFO per stream; null once closed. */
+  stats(): ConnectionStats | null {
+    return this.#closed ? null : this.#router.engine.stats(this.id);
+  }
+
+  /** Finishes pending sends, then closes both directions. */
+  close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    const done = new Promise<void>((resolve) => this.#closeWaiters.push(resolve));
+    this.#router.engine.close(this.id);
+    return done;
+  }
+
+  /** Closes now; pending sends reject with ERR_AMST_CLOSED. */
+  destroy(): void {
+    if (!this.#closed) this.#router.engine.destroy(this.id);
+  }
+
+  /** Fault injection for tests: resets one stream as a network failure would. */
+  killStream(index: number): void {
+    this.#router.engine.killStream(this.id, index);
+  }
+
+  /** @internal */
+  handleEvent(e: NativeAmstEvent): void {
+    switch (e.type) {
+      case 'connected':
+        this.streams = e.value;
+        this.#connectWaiter?.resolve(this);
+        this.#connectWaiter = undefined;
+        return;
+      case 'error':
+        this.#connectWaiter?.reject(eventError(e, 'connect'));
+        this.#connectWaiter = undefined;
+        return;
+      case 'message':
+        this.emit('message', e.data);
+        return;
+      case 'sendDone': {
+        const p = this.#pending.get(e.value);
+        this.#pending.delete(e.value);
+        p?.resolve();
+        return;
+      }
+      case 'sendFailed': {
+        const p = this.#pending.get(e.value);
+        this.#pending.delete(e.value);
+        p?.reject(eventError(e, 'send'));
+        return;
+      }
+      case 'streamLost':
+        this.emit('streamLost', e.value, errnoName(e.osError));
+        return;
+      case 'closed': {
+        this.#closed = true;
+        this.#router.handlers.delete(this.id);
+        this.#router.release();
+        const err = e.status ? eventError(e, 'connection') : undefined;
+        for (const p of this.#pending.values()) p.reject(err ?? new TransportError('ERR_AMST_CLOSED', 'send: connection closed'));
+        this.#pending.clear();
+        this.#connectWaiter?.reject(err ?? new TransportError('ERR_AMST_CLOSED', 'connect: closed'));
+        for (const w of this.#closeWaiters) w();
+        this.emit('close', err);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+}
+
+/** A listening socket. Events: `connection` (AmstConnection), `close`. */
+export class AmstServer extends EventEmitter implements Handler {
+  readonly id: number;
+  port = 0;
+  #router: Router;
+  #ready: { resolve: (s: AmstServer) => void; reject: (e: Error) => void } | undefined;
+  #closed: Array<() => void> = [];
+
+  /** @internal */
+  constructor(r: Router, id: number) {
+    super();
+    this.#router = r;
+    this.id = id;
+    r.handlers.set(id, this);
+    r.servers.set(id, this);
+    r.retain();
+  }
+
+  /** @internal */
+  waitListening(): Promise<AmstServer> {
+    return new Promise((resolve, reject) => {
+      this.#ready = { resolve, reject };
+    });
+  }
+
+  /** Stops accepting; open connections are unaffected. */
+  close(): Promise<void> {
+    const done = new Promise<void>((resolve) => this.#closed.push(resolve));
+    this.#router.engine.close(this.id);
+    return done;
+  }
+
+  /** @internal */
+  handleEvent(e: NativeAmstEvent): void {
+    switch (e.type) {
+      case 'listening':
+        this.port = e.value;
+        this.#ready?.resolve(this);
+        this.#ready = undefined;
+        return;
+      case 'error':
+        this.#ready?.reject(eventError(e, 'listen'));
+        this.#ready = undefined;
+        this.#forget();
+        return;
+      case 'closed':
+        this.#forget();
+        for (const w of this.#closed) w();
+        this.emit('close');
+        return;
+      default:
+        return;
+    }
+  }
+
+  #forget(): void {
+    this.#router.handlers.delete(this.id);
+    this.#router.servers.delete(this.id);
+    this.#router.release();
+  }
+
+  /** @internal */
+  accept(e: NativeAmstEvent): void {
+    const conn = new AmstConnection(this.#router, e.id, e.value);
+    this.emit('connection', conn);
+  }
+}
+
+/** Starts listening; resolves once bound (`server.port` holds the port). */
+export function listen(options: ListenOptions = {}): Promise<AmstServer> {
+  const host = checkHost(options.host ?? '127.0.0.1');
+  const port = checkPort(options.port ?? 0, true);
+  const r = getRouter();
+  const id = r.engine.listen(host, port);
+  return new AmstServer(r, id).waitListening();
+}
+
+/** Opens a connection of N streams; resolves once every stream has connected or failed (at least one connected). */
+export function connect(options: ConnectOptions): Promise<AmstConnection> {
+  if (typeof options !== 'object' || options === null) return Promise.reject(new InvalidArgumentError('options must be an object'));
+  const host = checkHost(options.host);
+  const port = checkPort(options.port, false);
+  const mode = options.mode;
+  const streams = options.streams ?? (mode === 'datacenter' ? 16 : 8);
+  if (!Number.isInteger(streams) || streams < 1 || streams > 512) {
+    return Promise.reject(new InvalidArgumentError(`streams must be an integer from 1 to 512, got ${String(streams)}`));
+  }
+  const chunk = options.chunkSize ?? 256 * 1024;
+  if (!Number.isInteger(chunk) || chunk < 4096 || chunk > 16 * 1024 * 1024 || (chunk & (chunk - 1)) !== 0) {
+    return Promise.reject(new InvalidArgumentError(`chunkSize must be a power of two from 4096 to 16777216, got ${String(chunk)}`));
+  }
+  const congestion = options.congestion ?? (mode === 'internet' ? 'bbr' : mode === 'datacenter' ? 'cubic' : '');
+  const r = getRouter();
+  const id = r.engine.connect({
+    host,
+    port,
+    streams,
+    chunkShift: Math.log2(chunk),
+    congestion,
+    sendBuffer: options.sendBufferBytes ?? 0,
+    recvBuffer: options.recvBufferBytes ?? 0,
+  });
+  return new AmstConnection(r, id, streams).waitConnected();
+}
+
