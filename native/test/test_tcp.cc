@@ -160,9 +160,11 @@ TEST(tcp_peer_loss_fails_pending_sends) {
 }
 
 TEST(tcp_clean_close_after_pending_sends) {
-  Pair p(3);
+  Pair p(4);
   std::vector<uint8_t> m(1u << 20, 9);
   p.engine.send(p.client, 0, m.data(), m.size());
+  p.engine.send(p.server, 0, m.data(), 1000);
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.server) == 1; }));
   p.engine.close(p.client);
   CHECK(p.sink.wait([&](auto&) {
     return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1;
@@ -232,8 +234,9 @@ TEST(tcp_refused_and_hostile_peers) {
   const uint64_t c = engine.connect(o);
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kError, c) == 1; }));
   CHECK_EQ(sink.first(Type::kError, c).os_error, ECONNREFUSED);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, c) == 1; }));
   const uint64_t bad = engine.connect(ConnectOptions{"not-an-ip", 1, 1, 16, {}});
-  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kError, bad) == 1; }));
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kError, bad) == 1 && sink.count_locked(Type::kClosed, bad) == 1; }));
 }
 
 TEST(tcp_one_buffer_many_messages) {

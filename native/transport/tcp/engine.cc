@@ -60,7 +60,7 @@ struct Engine::Stream {
   bool alive = true;
   bool eof = false;
   bool write_shut = false;
-  bool epollout = false;
+  uint32_t epoll_events = 0;  // what the fd is registered for (0: not registered)
   std::unique_ptr<StreamReader> reader;
   std::deque<OutChunk> out;
   size_t out_bytes = 0;
@@ -351,7 +351,9 @@ void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
   sockaddr_storage addr;
   socklen_t alen;
   if (!make_address(opts.host, opts.port, &addr, &alen)) {
+    // Like every failed connection: kError, then kClosed.
     emit(Event{Event::Type::kError, id, 0, 0, Status::kInvalidArgument, EINVAL, nullptr});
+    emit(Event{Event::Type::kClosed, id, 0, 0, Status::kInvalidArgument, 0, nullptr});
     return;
   }
   Connection* c = conn.get();
@@ -385,11 +387,7 @@ void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
     sp->reader = std::make_unique<StreamReader>(
         limits_, false, [](const Hello&) { return Status::kProtocol; },
         [this, sp](const ChunkHeader& h, const uint8_t* p) { return on_chunk(sp, h, p); });
-    epoll_event ev{};
-    ev.events = EPOLLOUT | EPOLLIN;
-    ev.data.ptr = sp;
-    epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sp->fd.get(), &ev);
-    sp->epollout = true;
+    update_epoll(sp);
   }
 }
 
@@ -427,10 +425,7 @@ void Engine::on_listener(Listener* l) {
     sp->reader = std::make_unique<StreamReader>(
         limits_, true, [this, sp](const Hello& h) { return on_hello(sp, h); },
         [this, sp](const ChunkHeader& h, const uint8_t* p) { return on_chunk(sp, h, p); });
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.ptr = sp;
-    epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev);
+    update_epoll(sp);
     orphans_.push_back(std::move(s));
   }
 }
@@ -644,13 +639,18 @@ bool Engine::flush(Stream* s) {
 }
 
 void Engine::update_epoll(Stream* s) {
-  const bool want = !s->out.empty() || s->connecting;
-  if (want == s->epollout || !s->alive) return;
+  if (!s->alive || !s->fd) return;
+  const bool want_out = !s->out.empty() || s->connecting;
+  // After the peer's end of stream there is nothing to read (and a
+  // level-triggered EPOLLIN would fire forever); only pending output counts.
+  const uint32_t events = (s->eof ? 0u : static_cast<uint32_t>(EPOLLIN)) | (want_out ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  if (events == s->epoll_events) return;
   epoll_event ev{};
-  ev.events = EPOLLIN | (want ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  ev.events = events;
   ev.data.ptr = s;
-  epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, s->fd.get(), &ev);
-  s->epollout = want;
+  if (events == 0) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
+  else epoll_ctl(epoll_.get(), s->epoll_events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, s->fd.get(), &ev);
+  s->epoll_events = events;
 }
 
 void Engine::on_stream(Stream* s, uint32_t events) {
@@ -690,7 +690,7 @@ void Engine::on_stream(Stream* s, uint32_t events) {
         }
         if (c->closing) {
           // Clean end: the peer sent CLOSE and finished writing.
-          epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
+          update_epoll(s);
           maybe_finish_graceful(c);
         } else {
           stream_failed(s, ECONNRESET);
@@ -722,7 +722,8 @@ void Engine::stream_failed(Stream* s, int err) {
   const bool was_connecting = s->connecting;
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
-    epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
+    if (s->epoll_events) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
+    s->epoll_events = 0;
     s->fd.reset();
     s->alive = false;
     s->connecting = false;
@@ -830,7 +831,8 @@ void Engine::finish_close(Connection* c, Status status) {
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
     for (auto& s : c->streams) {
-      if (s->fd) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
+      if (s->fd && s->epoll_events) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
+      s->epoll_events = 0;
       s->fd.reset();
       s->alive = false;
     }

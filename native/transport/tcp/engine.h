@@ -41,7 +41,7 @@ struct Event {
     kSendFailed,  // message `value` of connection `id` will not be delivered (`status`)
     kStreamLost,  // connection `id` lost stream `value` and carries on (`os_error`)
     kClosed,      // connection or listener `id` is closed (`status` kOk when cleanly)
-    kError,       // listen/connect `id` failed (`status`, `os_error`)
+    kError,       // listen/connect `id` failed (`status`, `os_error`); a connection then also gets kClosed
   };
   Type type = Type::kError;
   uint64_t id = 0;

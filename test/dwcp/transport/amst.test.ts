@@ -1,0 +1,187 @@
+import t from 'tap';
+import net from 'node:net';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { listen, connect, TransportError, InvalidArgumentError } from '../../../src/index.js';
+import type { AmstConnection, AmstServer } from '../../../src/index.js';
+import { randomBytes } from '../../helpers.js';
+
+async function pair(streams = 4, chunkSize = 64 * 1024): Promise<{ server: AmstServer; client: AmstConnection; peer: AmstConnection }> {
+  const server = await listen({ port: 0 });
+  const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams, chunkSize });
+  const [peer] = await accepted;
+  return { server, client, peer };
+}
+
+function collect(conn: AmstConnection): Buffer[] {
+  const got: Buffer[] = [];
+  conn.on('message', (m: Buffer) => got.push(m));
+  return got;
+}
+
+async function until(cond: () => boolean, ms = 10000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+t.test('messages of every size, both directions, in order', async (t) => {
+  const { server, client, peer } = await pair(4);
+  const atPeer = collect(peer);
+  const atClient = collect(client);
+  const sizes = [1, 100, 65535, 65536, 65537, 1 << 20, 5 * (1 << 20) + 3, 7];
+  const msgs = sizes.map((n) => randomBytes(n));
+  await Promise.all(msgs.map((m) => client.send(m)));
+  await Promise.all(msgs.slice(0, 3).map((m) => peer.send(m)));
+  await until(() => atPeer.length === msgs.length && atClient.length === 3);
+  for (const [i, m] of msgs.entries()) t.ok(atPeer[i]!.equals(m), `message ${i} (${m.length} B) intact and in order`);
+  for (const [i, m] of msgs.slice(0, 3).entries()) t.ok(atClient[i]!.equals(m));
+  const st = client.stats()!;
+  t.equal(st.streams.length, 4);
+  t.equal(st.messagesSent, msgs.length);
+  t.ok(st.streams.filter((s) => s.bytesSent > 100000).length >= 3, 'large messages striped over the streams');
+  t.ok(st.streams.every((s) => s.alive && s.congestion.length > 0 && s.rttUs > 0));
+  const peerClosed = once(peer, 'close');
+  await client.close();
+  await peerClosed;
+  await server.close();
+  t.equal(client.stats(), null);
+});
+
+t.test('congestion control per connection', async (t) => {
+  const server = await listen({ port: 0 });
+  for (const cc of ['cubic', 'bbr']) {
+    const c = await connect({ host: '127.0.0.1', port: server.port, streams: 2, congestion: cc });
+    t.same(c.stats()!.streams.map((s) => s.congestion), [cc, cc]);
+    c.destroy();
+  }
+  await server.close();
+});
+
+t.test('a stream reset mid-transfer loses nothing', async (t) => {
+  const { server, client, peer } = await pair(4, 64 * 1024);
+  const atPeer = collect(peer);
+  const lost: number[] = [];
+  client.on('streamLost', (i: number) => lost.push(i));
+  const msgs = Array.from({ length: 6 }, () => randomBytes(8 << 20));
+  const sent = Promise.all(msgs.map((m) => client.send(m)));
+  client.killStream(2);
+  await sent;
+  await until(() => atPeer.length === msgs.length);
+  t.same(lost, [2]);
+  for (const [i, m] of msgs.entries()) t.ok(atPeer[i]!.equals(m), `message ${i} intact`);
+  t.equal(client.stats()!.streams.filter((s) => s.alive).length, 3);
+  client.destroy();
+  await server.close();
+});
+
+t.test('a dead peer rejects pending sends promptly', async (t) => {
+  const { server, client, peer } = await pair(2);
+  const big = Buffer.alloc(64 << 20, 1);
+  const pending = client.send(big);
+  peer.destroy();
+  const started = Date.now();
+  await t.rejects(pending, { code: /^ERR_AMST_(CONNECTION_LOST|CLOSED)$/ });
+  t.ok(Date.now() - started < 5000, 'within 5 s');
+  await t.rejects(client.send(Buffer.from('x')), { code: 'ERR_AMST_CLOSED' });
+  await server.close();
+});
+
+t.test('refused connections and bad arguments', async (t) => {
+  const server = await listen({ port: 0 });
+  const port = server.port;
+  await server.close();
+  const err = await connect({ host: '127.0.0.1', port, streams: 3 }).catch((e: unknown) => e);
+  t.type(err, TransportError);
+  t.equal((err as TransportError).code, 'ERR_AMST_CONNECTION_LOST');
+  t.equal((err as TransportError).syscallError, 'ECONNREFUSED');
+  await t.rejects(connect({ host: '127.0.0.1', port, streams: 0 }), InvalidArgumentError);
+  await t.rejects(connect({ host: '127.0.0.1', port, streams: 513 }), InvalidArgumentError);
+  await t.rejects(connect({ host: '127.0.0.1', port, chunkSize: 5000 }), InvalidArgumentError);
+  t.throws(() => listen({ port: 70000 }), InvalidArgumentError);
+  await t.rejects(connect({ host: 'example.com', port: 1 }), { code: 'ERR_AMST_INVALID_ARGUMENT' });
+  const { server: s2, client } = await pair(1);
+  await t.rejects(client.send(Buffer.alloc(0)), InvalidArgumentError);
+  await t.rejects(client.send('text' as never), InvalidArgumentError);
+  client.destroy();
+  await s2.close();
+});
+
+t.test('hostile peers are dropped', async (t) => {
+  const server = await listen({ port: 0 });
+  let connections = 0;
+  const closes: Array<Error | undefined> = [];
+  server.on('connection', (c: AmstConnection) => {
+    connections++;
+    c.on('close', (e?: Error) => closes.push(e));
+  });
+  // Garbage instead of a HELLO: the socket is closed, no connection appears.
+  const raw = net.connect(server.port, '127.0.0.1');
+  await once(raw, 'connect');
+  raw.write(Buffer.alloc(100, 0x5a));
+  await once(raw, 'close');
+  t.equal(connections, 0);
+  // A valid HELLO, then a chunk whose payload does not match its checksum:
+  // the connection appears, then closes with a protocol error.
+  const { native } = await import('../../../src/native.js');
+  const hello = Buffer.alloc(40);
+  hello.writeUInt32LE(0x31534d41, 0);
+  hello[4] = 1;
+  hello.writeUInt16LE(0, 6);
+  hello.writeUInt16LE(1, 8);
+  hello[10] = 16;
+  hello.fill(7, 16, 32);
+  hello.writeUInt32LE(native.crc32c(hello.subarray(0, 36)), 36);
+  const chunk = Buffer.alloc(40);
+  chunk[0] = 1; // DATA
+  chunk[1] = 12;
+  chunk.writeUInt32LE(10, 4);
+  chunk.writeBigUInt64LE(10n, 24);
+  chunk.writeUInt32LE(1234, 32); // wrong payload CRC
+  chunk.writeUInt32LE(native.crc32c(chunk.subarray(0, 36)), 36);
+  const liar = net.connect(server.port, '127.0.0.1');
+  await once(liar, 'connect');
+  liar.write(hello);
+  await until(() => connections === 1);
+  liar.write(Buffer.concat([chunk, Buffer.alloc(10, 1)]));
+  await until(() => closes.length === 1);
+  t.equal((closes[0] as TransportError).code, 'ERR_AMST_PROTOCOL');
+  liar.destroy();
+  await server.close();
+});
+
+t.test('the process exits once everything is closed', async (t) => {
+  const script = fileURLToPath(new URL('./fixtures/round-trip.mjs', import.meta.url));
+  const { stdout } = await promisify(execFile)(process.execPath, [script], { timeout: 20000 });
+  t.equal(stdout.trim(), 'ok');
+});
+
+t.test('works from a worker thread', async (t) => {
+  const server = await listen({ port: 0 });
+  const got: Buffer[] = [];
+  server.on('connection', (c: AmstConnection) => c.on('message', (m: Buffer) => got.push(m)));
+  const entry = new URL('../../../dist/index.js', import.meta.url).href;
+  const w = new Worker(
+    `import(${JSON.stringify(entry)}).then(async ({ connect }) => {
+      const { workerData, parentPort } = await import('node:worker_threads');
+      const c = await connect({ host: '127.0.0.1', port: workerData.port, streams: 2 });
+      await c.send(Buffer.from('from a worker'));
+      await c.close();
+      parentPort.postMessage('done');
+    });`,
+    { eval: true, workerData: { port: server.port } },
+  );
+  const [msg] = await once(w, 'message');
+  t.equal(msg, 'done');
+  await until(() => got.length === 1);
+  t.equal(got[0]!.toString(), 'from a worker');
+  await once(w, 'exit');
+  await server.close();
+});
+
