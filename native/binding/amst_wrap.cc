@@ -63,8 +63,17 @@ void CallJs(Napi::Env env, Napi::Function callback, std::nullptr_t*, Batch* batc
     if (e.data) {
       std::vector<uint8_t>* v = e.data;
       e.data = nullptr;
-      o.Set("data", Napi::Buffer<uint8_t>::New(env, v->data(), v->size(),
-                                               [](Napi::Env, uint8_t*, std::vector<uint8_t>* hint) { delete hint; }, v));
+      // Tell V8 about the native bytes, or it would not collect received
+      // Buffers under memory pressure (it sees only the small JS objects).
+      const auto size = static_cast<int64_t>(v->size());
+      Napi::MemoryManagement::AdjustExternalMemory(env, size);
+      o.Set("data", Napi::Buffer<uint8_t>::New(
+                        env, v->data(), v->size(),
+                        [](Napi::Env fenv, uint8_t*, std::vector<uint8_t>* hint) {
+                          Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(hint->size()));
+                          delete hint;
+                        },
+                        v));
     }
     arr.Set(static_cast<uint32_t>(i), o);
   }

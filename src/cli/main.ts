@@ -17,6 +17,11 @@ commands:
       --simd a,b            SIMD paths to measure (default: every supported one)
       --max-time S          seconds per measurement (default 0.5)
       --workloads a,b       k1,k16,k128,region512,unchanged,random,zero (default all)
+  bench transport [options] AMST over loopback against Node net (and iperf3 when installed)
+      --gib N               bulk volume (default 4)
+      --streams 1,2,4,8     stream counts for the bulk run
+      --messages N          64-byte messages for the rate run (default 200000)
+      --rounds N            ping-pong round trips (default 5000)
   help                      this text
   --version                 the package version
 `;
@@ -36,7 +41,8 @@ async function cmdDoctor(args: string[]): Promise<void> {
 
 async function cmdBench(args: string[]): Promise<void> {
   const [suite, ...rest] = args;
-  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\``);
+  if (suite === 'transport') return benchTransport(rest);
+  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\` or \`novacron bench transport\``);
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -61,6 +67,23 @@ async function cmdBench(args: string[]): Promise<void> {
     maxTime: num(values['max-time'], 'max-time'),
     workloads: values.workloads?.split(',').filter(Boolean),
   });
+}
+
+async function benchTransport(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { gib: { type: 'string' }, streams: { type: 'string' }, messages: { type: 'string' }, rounds: { type: 'string' } },
+    strict: true,
+  });
+  const pos = (v: string | undefined, name: string): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new UsageError(`--${name} must be a positive number, got ${v}`);
+    return n;
+  };
+  const streams = values.streams?.split(',').map((s) => pos(s, 'streams')!);
+  const mod = (await import(pathToFileURL(join(root, 'bench', 'transport.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
+  await mod.run({ gib: pos(values.gib, 'gib'), streams, messages: pos(values.messages, 'messages'), rounds: pos(values.rounds, 'rounds') });
 }
 
 async function main(argv: string[]): Promise<void> {

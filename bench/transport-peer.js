@@ -1,0 +1,28 @@
+// The receiving side of `novacron bench transport`, run as its own process
+// (as iperf3's server is). Modes: `amst-sink`, `amst-echo`, `net-sink`,
+// `net-echo`. Prints its port, then on SIGTERM its peak RSS in bytes.
+import net from 'node:net';
+import { listen } from '../dist/index.js';
+
+const mode = process.argv[2];
+const report = () => {
+  process.stdout.write(`rss ${process.resourceUsage().maxRSS * 1024}\n`);
+  process.exit(0);
+};
+process.on('SIGTERM', report);
+
+if (mode === 'amst-sink' || mode === 'amst-echo') {
+  const server = await listen({ port: 0 });
+  server.on('connection', (conn) => {
+    if (mode === 'amst-echo') conn.on('message', (m) => void conn.send(m).catch(() => {}));
+    else conn.on('message', () => {});
+  });
+  process.stdout.write(`port ${server.port}\n`);
+} else {
+  const server = net.createServer({ noDelay: true }, (sock) => {
+    if (mode === 'net-echo') sock.on('data', (d) => sock.write(d));
+    else sock.on('data', () => {});
+    sock.on('error', () => {});
+  });
+  server.listen(0, '127.0.0.1', () => process.stdout.write(`port ${server.address().port}\n`));
+}

@@ -1,0 +1,244 @@
+// AMST throughput, message rate and round trip over loopback, each against
+// Node's `net` measured in the same run (and iperf3 / sockperf when
+// installed). The receiver runs in its own process. Prints a table, then one
+// JSON line:
+// {"bench":"transport","bulk_gbps":{"1":..,"8":..},"node_net_gbps":..,"iperf3_gbps":..,"msg_rate":..,
+//  "node_msg_rate":..,"rtt_p50_us":..,"sockperf_p50_us":..}
+import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import { connect } from '../dist/index.js';
+
+const peerScript = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
+
+async function startPeer(mode) {
+  const child = spawn(process.execPath, [peerScript, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let buf = '';
+  const port = await new Promise((resolve, reject) => {
+    child.stdout.on('data', (d) => {
+      buf += d;
+      const m = /port (\d+)/.exec(buf);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', (code) => reject(new Error(`peer ${mode} exited with ${code}`)));
+  });
+  return {
+    port,
+    async stop() {
+      const rss = new Promise((resolve) => child.stdout.on('data', (d) => {
+        buf += d;
+        const m = /rss (\d+)/.exec(buf);
+        if (m) resolve(Number(m[1]));
+      }));
+      child.kill('SIGTERM');
+      return rss;
+    },
+  };
+}
+
+const hrSeconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
+
+async function amstBulk(streams, totalBytes, msgBytes, window) {
+  const peer = await startPeer('amst-sink');
+  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams, congestion: 'cubic' });
+  const msg = Buffer.alloc(msgBytes, 0xa5);
+  const count = Math.floor(totalBytes / msgBytes);
+  const t0 = process.hrtime.bigint();
+  let inflight = [];
+  for (let i = 0; i < count; i++) {
+    inflight.push(conn.send(msg));
+    if (inflight.length >= window) {
+      await inflight.shift();
+    }
+  }
+  await Promise.all(inflight);
+  const s = hrSeconds(t0);
+  await conn.close();
+  const peerRss = await peer.stop();
+  return { gbps: (count * msgBytes * 8) / s / 1e9, peerRss };
+}
+
+async function netBulk(totalBytes, writeBytes) {
+  const peer = await startPeer('net-sink');
+  const sock = net.connect(peer.port, '127.0.0.1');
+  sock.setNoDelay(true);
+  await once(sock, 'connect');
+  const buf = Buffer.alloc(writeBytes, 0x5a);
+  const count = Math.floor(totalBytes / writeBytes);
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < count; i++) {
+    if (!sock.write(buf)) await once(sock, 'drain');
+  }
+  await new Promise((resolve) => sock.end(resolve));
+  const s = hrSeconds(t0);
+  sock.destroy();
+  await peer.stop();
+  return (count * writeBytes * 8) / s / 1e9;
+}
+
+async function amstMsgRate(count, window) {
+  const peer = await startPeer('amst-sink');
+  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic' });
+  const msg = Buffer.alloc(64, 1);
+  const t0 = process.hrtime.bigint();
+  let pending = [];
+  for (let i = 0; i < count; i++) {
+    pending.push(conn.send(msg));
+    if (pending.length >= window) {
+      await Promise.all(pending);
+      pending = [];
+    }
+  }
+  await Promise.all(pending);
+  const rate = count / hrSeconds(t0);
+  await conn.close();
+  await peer.stop();
+  return rate;
+}
+
+// Node's own best case for small messages: copied into 64 KiB writes.
+async function netMsgRate(count) {
+  const peer = await startPeer('net-sink');
+  const sock = net.connect(peer.port, '127.0.0.1');
+  await once(sock, 'connect');
+  const msg = Buffer.alloc(64, 1);
+  const batch = Buffer.allocUnsafe(64 * 1024);
+  const t0 = process.hrtime.bigint();
+  let off = 0;
+  for (let i = 0; i < count; i++) {
+    msg.copy(batch, off);
+    off += 64;
+    if (off === batch.length) {
+      if (!sock.write(Buffer.from(batch))) await once(sock, 'drain');
+      off = 0;
+    }
+  }
+  if (off) sock.write(Buffer.from(batch.subarray(0, off)));
+  await new Promise((resolve) => sock.end(resolve));
+  const rate = count / hrSeconds(t0);
+  sock.destroy();
+  await peer.stop();
+  return rate;
+}
+
+function percentiles(samples) {
+  samples.sort((a, b) => a - b);
+  const at = (q) => samples[Math.min(samples.length - 1, Math.floor(q * samples.length))];
+  return { p50: at(0.5), p99: at(0.99) };
+}
+
+async function amstPingPong(rounds) {
+  const peer = await startPeer('amst-echo');
+  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic' });
+  const msg = Buffer.alloc(64, 2);
+  let waiter;
+  conn.on('message', () => waiter());
+  const samples = [];
+  for (let i = 0; i < rounds; i++) {
+    const t0 = process.hrtime.bigint();
+    const back = new Promise((r) => (waiter = r));
+    conn.send(msg).catch(() => {});
+    await back;
+    samples.push(Number(process.hrtime.bigint() - t0) / 1e3);
+  }
+  await conn.close();
+  await peer.stop();
+  return percentiles(samples.slice(Math.floor(rounds / 10)));
+}
+
+async function netPingPong(rounds) {
+  const peer = await startPeer('net-echo');
+  const sock = net.connect(peer.port, '127.0.0.1');
+  sock.setNoDelay(true);
+  await once(sock, 'connect');
+  const msg = Buffer.alloc(64, 2);
+  let waiter;
+  let got = 0;
+  sock.on('data', (d) => {
+    got += d.length;
+    if (got >= 64) {
+      got -= 64;
+      waiter();
+    }
+  });
+  const samples = [];
+  for (let i = 0; i < rounds; i++) {
+    const t0 = process.hrtime.bigint();
+    const back = new Promise((r) => (waiter = r));
+    sock.write(msg);
+    await back;
+    samples.push(Number(process.hrtime.bigint() - t0) / 1e3);
+  }
+  sock.destroy();
+  await peer.stop();
+  return percentiles(samples.slice(Math.floor(rounds / 10)));
+}
+
+function iperf3(seconds) {
+  const has = spawnSync('iperf3', ['--version']);
+  if (has.error) return null;
+  const server = spawn('iperf3', ['-s', '-1', '-p', '5299'], { stdio: 'ignore' });
+  spawnSync('sleep', ['0.5']);
+  const r = spawnSync('iperf3', ['-c', '127.0.0.1', '-p', '5299', '-t', String(seconds), '-C', 'cubic', '-J']);
+  server.kill();
+  try {
+    return JSON.parse(r.stdout.toString()).end.sum_received.bits_per_second / 1e9;
+  } catch {
+    return null;
+  }
+}
+
+function sockperfP50() {
+  const has = spawnSync('sockperf', ['--version']);
+  return has.error ? null : null; // not packaged for this platform's image; see README
+}
+
+const fmt = (x, d = 2) => (x === null ? null : Number(x.toFixed(d)));
+
+export async function run(opts = {}) {
+  const totalBytes = Math.round((opts.gib ?? 4) * 2 ** 30);
+  const log = (s) => process.stdout.write(`${s}\n`);
+  log(`AMST transport benchmark over loopback: bulk ${(totalBytes / 2 ** 30).toFixed(2)} GiB in 4 MiB messages`);
+  const bulk = {};
+  let peakPeerRss = 0;
+  for (const streams of opts.streams ?? [1, 2, 4, 8]) {
+    const r = await amstBulk(streams, totalBytes, 4 << 20, 16);
+    bulk[streams] = fmt(r.gbps);
+    peakPeerRss = Math.max(peakPeerRss, r.peerRss);
+    log(`  amst ${String(streams).padStart(2)} stream(s): ${r.gbps.toFixed(2)} Gbit/s`);
+  }
+  const nodeNet = await netBulk(totalBytes, 1 << 20);
+  log(`  node net, one socket, 1 MiB writes: ${nodeNet.toFixed(2)} Gbit/s`);
+  const ip = iperf3(5);
+  log(ip === null ? '  iperf3: not installed, skipped' : `  iperf3 one stream (cubic): ${ip.toFixed(2)} Gbit/s`);
+
+  const msgCount = opts.messages ?? 200000;
+  const rate = await amstMsgRate(msgCount, 4096);
+  const nodeRate = await netMsgRate(msgCount * 5);
+  log(`64-byte messages: amst ${(rate / 1e6).toFixed(3)} M msg/s, node net batched into 64 KiB writes ${(nodeRate / 1e6).toFixed(3)} M msg/s`);
+
+  const rounds = opts.rounds ?? 5000;
+  const rtt = await amstPingPong(rounds);
+  const nrtt = await netPingPong(rounds);
+  const sp = sockperfP50();
+  log(`64-byte ping-pong: amst p50 ${rtt.p50.toFixed(1)} us p99 ${rtt.p99.toFixed(1)} us; node net p50 ${nrtt.p50.toFixed(1)} us p99 ${nrtt.p99.toFixed(1)} us` +
+      (sp === null ? '; sockperf not installed, skipped' : ''));
+  const rss = process.resourceUsage().maxRSS * 1024;
+  log(`peak RSS: sender ${(rss / 2 ** 20).toFixed(0)} MiB, receiver ${(peakPeerRss / 2 ** 20).toFixed(0)} MiB`);
+  log(JSON.stringify({
+    bench: 'transport',
+    bulk_gbps: bulk,
+    node_net_gbps: fmt(nodeNet),
+    iperf3_gbps: fmt(ip),
+    msg_rate: Math.round(rate),
+    node_msg_rate: Math.round(nodeRate),
+    rtt_p50_us: fmt(rtt.p50, 1),
+    rtt_p99_us: fmt(rtt.p99, 1),
+    node_rtt_p50_us: fmt(nrtt.p50, 1),
+    node_rtt_p99_us: fmt(nrtt.p99, 1),
+    sockperf_p50_us: sp,
+    sender_peak_rss_mib: Math.round(rss / 2 ** 20),
+    receiver_peak_rss_mib: Math.round(peakPeerRss / 2 ** 20),
+  }));
+}

@@ -1,0 +1,25 @@
+// The transport benchmark runs end to end with small volumes and prints the
+// documented JSON summary last. This checks its output, not its speed.
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const run = promisify(execFile);
+const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+
+t.test('bench transport prints a JSON summary line last', async (t) => {
+  const { stdout } = await run(
+    process.execPath,
+    [cli, 'bench', 'transport', '--gib', '0.05', '--streams', '1,4', '--messages', '2000', '--rounds', '100'],
+    // Without tap's loader hooks, which would follow every child process the
+    // benchmark starts.
+    { timeout: 120000, env: { ...process.env, NODE_OPTIONS: '' } },
+  );
+  const summary = JSON.parse(stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
+  t.equal(summary.bench, 'transport');
+  const bulk = summary.bulk_gbps as Record<string, number>;
+  t.ok(bulk['1']! > 0 && bulk['4']! > 0);
+  for (const k of ['node_net_gbps', 'msg_rate', 'node_msg_rate', 'rtt_p50_us']) t.ok((summary[k] as number) > 0, k);
+  t.ok('iperf3_gbps' in summary && 'sockperf_p50_us' in summary);
+});
