@@ -39,6 +39,19 @@ async function startPeer(mode) {
 
 const hrSeconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
 
+// A graceful close that does not finish within 5 s is reported and forced,
+// so one stuck close cannot stall the whole benchmark.
+async function closeOrDestroy(conn, what) {
+  let timer;
+  const timedOut = new Promise((resolve) => (timer = setTimeout(() => resolve(true), 5000)));
+  const late = await Promise.race([conn.close().then(() => false), timedOut]);
+  clearTimeout(timer);
+  if (late) {
+    process.stderr.write(`note: ${what}: graceful close did not finish in 5 s; destroyed\n`);
+    conn.destroy();
+  }
+}
+
 async function amstBulk(streams, totalBytes, msgBytes, window) {
   const peer = await startPeer('amst-sink');
   const conn = await connect({ host: '127.0.0.1', port: peer.port, streams, congestion: 'cubic' });
@@ -54,7 +67,7 @@ async function amstBulk(streams, totalBytes, msgBytes, window) {
   }
   await Promise.all(inflight);
   const s = hrSeconds(t0);
-  await conn.close();
+  await closeOrDestroy(conn, `bulk ${streams} streams`);
   const peerRss = await peer.stop();
   return { gbps: (count * msgBytes * 8) / s / 1e9, peerRss };
 }
@@ -92,7 +105,7 @@ async function amstMsgRate(count, window) {
   }
   await Promise.all(pending);
   const rate = count / hrSeconds(t0);
-  await conn.close();
+  await closeOrDestroy(conn, 'message rate');
   await peer.stop();
   return rate;
 }
@@ -142,7 +155,7 @@ async function amstPingPong(rounds) {
     await back;
     samples.push(Number(process.hrtime.bigint() - t0) / 1e3);
   }
-  await conn.close();
+  await closeOrDestroy(conn, 'ping-pong');
   await peer.stop();
   return percentiles(samples.slice(Math.floor(rounds / 10)));
 }

@@ -43,14 +43,19 @@ const char* TypeName(Event::Type t) {
   return "unknown";
 }
 
+// Received bytes in flight between the I/O thread and JS; above this the
+// engine stops reading its sockets until JS catches up.
+constexpr uint64_t kMaxUndelivered = 256ull << 20;
+
 // Runs on the JS thread: turns a batch into an array of plain objects and
 // passes it to the JS callback.
-void CallJs(Napi::Env env, Napi::Function callback, std::nullptr_t*, Batch* batch) {
+void CallJs(Napi::Env env, Napi::Function callback, Engine** engine, Batch* batch) {
   if (env == nullptr) {  // the function is being torn down
     FreeBatch(batch);
     return;
   }
   Napi::Array arr = Napi::Array::New(env, batch->size());
+  uint64_t received = 0;
   for (size_t i = 0; i < batch->size(); i++) {
     Event& e = (*batch)[i];
     Napi::Object o = Napi::Object::New(env);
@@ -66,6 +71,7 @@ void CallJs(Napi::Env env, Napi::Function callback, std::nullptr_t*, Batch* batc
       // Tell V8 about the native bytes, or it would not collect received
       // Buffers under memory pressure (it sees only the small JS objects).
       const auto size = static_cast<int64_t>(v->size());
+      received += v->size();
       Napi::MemoryManagement::AdjustExternalMemory(env, size);
       o.Set("data", Napi::Buffer<uint8_t>::New(
                         env, v->data(), v->size(),
@@ -78,10 +84,11 @@ void CallJs(Napi::Env env, Napi::Function callback, std::nullptr_t*, Batch* batc
     arr.Set(static_cast<uint32_t>(i), o);
   }
   FreeBatch(batch);
+  if (received && *engine) (*engine)->delivered(received);
   callback.Call({arr});
 }
 
-using Tsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Batch, CallJs>;
+using Tsfn = Napi::TypedThreadSafeFunction<Engine*, Batch, CallJs>;
 
 class TsfnSink : public transport::tcp::EventSink {
  public:
@@ -117,10 +124,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
     Napi::Env env = info.Env();
     if (!info[0].IsFunction()) throw Napi::TypeError::New(env, "AmstEngine needs an event callback");
-    tsfn_ = Tsfn::New(env, info[0].As<Napi::Function>(), "novacron.amst.events", 0, 1);
+    tsfn_ = Tsfn::New(env, info[0].As<Napi::Function>(), "novacron.amst.events", 0, 1, &engine_raw_);
     tsfn_.Unref(env);  // TypeScript refs it while connections or listeners exist
     sink_ = std::make_unique<TsfnSink>(tsfn_);
-    engine_ = std::make_unique<Engine>(sink_.get());
+    transport::Limits limits;
+    limits.max_undelivered_bytes = kMaxUndelivered;
+    engine_ = std::make_unique<Engine>(sink_.get(), limits);
+    engine_raw_ = engine_.get();
     TagObject(env, info.This().As<Napi::Object>(), &kEngineTag);
     napi_add_env_cleanup_hook(env, &EngineWrap::Cleanup, this);
     hooked_ = true;
@@ -141,6 +151,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   // Joins the I/O thread first, so nothing calls the function after release.
   void Stop() {
+    engine_raw_ = nullptr;
     engine_.reset();
     if (tsfn_released_) return;
     tsfn_released_ = true;
@@ -251,6 +262,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   bool tsfn_released_ = false;
   std::unique_ptr<TsfnSink> sink_;
   std::unique_ptr<Engine> engine_;
+  Engine* engine_raw_ = nullptr;  // the thread-safe function's context
   bool hooked_ = false;
   napi_env env_ = nullptr;
 };

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "test.h"
 #include "transport/tcp/engine.h"
@@ -248,4 +249,37 @@ TEST(tcp_one_buffer_many_messages) {
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 64; }));
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) == 64; }));
   for (auto& e : p.sink.all(Type::kMessage, p.server)) CHECK(*e.data == m);
+}
+
+TEST(tcp_receiver_back_pressure) {
+  // Receiver with a 2 MiB limit on received-but-unconsumed bytes: it stops
+  // reading until the application reports progress, and then resumes.
+  Sink rsink, ssink;
+  Limits lim;
+  lim.max_undelivered_bytes = 2u << 20;
+  Engine receiver(&rsink, lim);
+  Engine sender(&ssink);
+  const uint64_t l = receiver.listen("127.0.0.1", 0);
+  CHECK(rsink.wait([&](auto&) { return rsink.count_locked(Type::kListening, l) == 1; }));
+  ConnectOptions o;
+  o.host = "127.0.0.1";
+  o.port = static_cast<uint16_t>(rsink.first(Type::kListening, l).value);
+  o.streams = 2;
+  o.chunk_shift = 16;
+  const uint64_t c = sender.connect(o);
+  CHECK(ssink.wait([&](auto&) { return ssink.count_locked(Type::kConnected, c) == 1; }));
+  std::vector<uint8_t> m(1u << 20, 3);
+  for (uint64_t i = 0; i < 64; i++) sender.send(c, i, m.data(), m.size());
+  CHECK(rsink.wait([&](auto&) { return rsink.count_locked(Type::kMessage, 0) >= 2; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const size_t early = rsink.count(Type::kMessage);
+  CHECK(early < 40);  // held back well before the 64 MiB
+  size_t consumed = 0;
+  while (consumed < 64) {
+    CHECK(rsink.wait([&](auto&) { return rsink.count_locked(Type::kMessage, 0) > consumed; }));
+    const size_t now = rsink.count(Type::kMessage);
+    receiver.delivered((now - consumed) * m.size());
+    consumed = now;
+  }
+  CHECK(ssink.wait([&](auto&) { return ssink.count_locked(Type::kSendDone, c) == 64; }));
 }

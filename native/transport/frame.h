@@ -55,6 +55,10 @@ struct Limits {
   uint64_t max_message = 1ull << 32;        // largest message a receiver accepts
   uint64_t max_pending_bytes = 1ull << 32;  // partly received messages, all together
   size_t max_out_of_order = 1u << 16;       // messages completed ahead of an earlier one
+  // Received bytes handed to the sink but not yet reported consumed
+  // (Engine::delivered); above this the engine stops reading sockets and TCP
+  // pushes back on the sender. 0: no limit.
+  uint64_t max_undelivered_bytes = 0;
 };
 
 void write_hello(const Hello& h, uint8_t out[kHelloSize]);

@@ -60,6 +60,7 @@ struct Engine::Stream {
   bool alive = true;
   bool eof = false;
   bool write_shut = false;
+  bool read_paused = false;  // receiver back-pressure
   uint32_t epoll_events = 0;  // what the fd is registered for (0: not registered)
   std::unique_ptr<StreamReader> reader;
   std::deque<OutChunk> out;
@@ -169,6 +170,16 @@ void Engine::destroy(uint64_t id) {
   c.type = Command::Type::kDestroy;
   c.id = id;
   post(std::move(c));
+}
+
+void Engine::delivered(uint64_t bytes) {
+  const int64_t before = undelivered_.fetch_sub(static_cast<int64_t>(bytes));
+  const auto limit = static_cast<int64_t>(limits_.max_undelivered_bytes);
+  if (limit && before > limit && before - static_cast<int64_t>(bytes) <= limit) {
+    Command c;
+    c.type = Command::Type::kResume;
+    post(std::move(c));
+  }
 }
 
 void Engine::kill_stream(uint64_t conn, uint32_t index) {
@@ -335,6 +346,19 @@ void Engine::handle(Command& c) {
       }
       return;
     }
+    case Command::Type::kResume: {
+      if (!reading_paused_) return;
+      reading_paused_ = false;
+      for (auto& [id, conn] : conns_) {
+        for (auto& st : conn->streams) {
+          if (st->read_paused) {
+            st->read_paused = false;
+            update_epoll(st.get());
+          }
+        }
+      }
+      return;
+    }
     case Command::Type::kNone:
       return;
   }
@@ -478,6 +502,7 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
       for (auto& [id, msg] : ready) {
         c->messages_received++;
         c->bytes_received += msg.size();
+        if (limits_.max_undelivered_bytes) undelivered_ += static_cast<int64_t>(msg.size());
         emit(Event{Event::Type::kMessage, c->id, 0, id, Status::kOk, 0, new std::vector<uint8_t>(std::move(msg))});
       }
       // Acknowledge a message once it is whole here, and again whenever a
@@ -546,48 +571,57 @@ void Engine::pump(Connection* c) {
   // Keep about two chunks queued per stream: enough to fill the socket
   // buffer, few enough that a lost stream strands little.
   const size_t high_water = 2 * ((1u << c->shift) + kChunkHeaderSize);
-  while (!c->queue.empty()) {
-    Stream* s = nullptr;
-    for (size_t i = 0; i < c->streams.size() && !s; i++) {
-      Stream* t = c->streams[(c->rr + i) % c->streams.size()].get();
-      if (t->alive && !t->connecting && !t->write_shut && t->out_bytes < high_water) s = t;
+  // Fill the streams, then write. A stream whose socket took everything has
+  // room again and no EPOLLOUT to call us back, so go round until the queue
+  // is empty or every stream with data is waiting on its socket.
+  for (;;) {
+    while (!c->queue.empty()) {
+      Stream* s = nullptr;
+      for (size_t i = 0; i < c->streams.size() && !s; i++) {
+        Stream* t = c->streams[(c->rr + i) % c->streams.size()].get();
+        if (t->alive && !t->connecting && !t->write_shut && t->out_bytes < high_water) s = t;
+      }
+      if (!s) break;
+      c->rr = (c->rr + 1) % c->streams.size();
+      OutMessage* m = c->queue.front();
+      uint64_t chunk;
+      if (!m->resend.empty()) {
+        chunk = m->resend.front();
+        m->resend.pop_front();
+      } else {
+        chunk = m->next_chunk++;
+      }
+      const uint64_t off = chunk << m->shift;
+      OutChunk oc;
+      ChunkHeader h;
+      h.type = ChunkType::kData;
+      h.chunk_shift = static_cast<uint8_t>(m->shift);
+      h.message_id = m->id;
+      h.offset = off;
+      h.message_len = m->len;
+      h.payload_len = static_cast<uint32_t>(std::min<uint64_t>(1ull << m->shift, m->len - off));
+      h.payload_crc = crc32c(0, m->data + off, h.payload_len);
+      write_chunk_header(h, oc.header);
+      oc.msg = m;
+      oc.payload = m->data + off;
+      oc.len = h.payload_len;
+      m->inflight++;
+      s->out.push_back(oc);
+      s->out_bytes += oc.total();
+      m->sent_on[chunk] = s->index;
+      if (m->all_sent()) {
+        m->queued = false;
+        c->queue.pop_front();
+      }
     }
-    if (!s) break;
-    c->rr = (c->rr + 1) % c->streams.size();
-    OutMessage* m = c->queue.front();
-    uint64_t chunk;
-    if (!m->resend.empty()) {
-      chunk = m->resend.front();
-      m->resend.pop_front();
-    } else {
-      chunk = m->next_chunk++;
+    bool room = false;
+    for (auto& s : c->streams) {
+      if (!s->alive || s->connecting) continue;
+      if (!s->out.empty() && !flush(s.get())) continue;
+      if (c->finished) return;
+      room |= s->alive && !s->write_shut && s->out_bytes < high_water;
     }
-    const uint64_t off = chunk << m->shift;
-    OutChunk oc;
-    ChunkHeader h;
-    h.type = ChunkType::kData;
-    h.chunk_shift = static_cast<uint8_t>(m->shift);
-    h.message_id = m->id;
-    h.offset = off;
-    h.message_len = m->len;
-    h.payload_len = static_cast<uint32_t>(std::min<uint64_t>(1ull << m->shift, m->len - off));
-    h.payload_crc = crc32c(0, m->data + off, h.payload_len);
-    write_chunk_header(h, oc.header);
-    oc.msg = m;
-    oc.payload = m->data + off;
-    oc.len = h.payload_len;
-    m->inflight++;
-    s->out.push_back(oc);
-    s->out_bytes += oc.total();
-    m->sent_on[chunk] = s->index;
-    if (m->all_sent()) {
-      m->queued = false;
-      c->queue.pop_front();
-    }
-    if (s->out_bytes >= high_water && !flush(s)) continue;
-  }
-  for (auto& s : c->streams) {
-    if (s->alive && !s->connecting && !s->out.empty()) flush(s.get());
+    if (c->queue.empty() || !room) return;
   }
 }
 
@@ -643,7 +677,8 @@ void Engine::update_epoll(Stream* s) {
   const bool want_out = !s->out.empty() || s->connecting;
   // After the peer's end of stream there is nothing to read (and a
   // level-triggered EPOLLIN would fire forever); only pending output counts.
-  const uint32_t events = (s->eof ? 0u : static_cast<uint32_t>(EPOLLIN)) | (want_out ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  const bool want_in = !s->eof && !s->read_paused;
+  const uint32_t events = (want_in ? static_cast<uint32_t>(EPOLLIN) : 0u) | (want_out ? static_cast<uint32_t>(EPOLLOUT) : 0u);
   if (events == s->epoll_events) return;
   epoll_event ev{};
   ev.events = events;
@@ -666,6 +701,14 @@ void Engine::on_stream(Stream* s, uint32_t events) {
   if (events & EPOLLIN) {
     static thread_local std::vector<uint8_t> buf(kReadBuffer);
     for (;;) {
+      const auto limit = static_cast<int64_t>(limits_.max_undelivered_bytes);
+      if (limit && undelivered_.load() > limit) {
+        // The application is behind: stop reading; TCP flow control does the rest.
+        s->read_paused = true;
+        reading_paused_ = true;
+        update_epoll(s);
+        break;
+      }
       const ssize_t r = ::read(s->fd.get(), buf.data(), buf.size());
       if (r > 0) {
         s->bytes_received += static_cast<uint64_t>(r);

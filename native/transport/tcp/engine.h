@@ -90,7 +90,7 @@ struct ConnectionStats {
 
 // A request from the owner thread to the I/O thread.
 struct EngineCommand {
-  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kClose, kDestroy, kKillStream } type = Type::kNone;
+  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kClose, kDestroy, kKillStream, kResume } type = Type::kNone;
   uint64_t id = 0;
   uint64_t message_id = 0;
   const uint8_t* data = nullptr;
@@ -123,6 +123,8 @@ class Engine {
   bool stats(uint64_t conn, ConnectionStats* out);
   // Fault injection: resets stream `index` of `conn` as a network failure would.
   void kill_stream(uint64_t conn, uint32_t index);
+  // The sink's owner has consumed `bytes` of received messages (any thread).
+  void delivered(uint64_t bytes);
 
  private:
   struct Stream;
@@ -156,6 +158,8 @@ class Engine {
   std::atomic<uint64_t> next_id_{1};
   queue::SpscRing<Command> commands_{4096};
   std::atomic<bool> stop_{false};
+  std::atomic<int64_t> undelivered_{0};
+  bool reading_paused_ = false;  // I/O thread only
   std::vector<Event> pending_;
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> conns_;
   std::unordered_map<uint64_t, std::unique_ptr<Listener>> listeners_;
