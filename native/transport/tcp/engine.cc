@@ -723,7 +723,8 @@ void Engine::on_stream(Stream* s, uint32_t events) {
           return;
         }
         if (!s->alive) return;
-        if (static_cast<size_t>(r) < buf.size()) break;
+        // Read on until EAGAIN, even after a short read: when the peer's
+        // FIN has arrived too, this is the only EPOLLIN that reports it.
       } else if (r == 0) {
         s->eof = true;
         Connection* c = s->conn;
@@ -751,7 +752,10 @@ void Engine::on_stream(Stream* s, uint32_t events) {
     if (!flush(s)) return;
     if (s->conn) pump(s->conn);
   }
-  if ((events & (EPOLLERR | EPOLLHUP)) && s->alive && !s->eof) {
+  // A hang-up after both ends shut down is the normal end of a closing
+  // stream (its EOF was read above); only a pending socket error, or a
+  // hang-up on a stream still expected to carry data, is a failure.
+  if ((events & (EPOLLERR | EPOLLHUP)) && s->alive && !s->eof && !s->read_paused) {
     int err = 0;
     socklen_t len = sizeof(err);
     getsockopt(s->fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
