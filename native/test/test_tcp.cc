@@ -283,3 +283,21 @@ TEST(tcp_receiver_back_pressure) {
   }
   CHECK(ssink.wait([&](auto&) { return ssink.count_locked(Type::kSendDone, c) == 64; }));
 }
+
+TEST(tcp_clean_close_after_bulk_on_many_streams) {
+  // Regression: with data and the peer's FIN arriving together, the FIN was
+  // missed and the hang-up taken for a failure, stalling the close.
+  for (int round = 0; round < 4; round++) {
+    Pair p(8);
+    std::vector<uint8_t> m(2u << 20, static_cast<uint8_t>(round));
+    for (uint64_t i = 0; i < 16; i++) p.engine.send(p.client, i, m.data(), m.size());
+    CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 16; }));
+    p.engine.close(p.client);
+    CHECK(p.sink.wait([&](auto&) {
+      return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1;
+    }));
+    CHECK(p.sink.first(Type::kClosed, p.client).status == Status::kOk);
+    CHECK(p.sink.first(Type::kClosed, p.server).status == Status::kOk);
+    CHECK_EQ(p.sink.count(Type::kStreamLost), 0u);
+  }
+}
