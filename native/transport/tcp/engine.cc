@@ -639,7 +639,12 @@ bool Engine::flush(Stream* s) {
       }
       if (it->len > w) iov[n++] = iovec{const_cast<uint8_t*>(it->payload) + w, it->len - w};
     }
-    const ssize_t r = ::writev(s->fd.get(), iov, static_cast<int>(n));
+    // sendmsg with MSG_NOSIGNAL, not writev: a peer gone away must be an
+    // EPIPE for this stream, not a SIGPIPE for a host that did not ignore it.
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    const ssize_t r = ::sendmsg(s->fd.get(), &msg, MSG_NOSIGNAL);
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
