@@ -32,6 +32,13 @@ class UsageError extends NovacronError {
   }
 }
 
+function positive(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`--${name} must be a positive number, got ${v}`);
+  return n;
+}
+
 async function cmdDoctor(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean', default: false } }, strict: true });
   const { doctor, formatDoctor } = await import('../sys/doctor.js');
@@ -53,18 +60,12 @@ async function cmdBench(args: string[]): Promise<void> {
     },
     strict: true,
   });
-  const num = (v: string | undefined, name: string): number | undefined => {
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n <= 0) throw new UsageError(`--${name} must be a positive number, got ${v}`);
-    return n;
-  };
   const url = pathToFileURL(join(root, 'bench', `${suite}.js`)).href;
   const mod = (await import(url)) as { run(opts: Record<string, unknown>): Promise<void> };
   await mod.run({
-    sizeMiB: num(values['size-mib'], 'size-mib'),
+    sizeMiB: positive(values['size-mib'], 'size-mib'),
     simd: values.simd?.split(',').filter(Boolean),
-    maxTime: num(values['max-time'], 'max-time'),
+    maxTime: positive(values['max-time'], 'max-time'),
     workloads: values.workloads?.split(',').filter(Boolean),
   });
 }
@@ -75,15 +76,9 @@ async function benchTransport(args: string[]): Promise<void> {
     options: { gib: { type: 'string' }, streams: { type: 'string' }, messages: { type: 'string' }, rounds: { type: 'string' } },
     strict: true,
   });
-  const pos = (v: string | undefined, name: string): number | undefined => {
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n <= 0) throw new UsageError(`--${name} must be a positive number, got ${v}`);
-    return n;
-  };
-  const streams = values.streams?.split(',').map((s) => pos(s, 'streams')!);
+  const streams = values.streams?.split(',').map((s) => positive(s, 'streams')!);
   const mod = (await import(pathToFileURL(join(root, 'bench', 'transport.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
-  await mod.run({ gib: pos(values.gib, 'gib'), streams, messages: pos(values.messages, 'messages'), rounds: pos(values.rounds, 'rounds') });
+  await mod.run({ gib: positive(values.gib, 'gib'), streams, messages: positive(values.messages, 'messages'), rounds: positive(values.rounds, 'rounds') });
 }
 
 async function main(argv: string[]): Promise<void> {

@@ -9,11 +9,6 @@
 namespace dwcp::hde {
 namespace {
 
-inline uint64_t load64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
 
 // dst ^= src; short runs inline, as a kernel call would cost more than them.
 inline void apply_xor(const Kernels& k, uint8_t* dst, const uint8_t* src, uint32_t n) {

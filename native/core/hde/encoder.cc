@@ -32,11 +32,6 @@ inline uint8_t* put_token(uint8_t* o, const TokenLayout& t, uint32_t gap, uint32
   return o + t.bytes;
 }
 
-inline uint64_t load64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
 
 // Tokens needed for a run of `len` units (a shift: this is per run, and a
 // division per run showed as a quarter of the encoder's time).

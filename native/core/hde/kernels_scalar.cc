@@ -8,11 +8,6 @@
 namespace dwcp::hde {
 namespace {
 
-inline uint64_t load64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
 
 bool is_zero(const uint8_t* p, size_t n) {
   for (size_t i = 0; i < n; i += 64) {

@@ -18,6 +18,13 @@ namespace dwcp::queue {
 
 constexpr size_t kCacheLine = 64;
 
+// Ring sizes are powers of two (index & mask), at least 2.
+inline size_t ring_capacity(size_t requested) {
+  size_t cap = 2;
+  while (cap < requested) cap <<= 1;
+  return cap;
+}
+
 template <class T>
 class SpscRing {
   static_assert(std::is_nothrow_move_assignable_v<T> && std::is_default_constructible_v<T>,
@@ -26,10 +33,8 @@ class SpscRing {
  public:
   // `capacity` is rounded up to a power of two.
   explicit SpscRing(size_t capacity) {
-    size_t cap = 2;
-    while (cap < capacity) cap <<= 1;
-    mask_ = cap - 1;
-    slots_.reset(new T[cap]);
+    mask_ = ring_capacity(capacity) - 1;
+    slots_.reset(new T[mask_ + 1]);
   }
   SpscRing(const SpscRing&) = delete;
   SpscRing& operator=(const SpscRing&) = delete;

@@ -1,7 +1,8 @@
-// Bit counting without a libgcc call: the core is built for baseline x86-64
-// (no POPCNT), where __builtin_popcount becomes a function call per use.
+// Bit helpers. popcount64 avoids a libgcc call: the core is built for
+// baseline x86-64 (no POPCNT), where __builtin_popcount becomes a call.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace dwcp {
 
@@ -14,6 +15,13 @@ inline unsigned popcount64(uint64_t x) {
   x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
   return static_cast<unsigned>((x * 0x0101010101010101ull) >> 56);
 #endif
+}
+
+// Unaligned little-endian 8-byte load (compiles to one mov).
+inline uint64_t load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
 }
 
 }  // namespace dwcp

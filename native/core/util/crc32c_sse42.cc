@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "util/bits.h"
 #include "util/crc32c.h"
 
 namespace dwcp {
@@ -13,11 +14,6 @@ namespace {
 // "append kBlock zero bytes" operator held as four byte tables.
 constexpr size_t kBlock = 1024;
 
-inline uint64_t load64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
 
 struct ShiftOp {
   uint32_t t[4][256];
