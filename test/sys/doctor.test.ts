@@ -29,6 +29,13 @@ t.test('novacron doctor --json prints one JSON object with the documented keys',
   for (const k of ['simd', 'cpu', 'congestion', 'rdma', 'io_uring']) t.ok(k in obj, k);
 });
 
+t.test('the built CLI is executable, as npx runs it', async (t) => {
+  const { statSync } = await import('node:fs');
+  t.ok(statSync(cli).mode & 0o111, 'dist/cli/main.js has an execute bit');
+  const { stdout } = await run(cli, ['--version']);
+  t.match(stdout, /^\d+\.\d+\.\d+/);
+});
+
 t.test('unknown commands fail with usage and exit code 2', async (t) => {
   await t.rejects(run(process.execPath, [cli, 'frobnicate']), { code: 2 });
   await t.rejects(run(process.execPath, [cli, 'doctor', '--bogus']), { code: 1 });
