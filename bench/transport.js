@@ -1,7 +1,8 @@
 // AMST throughput, message rate and round trip over loopback, each against
-// Node's `net` measured in the same run (and iperf3 when installed; the
-// sockperf comparison is not written yet). The receiver runs in its own process. Prints a table, then one
-// JSON line:
+// Node's `net` measured in the same run, and against iperf3 and sockperf
+// when installed. The receiver runs in its own process. Message rate and
+// round trip are measured with both I/O modes (`thread`, `loop`). Prints a
+// table, then one JSON line:
 // {"bench":"transport","bulk_gbps":{"1":..,"8":..},"node_net_gbps":..,"iperf3_gbps":..,"msg_rate":..,
 //  "node_msg_rate":..,"rtt_p50_us":..,"sockperf_p50_us":..}
 import { spawn, spawnSync } from 'node:child_process';
@@ -12,8 +13,8 @@ import { connect } from '../dist/index.js';
 
 const peerScript = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
 
-async function startPeer(mode) {
-  const child = spawn(process.execPath, [peerScript, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function startPeer(mode, io = 'thread') {
+  const child = spawn(process.execPath, [peerScript, mode, io], { stdio: ['ignore', 'pipe', 'inherit'] });
   let buf = '';
   const port = await new Promise((resolve, reject) => {
     child.stdout.on('data', (d) => {
@@ -90,9 +91,9 @@ async function netBulk(totalBytes, writeBytes) {
   return (count * writeBytes * 8) / s / 1e9;
 }
 
-async function amstMsgRate(count, window) {
-  const peer = await startPeer('amst-sink');
-  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic' });
+async function amstMsgRate(count, window, io) {
+  const peer = await startPeer('amst-sink', io);
+  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic', io });
   const msg = Buffer.alloc(64, 1);
   const t0 = process.hrtime.bigint();
   let pending = [];
@@ -141,9 +142,9 @@ function percentiles(samples) {
   return { p50: at(0.5), p99: at(0.99) };
 }
 
-async function amstPingPong(rounds) {
-  const peer = await startPeer('amst-echo');
-  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic' });
+async function amstPingPong(rounds, io) {
+  const peer = await startPeer('amst-echo', io);
+  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic', io });
   const msg = Buffer.alloc(64, 2);
   let waiter;
   conn.on('message', () => waiter());
@@ -202,11 +203,17 @@ function iperf3(seconds) {
   }
 }
 
-// The sockperf comparison is not written yet; say which case applies.
-function sockperfNote() {
-  return spawnSync('sockperf', ['--version']).error
-    ? 'sockperf not installed, skipped'
-    : 'sockperf installed, but this benchmark does not drive it yet';
+// sockperf ping-pong, 64-byte TCP messages. sockperf prints one-way latency
+// (half the round trip); both are returned.
+async function sockperf(seconds) {
+  if (spawnSync('sockperf', ['--version']).error) return null;
+  const port = '5399';
+  const server = spawn('sockperf', ['sr', '--tcp', '-i', '127.0.0.1', '-p', port], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 500));
+  const r = spawnSync('sockperf', ['pp', '--tcp', '-i', '127.0.0.1', '-p', port, '-m', '64', '-t', String(seconds)], { timeout: (seconds + 10) * 1000 });
+  server.kill();
+  const m = /percentile 50\.000 =\s*([\d.]+)/.exec(r.stdout?.toString() ?? '');
+  return m ? { oneWayP50: Number(m[1]), rttP50: 2 * Number(m[1]) } : null;
 }
 
 const fmt = (x, d = 2) => (x === null ? null : Number(x.toFixed(d)));
@@ -229,16 +236,21 @@ export async function run(opts = {}) {
   log(ip === null ? '  iperf3: not installed, skipped' : `  iperf3 one stream (cubic): ${ip.toFixed(2)} Gbit/s`);
 
   const msgCount = opts.messages ?? 200000;
-  const rate = await amstMsgRate(msgCount, 4096);
+  const rate = await amstMsgRate(msgCount, 4096, 'thread');
+  const rateLoop = await amstMsgRate(msgCount, 4096, 'loop');
   const nodeRate = await netMsgRate(msgCount * 5);
-  log(`64-byte messages: amst ${(rate / 1e6).toFixed(3)} M msg/s, node net batched into 64 KiB writes ${(nodeRate / 1e6).toFixed(3)} M msg/s`);
+  log(`64-byte messages, one promise each: amst ${(rate / 1e6).toFixed(3)} M msg/s (io thread), ${(rateLoop / 1e6).toFixed(3)} M msg/s (io loop); ` +
+      `node net batched into 64 KiB writes ${(nodeRate / 1e6).toFixed(3)} M msg/s`);
 
   const rounds = opts.rounds ?? 5000;
-  const rtt = await amstPingPong(rounds);
+  const rttThread = await amstPingPong(rounds, 'thread');
+  const rtt = await amstPingPong(rounds, 'loop');
   const nrtt = await netPingPong(rounds);
-  const sp = null;
-  log(`64-byte ping-pong: amst p50 ${rtt.p50.toFixed(1)} us p99 ${rtt.p99.toFixed(1)} us; node net p50 ${nrtt.p50.toFixed(1)} us p99 ${nrtt.p99.toFixed(1)} us` +
-      `; ${sockperfNote()}`);
+  const sp = await sockperf(3);
+  const us = (r) => `p50 ${r.p50.toFixed(1)} us p99 ${r.p99.toFixed(1)} us`;
+  log(`64-byte ping-pong round trip: amst io loop ${us(rtt)}, io thread ${us(rttThread)}; node net ${us(nrtt)}`);
+  log(sp === null ? '  sockperf: not installed, skipped'
+    : `  sockperf ping-pong: one-way p50 ${sp.oneWayP50.toFixed(1)} us, so round trip p50 ${sp.rttP50.toFixed(1)} us`);
   const rss = process.resourceUsage().maxRSS * 1024;
   log(`peak RSS: sender ${(rss / 2 ** 20).toFixed(0)} MiB, receiver ${(peakPeerRss / 2 ** 20).toFixed(0)} MiB`);
   log(JSON.stringify({
@@ -247,12 +259,15 @@ export async function run(opts = {}) {
     node_net_gbps: fmt(nodeNet),
     iperf3_gbps: fmt(ip),
     msg_rate: Math.round(rate),
+    msg_rate_loop: Math.round(rateLoop),
     node_msg_rate: Math.round(nodeRate),
     rtt_p50_us: fmt(rtt.p50, 1),
     rtt_p99_us: fmt(rtt.p99, 1),
+    rtt_thread_p50_us: fmt(rttThread.p50, 1),
     node_rtt_p50_us: fmt(nrtt.p50, 1),
     node_rtt_p99_us: fmt(nrtt.p99, 1),
-    sockperf_p50_us: sp,
+    sockperf_p50_us: sp === null ? null : fmt(sp.oneWayP50, 1),
+    sockperf_rtt_p50_us: sp === null ? null : fmt(sp.rttP50, 1),
     sender_peak_rss_mib: Math.round(rss / 2 ** 20),
     receiver_peak_rss_mib: Math.round(peakPeerRss / 2 ** 20),
   }));

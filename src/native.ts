@@ -47,16 +47,13 @@ export interface NativeHdeDecoder {
   close(): number;
 }
 
-/** One event from the transport's I/O thread. */
-export interface NativeAmstEvent {
-  type: 'listening' | 'incoming' | 'connected' | 'message' | 'sendDone' | 'sendFailed' | 'streamLost' | 'closed' | 'error';
-  id: number;
-  value: number;
-  listener?: number;
-  status?: string;
-  osError?: number;
-  data?: Buffer;
-}
+/**
+ * Events from the transport's I/O thread, packed: `fields` holds 7 numbers
+ * per event (type code, id, value, listener, status code, os error, extra).
+ * A message's listener slot is its offset in `arena`, or -1 when its bytes
+ * are the next entry of `buffers`; its extra slot is its length.
+ */
+export type NativeAmstEventHandler = (fields: Float64Array, buffers: Buffer[], arena: Buffer | null) => void;
 
 export interface NativeAmstStreamStats {
   alive: boolean;
@@ -86,6 +83,7 @@ export interface NativeAmstConnectOptions {
   congestion: string;
   sendBuffer: number;
   recvBuffer: number;
+  redial: boolean;
 }
 
 export interface NativeAmstEngine {
@@ -95,6 +93,7 @@ export interface NativeAmstEngine {
   close(id: number): void;
   destroy(id: number): void;
   killStream(conn: number, index: number): void;
+  setStreams(conn: number, streams: number): void;
   stats(conn: number): NativeAmstStats | null;
   ref(): void;
   unref(): void;
@@ -115,7 +114,7 @@ export interface NativeCpuFeatures {
 export interface NativeBinding {
   HdeEncoder: new (options: NativeEncoderOptions) => NativeHdeEncoder;
   HdeDecoder: new (options: { pageSize: number; simd?: string }) => NativeHdeDecoder;
-  AmstEngine: new (onEvents: (events: NativeAmstEvent[]) => void) => NativeAmstEngine;
+  AmstEngine: new (onEvents: NativeAmstEventHandler, io?: 'thread' | 'loop') => NativeAmstEngine;
   hdeParseHeader(frame: Uint8Array, out: Float64Array, exact: boolean): number;
   hdeSealHeader(header: Uint8Array, codec: number, payloadLen: number): number;
   hdeZeroPages(region: Uint8Array, pageSize: number, simd: string, bitmap: Uint8Array): number;

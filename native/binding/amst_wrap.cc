@@ -3,7 +3,11 @@
 // Buffers that own their bytes. Sent Buffers are not copied: TypeScript keeps
 // each one referenced until its kSendDone or kSendFailed event.
 #include <napi.h>
+#include <uv.h>
 
+#include <functional>
+
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,64 +32,86 @@ void FreeBatch(Batch* b) {
   delete b;
 }
 
-const char* TypeName(Event::Type t) {
-  switch (t) {
-    case Event::Type::kListening: return "listening";
-    case Event::Type::kIncoming: return "incoming";
-    case Event::Type::kConnected: return "connected";
-    case Event::Type::kMessage: return "message";
-    case Event::Type::kSendDone: return "sendDone";
-    case Event::Type::kSendFailed: return "sendFailed";
-    case Event::Type::kStreamLost: return "streamLost";
-    case Event::Type::kClosed: return "closed";
-    case Event::Type::kError: return "error";
-  }
-  return "unknown";
-}
-
 // Received bytes in flight between the I/O thread and JS; above this the
 // engine stops reading its sockets until JS catches up.
 constexpr uint64_t kMaxUndelivered = 256ull << 20;
 
-// Runs on the JS thread: turns a batch into an array of plain objects and
-// passes it to the JS callback.
+// Messages up to this size are copied into one Buffer per batch and handed
+// to JS as slices of it: a copy of a few KiB is cheaper than an external
+// Buffer with a finalizer per message.
+constexpr size_t kPackLimit = 4096;
+
+// Fields per event in the array passed to JS.
+constexpr size_t kEventFields = 7;
+
+// Runs on the JS thread. JS gets (fields, buffers, arena): `fields` holds
+// kEventFields numbers per event (type, id, value, listener, status,
+// os error, extra); a message's `listener` slot is its offset in `arena`, or
+// -1 when its bytes are the next entry of `buffers`, and `extra` its length.
+// Consumes `batch`; tells `engine` (when still there) what JS now holds.
+std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
+  size_t packed = 0;
+  for (const Event& e : *batch) {
+    if (e.data && e.data->size() <= kPackLimit) packed += e.data->size();
+  }
+  Napi::Float64Array fields = Napi::Float64Array::New(env, batch->size() * kEventFields);
+  double* f = fields.Data();
+  Napi::Array buffers = Napi::Array::New(env);
+  Napi::Value arena = env.Null();
+  uint8_t* arena_bytes = nullptr;
+  if (packed) {
+    auto a = Napi::Buffer<uint8_t>::New(env, packed);
+    arena_bytes = a.Data();
+    arena = a;
+  }
+  size_t arena_used = 0;
+  uint32_t nbuf = 0;
+  uint64_t received = 0;
+  for (size_t i = 0; i < batch->size(); i++) {
+    Event& e = (*batch)[i];
+    double* r = f + i * kEventFields;
+    r[0] = static_cast<double>(e.type);
+    r[1] = static_cast<double>(e.id);
+    r[2] = static_cast<double>(e.value);
+    r[3] = static_cast<double>(e.listener);
+    r[4] = static_cast<double>(e.status);
+    r[5] = e.os_error;
+    r[6] = static_cast<double>(e.extra);
+    if (!e.data) continue;
+    std::vector<uint8_t>* v = e.data;
+    e.data = nullptr;
+    received += v->size();
+    r[6] = static_cast<double>(v->size());
+    if (v->size() <= kPackLimit) {
+      std::memcpy(arena_bytes + arena_used, v->data(), v->size());
+      r[3] = static_cast<double>(arena_used);
+      arena_used += v->size();
+      delete v;
+      continue;
+    }
+    r[3] = -1;
+    // Tell V8 about the native bytes, or it would not collect received
+    // Buffers under memory pressure (it sees only the small JS objects).
+    Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(v->size()));
+    buffers.Set(nbuf++, Napi::Buffer<uint8_t>::New(
+                            env, v->data(), v->size(),
+                            [](Napi::Env fenv, uint8_t*, std::vector<uint8_t>* hint) {
+                              Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(hint->size()));
+                              delete hint;
+                            },
+                            v));
+  }
+  FreeBatch(batch);
+  if (received && engine) engine->delivered(received);
+  return {fields, buffers, arena};
+}
+
 void CallJs(Napi::Env env, Napi::Function callback, Engine** engine, Batch* batch) {
   if (env == nullptr) {  // the function is being torn down
     FreeBatch(batch);
     return;
   }
-  Napi::Array arr = Napi::Array::New(env, batch->size());
-  uint64_t received = 0;
-  for (size_t i = 0; i < batch->size(); i++) {
-    Event& e = (*batch)[i];
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("type", TypeName(e.type));
-    o.Set("id", Napi::Number::New(env, static_cast<double>(e.id)));
-    o.Set("value", Napi::Number::New(env, static_cast<double>(e.value)));
-    if (e.listener) o.Set("listener", Napi::Number::New(env, static_cast<double>(e.listener)));
-    if (e.status != Status::kOk) o.Set("status", status_name(e.status));
-    if (e.os_error) o.Set("osError", Napi::Number::New(env, e.os_error));
-    if (e.data) {
-      std::vector<uint8_t>* v = e.data;
-      e.data = nullptr;
-      // Tell V8 about the native bytes, or it would not collect received
-      // Buffers under memory pressure (it sees only the small JS objects).
-      const auto size = static_cast<int64_t>(v->size());
-      received += v->size();
-      Napi::MemoryManagement::AdjustExternalMemory(env, size);
-      o.Set("data", Napi::Buffer<uint8_t>::New(
-                        env, v->data(), v->size(),
-                        [](Napi::Env fenv, uint8_t*, std::vector<uint8_t>* hint) {
-                          Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(hint->size()));
-                          delete hint;
-                        },
-                        v));
-    }
-    arr.Set(static_cast<uint32_t>(i), o);
-  }
-  FreeBatch(batch);
-  if (received && *engine) (*engine)->delivered(received);
-  callback.Call({arr});
+  callback.Call(EventArgs(env, *engine, batch));
 }
 
 using Tsfn = Napi::TypedThreadSafeFunction<Engine*, Batch, CallJs>;
@@ -105,6 +131,14 @@ class TsfnSink : public transport::tcp::EventSink {
   Tsfn tsfn_;
 };
 
+// An owner-driven engine's events arrive on the JS thread, inside
+// EngineWrap::OnPoll; they are passed on from there.
+class LoopSink : public transport::tcp::EventSink {
+ public:
+  std::function<void(std::vector<Event>&)> fn;
+  void deliver(std::vector<Event>& events) override { fn(events); }
+};
+
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -115,21 +149,48 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod<&EngineWrap::Close>("close"),
                         InstanceMethod<&EngineWrap::Destroy>("destroy"),
                         InstanceMethod<&EngineWrap::KillStream>("killStream"),
+                        InstanceMethod<&EngineWrap::SetStreams>("setStreams"),
                         InstanceMethod<&EngineWrap::Stats>("stats"),
                         InstanceMethod<&EngineWrap::Ref>("ref"),
                         InstanceMethod<&EngineWrap::Unref>("unref"),
                         InstanceMethod<&EngineWrap::Shutdown>("shutdown")});
   }
 
+  // new AmstEngine(onEvents, io): io "thread" runs the engine on an I/O
+  // thread of its own; "loop" runs it on this thread's event loop (fewer
+  // wake-ups per round trip, no parallelism with JS).
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
     Napi::Env env = info.Env();
     if (!info[0].IsFunction()) throw Napi::TypeError::New(env, "AmstEngine needs an event callback");
-    tsfn_ = Tsfn::New(env, info[0].As<Napi::Function>(), "novacron.amst.events", 0, 1, &engine_raw_);
-    tsfn_.Unref(env);  // TypeScript refs it while connections or listeners exist
-    sink_ = std::make_unique<TsfnSink>(tsfn_);
+    const bool on_loop = info[1].IsString() && info[1].As<Napi::String>().Utf8Value() == "loop";
     transport::Limits limits;
     limits.max_undelivered_bytes = kMaxUndelivered;
-    engine_ = std::make_unique<Engine>(sink_.get(), limits);
+    if (on_loop) {
+      callback_ = Napi::Persistent(info[0].As<Napi::Function>());
+      async_ = std::make_unique<Napi::AsyncContext>(env, "novacron.amst.events");
+      auto sink = std::make_unique<LoopSink>();
+      sink->fn = [this](std::vector<Event>& events) { DeliverOnLoop(events); };
+      sink_ = std::move(sink);
+      engine_ = std::make_unique<Engine>(sink_.get(), limits, false);
+      uv_loop_t* loop = nullptr;
+      napi_get_uv_event_loop(env, &loop);
+      poll_ = new uv_poll_t;
+      poll_->data = this;
+      if (!loop || uv_poll_init(loop, poll_, engine_->poll_fd()) != 0) {
+        delete poll_;
+        poll_ = nullptr;
+        engine_.reset();
+        throw Napi::Error::New(env, "AmstEngine: cannot watch the engine from the event loop");
+      }
+      uv_poll_start(poll_, UV_READABLE, &EngineWrap::OnPoll);
+      uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // TypeScript refs it while something is open
+      tsfn_released_ = true;
+    } else {
+      tsfn_ = Tsfn::New(env, info[0].As<Napi::Function>(), "novacron.amst.events", 0, 1, &engine_raw_);
+      tsfn_.Unref(env);  // TypeScript refs it while connections or listeners exist
+      sink_ = std::make_unique<TsfnSink>(tsfn_);
+      engine_ = std::make_unique<Engine>(sink_.get(), limits);
+    }
     engine_raw_ = engine_.get();
     TagObject(env, info.This().As<Napi::Object>(), &kEngineTag);
     napi_add_env_cleanup_hook(env, &EngineWrap::Cleanup, this);
@@ -149,8 +210,43 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     self->Stop();
   }
 
+  static void OnPoll(uv_poll_t* handle, int, int) {
+    auto* self = static_cast<EngineWrap*>(handle->data);
+    if (!self->engine_) return;
+    self->polling_ = true;
+    self->engine_->poll_once();
+    self->polling_ = false;
+    // JS asked to shut down while its callback ran inside poll_once().
+    if (self->stop_deferred_) self->Stop();
+  }
+
+  void DeliverOnLoop(std::vector<Event>& events) {
+    auto* batch = new Batch(std::move(events));
+    events.clear();
+    Napi::Env env(env_);
+    Napi::HandleScope scope(env);
+    try {
+      std::vector<napi_value> args = EventArgs(env, engine_raw_, batch);
+      // MakeCallback, not Call: this is a fresh entry from the event loop,
+      // so promises resolved by the handler settle (microtasks run) after it.
+      callback_.MakeCallback(Napi::Object::New(env), args, *async_);
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(env_, e.Value());  // an exception in a handler is uncaught, as in any event
+    }
+  }
+
   // Joins the I/O thread first, so nothing calls the function after release.
   void Stop() {
+    if (polling_) {
+      stop_deferred_ = true;
+      return;
+    }
+    stop_deferred_ = false;
+    if (poll_) {
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+    }
     engine_raw_ = nullptr;
     engine_.reset();
     if (tsfn_released_) return;
@@ -184,6 +280,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     opts.socket.congestion = o.Get("congestion").As<Napi::String>().Utf8Value();
     opts.socket.send_buffer = o.Get("sendBuffer").As<Napi::Number>().Int32Value();
     opts.socket.recv_buffer = o.Get("recvBuffer").As<Napi::Number>().Int32Value();
+    opts.redial = o.Get("redial").ToBoolean().Value();
     return Napi::Number::New(info.Env(), static_cast<double>(e.connect(opts)));
   }
 
@@ -208,6 +305,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   Napi::Value KillStream(const Napi::CallbackInfo& info) {
     engine(info).kill_stream(Id(info[0]), info[1].As<Napi::Number>().Uint32Value());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetStreams(const Napi::CallbackInfo& info) {
+    engine(info).set_streams(Id(info[0]), static_cast<uint16_t>(info[1].As<Napi::Number>().Uint32Value()));
     return info.Env().Undefined();
   }
 
@@ -242,13 +344,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   Napi::Value Ref(const Napi::CallbackInfo& info) {
     CheckTag(info, &kEngineTag, "AmstEngine");
-    if (!tsfn_released_) tsfn_.Ref(info.Env());
+    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    else if (!tsfn_released_) tsfn_.Ref(info.Env());
     return info.Env().Undefined();
   }
 
   Napi::Value Unref(const Napi::CallbackInfo& info) {
     CheckTag(info, &kEngineTag, "AmstEngine");
-    if (!tsfn_released_) tsfn_.Unref(info.Env());
+    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    else if (!tsfn_released_) tsfn_.Unref(info.Env());
     return info.Env().Undefined();
   }
 
@@ -260,7 +364,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   Tsfn tsfn_;
   bool tsfn_released_ = false;
-  std::unique_ptr<TsfnSink> sink_;
+  Napi::FunctionReference callback_;         // loop mode
+  std::unique_ptr<Napi::AsyncContext> async_;  // loop mode
+  uv_poll_t* poll_ = nullptr;                  // loop mode; freed by its close callback
+  bool polling_ = false;
+  bool stop_deferred_ = false;
+  std::unique_ptr<transport::tcp::EventSink> sink_;
   std::unique_ptr<Engine> engine_;
   Engine* engine_raw_ = nullptr;  // the thread-safe function's context
   bool hooked_ = false;

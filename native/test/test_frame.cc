@@ -96,8 +96,32 @@ TEST(frame_chunk_header_checks) {
   x.type = ChunkType::kAck;
   x.chunk_shift = 0;
   x.message_id = 4;
+  CHECK(status_of(x) == Status::kCorrupt);  // an ACK covers at least one message
+  x.message_len = 3;
   CHECK(status_of(x) == Status::kOk);
+  x.message_len = kMaxAckRange + 1;
+  CHECK(status_of(x) == Status::kCorrupt);
+  x.message_id = ~0ull - 1;
+  x.message_len = 3;  // would wrap
+  CHECK(status_of(x) == Status::kCorrupt);
+  x.message_id = 4;
+  x.message_len = 1;
   x.payload_len = 1;
+  CHECK(status_of(x) == Status::kCorrupt);
+  x = ChunkHeader{};
+  x.type = ChunkType::kProgress;
+  x.chunk_shift = 0;
+  x.message_id = 2;
+  x.offset = 100;
+  x.message_len = 1000;
+  CHECK(status_of(x) == Status::kOk);
+  x.offset = 1001;
+  CHECK(status_of(x) == Status::kCorrupt);
+  x = ChunkHeader{};
+  x.type = ChunkType::kRetire;
+  x.chunk_shift = 0;
+  CHECK(status_of(x) == Status::kOk);
+  x.message_len = 1;
   CHECK(status_of(x) == Status::kCorrupt);
   x = ChunkHeader{};
   x.type = static_cast<ChunkType>(9);
@@ -121,6 +145,7 @@ TEST(frame_stream_reader_any_split) {
   ack.type = ChunkType::kAck;
   ack.chunk_shift = 0;
   ack.message_id = 77;
+  ack.message_len = 1;
   wire.resize(wire.size() + kChunkHeaderSize);
   write_chunk_header(ack, wire.data() + wire.size() - kChunkHeaderSize);
   for (int trial = 0; trial < 200; trial++) {

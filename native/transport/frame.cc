@@ -100,7 +100,16 @@ Status parse_chunk_header(const uint8_t in[kChunkHeaderSize], const Limits& limi
       break;
     }
     case ChunkType::kAck:
+      if (r.chunk_shift || r.payload_len || r.offset || r.payload_crc) return Status::kCorrupt;
+      if (r.message_len == 0 || r.message_len > kMaxAckRange || r.message_id + r.message_len < r.message_id) {
+        return Status::kCorrupt;
+      }
+      break;
+    case ChunkType::kProgress:
+      if (r.chunk_shift || r.payload_len || r.payload_crc || r.offset > r.message_len) return Status::kCorrupt;
+      break;
     case ChunkType::kClose:
+    case ChunkType::kRetire:
       if (r.chunk_shift || r.payload_len || r.offset || r.message_len || r.payload_crc) return Status::kCorrupt;
       break;
     case ChunkType::kPing:
@@ -160,9 +169,11 @@ Status StreamReader::feed(const uint8_t* data, size_t len) {
 }
 
 Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
-                        std::vector<std::pair<uint64_t, std::vector<uint8_t>>>* ready, bool* duplicate) {
+                        std::vector<std::pair<uint64_t, std::vector<uint8_t>>>* ready, bool* duplicate,
+                        uint64_t* progress) {
   *completed = false;
   *duplicate = false;
+  if (progress) *progress = 0;
   if (h.type != ChunkType::kData) return Status::kInvalidArgument;
   if (complete(h.message_id)) {
     *duplicate = true;
@@ -198,7 +209,14 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
     }
     word |= bit;
     std::memcpy(p.data.data() + h.offset, payload, h.payload_len);
-    if (++p.received < p.chunks) return Status::kOk;
+    p.bytes += h.payload_len;
+    if (++p.received < p.chunks) {
+      if (progress && p.bytes - p.reported >= h.message_len / 16) {
+        p.reported = p.bytes;
+        *progress = p.bytes;
+      }
+      return Status::kOk;
+    }
     whole = std::move(p.data);
     pending_bytes_ -= h.message_len;
     partial_.erase(it);

@@ -20,7 +20,7 @@
 namespace dwcp::transport {
 
 constexpr uint32_t kHelloMagic = 0x31534d41u;  // "AMS1"
-constexpr uint8_t kWireVersion = 1;
+constexpr uint8_t kWireVersion = 2;
 constexpr size_t kHelloSize = 40;
 constexpr size_t kChunkHeaderSize = 40;
 constexpr unsigned kMinChunkShift = 12;  // 4 KiB
@@ -28,11 +28,16 @@ constexpr unsigned kMaxChunkShift = 24;  // 16 MiB
 
 enum class ChunkType : uint8_t {
   kData = 1,   // a piece of a message
-  kAck = 2,    // the peer holds message `message_id` whole (no payload)
-  kClose = 3,  // the peer will send nothing more (no payload)
-  kPing = 4,   // echo request; payload up to 64 bytes
-  kPong = 5,   // echo reply
+  kAck = 2,       // the peer holds messages `message_id` .. `message_id + message_len - 1` whole
+  kClose = 3,     // the peer will send nothing more (no payload)
+  kPing = 4,      // echo request; payload up to 64 bytes
+  kPong = 5,      // echo reply
+  kProgress = 6,  // the peer holds `offset` of the `message_len` bytes of message `message_id`
+  kRetire = 7,    // this stream carries nothing more; its end is not a failure
 };
+
+// ACK ranges are bounded so one forged ACK cannot make a sender walk 2^64 ids.
+constexpr uint64_t kMaxAckRange = 1u << 20;
 
 struct Hello {
   uint16_t stream_index = 0;
@@ -103,8 +108,12 @@ class Reassembler {
   // Copies the chunk in. `*completed` tells whether this chunk finished its
   // message; every message now deliverable in order is appended to `*ready`
   // as (id, bytes). A chunk of a message already complete sets `*duplicate`.
+  // When `progress` is given and this chunk took a partly received message
+  // past another sixteenth of its length, `*progress` is set to the bytes
+  // held (else 0): the cue for a PROGRESS report to the sender.
   [[nodiscard]] Status add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
-                           std::vector<std::pair<uint64_t, std::vector<uint8_t>>>* ready, bool* duplicate);
+                           std::vector<std::pair<uint64_t, std::vector<uint8_t>>>* ready, bool* duplicate,
+                           uint64_t* progress = nullptr);
   // Whether message `id` has arrived whole (delivered or held for order).
   bool complete(uint64_t id) const { return id < next_ || held_.count(id) > 0; }
   size_t pending_messages() const { return partial_.size() + held_.size(); }
@@ -116,6 +125,8 @@ class Reassembler {
     std::vector<uint64_t> have;  // bit per chunk
     uint64_t chunks = 0;
     uint64_t received = 0;
+    uint64_t bytes = 0;
+    uint64_t reported = 0;
     uint8_t chunk_shift = 0;
   };
 

@@ -22,6 +22,17 @@ commands:
       --streams 1,2,4,8     stream counts for the bulk run
       --messages N          64-byte messages for the rate run (default 200000)
       --rounds N            ping-pong round trips (default 5000)
+  send FILE --to HOST:PORT  send a file (a disk or memory image) over AMST, HDE-encoded
+      --baseline OLD        previous version, also held by the receiver: send only what changed
+      --streams N           TCP streams (default 8)
+      --compression C       lz4 (default), zstd or none
+      --segment-mib N       bytes held in memory per segment (default 256)
+      --json                summary as JSON
+  receive --port P --out DIR
+                            receive files into DIR (written whole, fsynced, SHA-256 verified)
+      --host ADDR           address to bind (default 0.0.0.0)
+      --keep                keep receiving after the first file
+      --json                one JSON line per file
   help                      this text
   --version                 the package version
 `;
@@ -88,6 +99,10 @@ async function main(argv: string[]): Promise<void> {
       return cmdDoctor(args);
     case 'bench':
       return cmdBench(args);
+    case 'send':
+      return (await import('./transfer.js')).cmdSend(args);
+    case 'receive':
+      return (await import('./transfer.js')).cmdReceive(args);
     case '--version':
     case 'version': {
       const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };

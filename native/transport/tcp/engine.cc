@@ -3,6 +3,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -17,9 +18,10 @@ namespace dwcp::transport::tcp {
 namespace {
 
 constexpr size_t kReadBuffer = 256 * 1024;
-constexpr size_t kMaxIov = 64;
+constexpr size_t kMaxIov = 1024;  // IOV_MAX: small chunks go out hundreds per syscall
 
-enum class HandleKind : uint8_t { kStream, kListener };
+enum class HandleKind : uint8_t { kStream, kListener, kTimer };
+HandleKind timer_tag = HandleKind::kTimer;  // epoll data of the timerfd
 
 }  // namespace
 
@@ -61,6 +63,9 @@ struct Engine::Stream {
   bool eof = false;
   bool write_shut = false;
   bool read_paused = false;  // receiver back-pressure
+  bool retiring = false;     // set_streams is taking it away: no new chunks
+  bool retire_sent = false;  // our RETIRE is queued; the write side shuts after it
+  int attempt = 0;           // re-dial attempt that made it (0: first dial)
   uint32_t epoll_events = 0;  // what the fd is registered for (0: not registered)
   std::unique_ptr<StreamReader> reader;
   std::deque<OutChunk> out;
@@ -80,14 +85,27 @@ struct Engine::Connection {
   bool client = false;
   uint64_t listener = 0;
   std::array<uint8_t, 16> conn_id{};
+  // Client: where and how to dial streams (again).
+  sockaddr_storage addr{};
+  socklen_t alen = 0;
+  SocketOptions sockopts;
+  bool redial = false;
   unsigned shift = 18;
   uint16_t expected_streams = 0;
+  uint16_t initial_streams = 0;  // server: streams the first HELLO announced
+  uint16_t target_streams = 0;   // client: streams wanted (set_streams)
   unsigned connect_resolved = 0;  // client: streams that connected or failed
   unsigned connected = 0;
   bool announced = false;
   bool closing = false;      // close() called, or the peer sent CLOSE
   bool close_sent = false;
   bool finished = false;     // closed and reported; kept only until the epoll batch ends
+  bool touched = false;      // in Engine::touched_
+  std::vector<std::pair<uint64_t, uint64_t>> acks;      // (first id, count) to acknowledge
+  struct Progress {
+    uint64_t id, held, len;
+  };
+  std::vector<Progress> progress;  // reports to send
   std::vector<std::unique_ptr<Stream>> streams;
   std::deque<OutMessage*> queue;
   std::map<uint64_t, std::unique_ptr<OutMessage>> unacked;
@@ -103,26 +121,41 @@ struct Engine::Connection {
   }
 };
 
-Engine::Engine(EventSink* sink, Limits limits) : sink_(sink), limits_(limits) {
+Engine::Engine(EventSink* sink, Limits limits, bool own_thread) : sink_(sink), limits_(limits) {
   epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
   wake_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = nullptr;
   epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
-  thread_ = std::thread([this] { run(); });
+  timer_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  ev.data.ptr = &timer_tag;
+  epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, timer_.get(), &ev);
+  if (own_thread) thread_ = std::thread([this] { run(); });
 }
 
 Engine::~Engine() {
-  stop_.store(true, std::memory_order_release);
-  const uint64_t one = 1;
-  (void)!::write(wake_.get(), &one, sizeof(one));
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable()) {
+    stop_.store(true, std::memory_order_release);
+    const uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof(one));
+    thread_.join();
+  } else {
+    shutdown_all();
+  }
 }
 
 void Engine::post(Command&& c) {
-  // The I/O thread never waits on the owner, so this wait always ends.
-  while (!commands_.try_push(std::move(c))) std::this_thread::yield();
+  // The I/O thread never waits on the owner, so this wait always ends. An
+  // owner-driven engine is its own I/O thread: it makes room itself.
+  while (!commands_.try_push(std::move(c))) {
+    if (thread_.joinable()) std::this_thread::yield();
+    else drain_commands();
+  }
+  // One eventfd write per wake-up, not per command: a burst of sends costs
+  // one syscall. The I/O thread clears the flag before it drains the ring,
+  // so a command pushed after that drain started finds it clear and wakes it.
+  if (wake_pending_.exchange(true, std::memory_order_acq_rel)) return;
   const uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof(one));
 }
@@ -158,19 +191,9 @@ void Engine::send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_
   post(std::move(c));
 }
 
-void Engine::close(uint64_t id) {
-  Command c;
-  c.type = Command::Type::kClose;
-  c.id = id;
-  post(std::move(c));
-}
+void Engine::close(uint64_t id) { post(Command::Type::kClose, id, 0); }
 
-void Engine::destroy(uint64_t id) {
-  Command c;
-  c.type = Command::Type::kDestroy;
-  c.id = id;
-  post(std::move(c));
-}
+void Engine::destroy(uint64_t id) { post(Command::Type::kDestroy, id, 0); }
 
 void Engine::delivered(uint64_t bytes) {
   const int64_t before = undelivered_.fetch_sub(static_cast<int64_t>(bytes));
@@ -182,13 +205,17 @@ void Engine::delivered(uint64_t bytes) {
   }
 }
 
-void Engine::kill_stream(uint64_t conn, uint32_t index) {
+void Engine::post(Command::Type type, uint64_t id, uint64_t value) {
   Command c;
-  c.type = Command::Type::kKillStream;
-  c.id = conn;
-  c.message_id = index;
+  c.type = type;
+  c.id = id;
+  c.message_id = value;
   post(std::move(c));
 }
+
+void Engine::set_streams(uint64_t conn, uint16_t n) { post(Command::Type::kSetStreams, conn, n); }
+
+void Engine::kill_stream(uint64_t conn, uint32_t index) { post(Command::Type::kKillStream, conn, index); }
 
 bool Engine::stats(uint64_t conn, ConnectionStats* out) {
   std::lock_guard<std::mutex> lock(stats_mu_);
@@ -223,36 +250,53 @@ bool Engine::stats(uint64_t conn, ConnectionStats* out) {
 }
 
 void Engine::run() {
+  while (!stop_.load(std::memory_order_acquire)) iterate(-1);
+  shutdown_all();
+}
+
+void Engine::iterate(int timeout_ms) {
   epoll_event evs[64];
-  while (!stop_.load(std::memory_order_acquire)) {
-    const int n = epoll_wait(epoll_.get(), evs, 64, -1);
-    if (n < 0 && errno != EINTR) break;
-    for (int i = 0; i < n; i++) {
-      void* p = evs[i].data.ptr;
-      if (!p) {
-        uint64_t v;
-        (void)!::read(wake_.get(), &v, sizeof(v));
-        drain_commands();
-      } else if (*static_cast<HandleKind*>(p) == HandleKind::kListener) {
-        on_listener(static_cast<Listener*>(p));
-      } else {
-        on_stream(static_cast<Stream*>(p), evs[i].events);
-      }
+  const int n = epoll_wait(epoll_.get(), evs, 64, timeout_ms);
+  for (int i = 0; i < n; i++) {
+    void* p = evs[i].data.ptr;
+    if (!p) {
+      uint64_t v;
+      (void)!::read(wake_.get(), &v, sizeof(v));
+      wake_pending_.exchange(false, std::memory_order_acq_rel);
+      drain_commands();
+    } else if (p == &timer_tag) {
+      uint64_t v;
+      (void)!::read(timer_.get(), &v, sizeof(v));
+      run_timers();
+    } else if (*static_cast<HandleKind*>(p) == HandleKind::kListener) {
+      on_listener(static_cast<Listener*>(p));
+    } else {
+      on_stream(static_cast<Stream*>(p), evs[i].events);
     }
-    if (!pending_.empty()) {
-      sink_->deliver(pending_);
-      pending_.clear();
-    }
-    graveyard_.clear();
-    dead_conns_.clear();
   }
-  // Shutting down: close everything without reporting (the sink may be going).
+  flush_touched();
+  if (!pending_.empty()) {
+    // The sink may call back in (an owner-driven engine's sink runs JS,
+    // which may send): events raised meanwhile wait for the next round.
+    std::vector<Event> batch;
+    batch.swap(pending_);
+    sink_->deliver(batch);
+  }
+  graveyard_.clear();
+  dead_conns_.clear();
+}
+
+// Closes everything without reporting (the sink may be going).
+void Engine::shutdown_all() {
   std::lock_guard<std::mutex> lock(stats_mu_);
   conns_.clear();
   listeners_.clear();
   orphans_.clear();
   graveyard_.clear();
   dead_conns_.clear();
+  touched_.clear();
+  for (auto& e : pending_) delete e.data;
+  pending_.clear();
   Command c;
   while (commands_.try_pop(c)) {
   }
@@ -304,7 +348,7 @@ void Engine::handle(Command& c) {
       m->queued = true;
       conn->queue.push_back(m.get());
       conn->unacked[c.message_id] = std::move(m);
-      pump(conn);
+      touch(conn);  // pumped once after the whole batch of commands
       return;
     }
     case Command::Type::kClose: {
@@ -359,9 +403,150 @@ void Engine::handle(Command& c) {
       }
       return;
     }
+    case Command::Type::kSetStreams: {
+      auto it = conns_.find(c.id);
+      if (it == conns_.end() || !it->second->client || it->second->closing) return;
+      Connection* conn = it->second.get();
+      const auto n = static_cast<int32_t>(std::clamp<uint64_t>(c.message_id, 1, 512));
+      int32_t slots = 0;
+      for (auto& st : conn->streams) slots = std::max(slots, st->index + 1);
+      conn->expected_streams = static_cast<uint16_t>(std::max(n, slots));
+      conn->target_streams = static_cast<uint16_t>(n);
+      std::vector<Stream*> leaving;
+      for (auto& st : conn->streams) {
+        if (st->index >= n && st->alive && !st->retiring) leaving.push_back(st.get());
+      }
+      for (Stream* st : leaving) retire(st);
+      for (int32_t i = 0; i < n; i++) {
+        bool present = false;
+        for (auto& st : conn->streams) present |= st->index == i && st->alive && !st->retiring;
+        if (!present) dial_stream(conn, i, 0);
+      }
+      return;
+    }
     case Command::Type::kNone:
       return;
   }
+}
+
+// Dials stream `index` of client connection `c`, replacing a dead stream of
+// that index. Returns null when the socket could not even be started (a
+// re-dial is then scheduled).
+Engine::Stream* Engine::dial_stream(Connection* c, int32_t index, int attempt) {
+  auto s = std::make_unique<Stream>();
+  s->conn = c;
+  s->index = index;
+  s->attempt = attempt;
+  int err = 0;
+  s->fd = tcp_socket(c->addr.ss_family, c->sockopts, &err);
+  if (s->fd && ::connect(s->fd.get(), reinterpret_cast<sockaddr*>(&c->addr), c->alen) != 0 && errno != EINPROGRESS) {
+    s->fd.reset();
+  }
+  Stream* sp = s.get();
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    auto old = std::find_if(c->streams.begin(), c->streams.end(), [&](const auto& t) { return t->index == index && !t->alive; });
+    if (old != c->streams.end()) {
+      graveyard_.push_back(std::move(*old));
+      *old = std::move(s);
+    } else {
+      c->streams.push_back(std::move(s));
+    }
+  }
+  if (!sp->fd) {
+    sp->alive = false;
+    if (c->announced) schedule_redial(c, index, attempt + 1);
+    return nullptr;
+  }
+  sp->connecting = true;
+  sp->reader = std::make_unique<StreamReader>(
+      limits_, false, [](const Hello&) { return Status::kProtocol; },
+      [this, sp](const ChunkHeader& h, const uint8_t* p) { return on_chunk(sp, h, p); });
+  update_epoll(sp);
+  return sp;
+}
+
+void Engine::schedule_redial(Connection* c, int32_t index, int attempt) {
+  if (!c->redial || c->closing || c->finished || attempt >= kRedialAttempts) return;
+  // 50 ms, 100 ms, 200 ms...: a path that flaps is not hammered.
+  const auto due = std::chrono::steady_clock::now() + std::chrono::milliseconds(50 << attempt);
+  redials_.emplace(due, Redial{c->id, index, attempt});
+  const auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(redials_.begin()->first - std::chrono::steady_clock::now());
+  itimerspec its{};
+  const long long ns = std::max<long long>(wait.count(), 1);
+  its.it_value.tv_sec = static_cast<time_t>(ns / 1000000000);
+  its.it_value.tv_nsec = static_cast<long>(ns % 1000000000);
+  timerfd_settime(timer_.get(), 0, &its, nullptr);
+}
+
+void Engine::run_timers() {
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<Redial> due;
+  while (!redials_.empty() && redials_.begin()->first <= now) {
+    due.push_back(redials_.begin()->second);
+    redials_.erase(redials_.begin());
+  }
+  for (const Redial& r : due) {
+    auto it = conns_.find(r.conn);
+    if (it == conns_.end() || it->second->closing || it->second->finished) continue;
+    Connection* c = it->second.get();
+    bool live = false;
+    for (auto& st : c->streams) live |= st->index == r.index && st->alive;
+    if (!live && r.index < c->target_streams) dial_stream(c, r.index, r.attempt);
+  }
+  if (!redials_.empty()) {
+    // Re-arm for the next one (schedule_redial computes the delay).
+    const Redial next = redials_.begin()->second;
+    const auto at = redials_.begin()->first;
+    redials_.erase(redials_.begin());
+    redials_.emplace(at, next);
+    itimerspec its{};
+    const auto ns = std::max<long long>(std::chrono::duration_cast<std::chrono::nanoseconds>(at - now).count(), 1);
+    its.it_value.tv_sec = static_cast<time_t>(ns / 1000000000);
+    its.it_value.tv_nsec = static_cast<long>(ns % 1000000000);
+    timerfd_settime(timer_.get(), 0, &its, nullptr);
+  }
+}
+
+// Takes a stream out of service without losing what it carries: nothing new
+// is put on it, a RETIRE follows what is queued, then its write side shuts.
+void Engine::retire(Stream* s) {
+  if (s->retiring && s->retire_sent) return;
+  s->retiring = true;
+  s->retire_sent = true;
+  push_control(s, ChunkType::kRetire, 0, 0, 0);
+  flush(s);
+}
+
+// Appends a header-only chunk to the stream's output.
+void Engine::push_control(Stream* s, ChunkType type, uint64_t message_id, uint64_t offset, uint64_t len) {
+  OutChunk oc;
+  ChunkHeader h;
+  h.type = type;
+  h.chunk_shift = 0;
+  h.message_id = message_id;
+  h.offset = offset;
+  h.message_len = len;
+  write_chunk_header(h, oc.header);
+  s->out.push_back(oc);
+  s->out_bytes += kChunkHeaderSize;
+}
+
+// Closes a stream's socket without reporting anything.
+void Engine::drop_fd(Stream* s) {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  if (s->epoll_events) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
+  s->epoll_events = 0;
+  s->fd.reset();
+  s->alive = false;
+}
+
+// Both ends have retired `s` and it is drained: close it quietly.
+void Engine::retired(Stream* s) {
+  Connection* c = s->conn;
+  drop_fd(s);
+  emit(Event{Event::Type::kStreamRetired, c->id, 0, static_cast<uint64_t>(s->index), Status::kOk, 0, nullptr});
+  maybe_finish_graceful(c);
 }
 
 void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
@@ -380,44 +565,35 @@ void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
     emit(Event{Event::Type::kClosed, id, 0, 0, Status::kInvalidArgument, 0, nullptr});
     return;
   }
+  conn->addr = addr;
+  conn->alen = alen;
+  conn->sockopts = opts.socket;
+  conn->redial = opts.redial;
+  conn->target_streams = conn->expected_streams;
   Connection* c = conn.get();
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
     conns_[id] = std::move(conn);
   }
   for (uint16_t i = 0; i < c->expected_streams; i++) {
-    auto s = std::make_unique<Stream>();
-    s->conn = c;
-    s->index = i;
-    int err = 0;
-    s->fd = tcp_socket(addr.ss_family, opts.socket, &err);
-    if (s->fd && ::connect(s->fd.get(), reinterpret_cast<sockaddr*>(&addr), alen) != 0 && errno != EINPROGRESS) {
-      err = errno;
-      s->fd.reset();
+    if (dial_stream(c, i, 0)) continue;
+    c->connect_resolved++;
+    if (c->connect_resolved == c->expected_streams && c->connected == 0) {
+      emit(Event{Event::Type::kError, id, 0, 0, Status::kConnectionLost, errno, nullptr});
+      finish_close(c, Status::kConnectionLost);
+      return;
     }
-    Stream* sp = s.get();
-    c->streams.push_back(std::move(s));
-    if (!sp->fd) {
-      sp->alive = false;
-      c->connect_resolved++;
-      if (c->connect_resolved == c->expected_streams && c->connected == 0) {
-        emit(Event{Event::Type::kError, id, 0, 0, Status::kConnectionLost, err, nullptr});
-        finish_close(c, Status::kConnectionLost);
-        return;
-      }
-      continue;
-    }
-    sp->connecting = true;
-    sp->reader = std::make_unique<StreamReader>(
-        limits_, false, [](const Hello&) { return Status::kProtocol; },
-        [this, sp](const ChunkHeader& h, const uint8_t* p) { return on_chunk(sp, h, p); });
-    update_epoll(sp);
   }
 }
 
 void Engine::stream_ready(Stream* s) {
   Connection* c = s->conn;
   s->connecting = false;
+  if (c->announced && c->closing) {
+    // A re-dial that finished after close(): the peer never heard of it.
+    drop_fd(s);
+    return;
+  }
   OutChunk hello;
   Hello h;
   h.stream_index = static_cast<uint16_t>(s->index);
@@ -428,6 +604,12 @@ void Engine::stream_ready(Stream* s) {
   s->out.push_front(hello);
   s->out_bytes += kChunkHeaderSize;
   c->connected++;
+  if (c->announced) {
+    emit(Event{Event::Type::kStreamUp, c->id, 0, static_cast<uint64_t>(s->index), Status::kOk, 0, nullptr});
+    pump(c);
+    flush(s);
+    return;
+  }
   c->connect_resolved++;
   if (!c->announced && c->connect_resolved == c->expected_streams) {
     c->announced = true;
@@ -468,6 +650,7 @@ Status Engine::on_hello(Stream* s, const Hello& h) {
     conn->conn_id = key;
     conn->shift = h.chunk_shift;
     conn->expected_streams = h.stream_count;
+    conn->initial_streams = h.stream_count;
     conn->announced = true;
     c = conn.get();
     by_conn_id_[key] = c->id;
@@ -479,6 +662,8 @@ Status Engine::on_hello(Stream* s, const Hello& h) {
   }
   s->conn = c;
   s->index = h.stream_index;
+  bool earlier = false;
+  for (auto& t : c->streams) earlier |= t->index == s->index;
   auto it = std::find_if(orphans_.begin(), orphans_.end(), [s](const auto& p) { return p.get() == s; });
   if (it != orphans_.end()) {
     std::lock_guard<std::mutex> lock(stats_mu_);
@@ -486,6 +671,28 @@ Status Engine::on_hello(Stream* s, const Hello& h) {
     orphans_.erase(it);
   }
   c->connected++;
+  if (earlier) {
+    // A re-dial: the client has given up on the stream this one replaces,
+    // even if no error reached us yet. What it carried goes again.
+    std::vector<Stream*> old;
+    for (auto& t : c->streams) {
+      if (t.get() != s && t->index == s->index) old.push_back(t.get());
+    }
+    for (Stream* t : old) stream_failed(t, ECONNRESET);
+    if (c->finished) return Status::kOk;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    for (auto t = c->streams.begin(); t != c->streams.end();) {
+      if (t->get() != s && (*t)->index == s->index) {
+        graveyard_.push_back(std::move(*t));
+        t = c->streams.erase(t);
+      } else {
+        ++t;
+      }
+    }
+  }
+  if (earlier || h.stream_index >= c->initial_streams) {
+    emit(Event{Event::Type::kStreamUp, c->id, 0, static_cast<uint64_t>(s->index), Status::kOk, 0, nullptr});
+  }
   pump(c);
   return Status::kOk;
 }
@@ -496,8 +703,9 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
   switch (h.type) {
     case ChunkType::kData: {
       bool completed = false, dup = false;
+      uint64_t progress = 0;
       std::vector<std::pair<uint64_t, std::vector<uint8_t>>> ready;
-      Status st = c->reasm.add(h, payload, &completed, &ready, &dup);
+      Status st = c->reasm.add(h, payload, &completed, &ready, &dup, &progress);
       if (st != Status::kOk) return st;
       for (auto& [id, msg] : ready) {
         c->messages_received++;
@@ -507,39 +715,70 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
       }
       // Acknowledge a message once it is whole here, and again whenever a
       // resent chunk of it shows the sender has not heard (its ACK may have
-      // gone down with a stream).
-      if (completed || (dup && c->reasm.complete(h.message_id))) queue_control(c, ChunkType::kAck, h.message_id);
+      // gone down with a stream). ACKs and progress reports wait for the end
+      // of the event batch, where consecutive ids merge into one range.
+      if (completed || (dup && c->reasm.complete(h.message_id))) {
+        if (!c->acks.empty() && c->acks.back().first + c->acks.back().second == h.message_id) {
+          c->acks.back().second++;
+        } else {
+          c->acks.emplace_back(h.message_id, 1);
+        }
+        touch(c);
+      } else if (progress) {
+        c->progress.push_back(Connection::Progress{h.message_id, progress, h.message_len});
+        touch(c);
+      }
       return Status::kOk;
     }
     case ChunkType::kAck: {
-      auto it = c->unacked.find(h.message_id);
-      if (it == c->unacked.end() || it->second->acked) return Status::kOk;  // repeated ACK
-      OutMessage* m = it->second.get();
-      m->acked = true;
-      if (m->queued) {
-        c->queue.erase(std::find(c->queue.begin(), c->queue.end(), m));
-        m->queued = false;
+      const uint64_t last = h.message_id + h.message_len;  // the parser bounds the range
+      std::vector<OutMessage*> hit;
+      for (auto it = c->unacked.lower_bound(h.message_id); it != c->unacked.end() && it->first < last; ++it) {
+        if (!it->second->acked) hit.push_back(it->second.get());
       }
-      // Resends of it not yet started are pointless now; ones half written
-      // must finish (the stream's framing depends on it) and still read the
-      // caller's buffer, so the message completes when the last one is out.
-      for (auto& st : c->streams) {
-        for (auto oc = st->out.begin(); oc != st->out.end();) {
-          if (oc->msg == m && oc->written == 0) {
-            st->out_bytes -= oc->total();
-            m->inflight--;
-            oc = st->out.erase(oc);
-          } else {
-            ++oc;
+      for (OutMessage* m : hit) {
+        m->acked = true;
+        if (m->queued) {
+          c->queue.erase(std::find(c->queue.begin(), c->queue.end(), m));
+          m->queued = false;
+        }
+        // Resends of it not yet started are pointless now; ones half written
+        // must finish (the stream's framing depends on it) and still read the
+        // caller's buffer, so the message completes when the last one is out.
+        if (m->inflight > 0) {
+          for (auto& st : c->streams) {
+            for (auto oc = st->out.begin(); oc != st->out.end();) {
+              if (oc->msg == m && oc->written == 0) {
+                st->out_bytes -= oc->total();
+                m->inflight--;
+                oc = st->out.erase(oc);
+              } else {
+                ++oc;
+              }
+            }
           }
         }
+        maybe_complete(c, m);
+        if (c->finished) break;
       }
-      maybe_complete(c, m);
+      return Status::kOk;
+    }
+    case ChunkType::kProgress: {
+      auto it = c->unacked.find(h.message_id);
+      if (it != c->unacked.end() && !it->second->acked && h.message_len == it->second->len) {
+        Event e{Event::Type::kSendProgress, c->id, 0, h.message_id, Status::kOk, 0, nullptr};
+        e.extra = h.offset;
+        emit(e);
+      }
       return Status::kOk;
     }
     case ChunkType::kClose:
       c->closing = true;
       maybe_finish_graceful(c);
+      return Status::kOk;
+    case ChunkType::kRetire:
+      if (!s->retire_sent) retire(s);
+      s->retiring = true;
       return Status::kOk;
     case ChunkType::kPing:
     case ChunkType::kPong:
@@ -548,22 +787,43 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
   return Status::kProtocol;
 }
 
-void Engine::queue_control(Connection* c, ChunkType type, uint64_t message_id) {
+void Engine::touch(Connection* c) {
+  if (c->touched) return;
+  c->touched = true;
+  touched_.push_back(c);
+}
+
+// End of an event batch: queued sends go out, ACK ranges and progress
+// reports with them, a few syscalls for however many messages.
+void Engine::flush_touched() {
+  // pump() may fail a stream and close a connection; the Connection objects
+  // stay valid until the batch ends (dead_conns_).
+  std::vector<Connection*> list;
+  list.swap(touched_);
+  for (Connection* c : list) {
+    c->touched = false;
+    if (c->finished) continue;
+    // Progress first, the latest per message, none for a message whose ACK
+    // goes out now (the sender drops reports that follow an ACK anyway).
+    for (size_t i = 0; i < c->progress.size(); i++) {
+      const auto& p = c->progress[i];
+      if (i + 1 < c->progress.size() && c->progress[i + 1].id == p.id) continue;
+      if (!c->reasm.complete(p.id)) queue_control(c, ChunkType::kProgress, p.id, p.held, p.len);
+    }
+    c->progress.clear();
+    for (const auto& [first, count] : c->acks) queue_control(c, ChunkType::kAck, first, 0, count);
+    c->acks.clear();
+    pump(c);
+  }
+}
+
+void Engine::queue_control(Connection* c, ChunkType type, uint64_t message_id, uint64_t offset, uint64_t len) {
   Stream* target = nullptr;
   for (size_t i = 0; i < c->streams.size() && !target; i++) {
     Stream* s = c->streams[(c->rr + i) % c->streams.size()].get();
-    if (s->alive && !s->connecting && !s->write_shut) target = s;
+    if (s->alive && !s->connecting && !s->write_shut && !s->retiring) target = s;
   }
-  if (!target) return;
-  OutChunk oc;
-  ChunkHeader h;
-  h.type = type;
-  h.chunk_shift = 0;
-  h.message_id = message_id;
-  write_chunk_header(h, oc.header);
-  target->out.push_back(oc);
-  target->out_bytes += kChunkHeaderSize;
-  flush(target);
+  if (target) push_control(target, type, message_id, offset, len);
 }
 
 void Engine::pump(Connection* c) {
@@ -579,7 +839,7 @@ void Engine::pump(Connection* c) {
       Stream* s = nullptr;
       for (size_t i = 0; i < c->streams.size() && !s; i++) {
         Stream* t = c->streams[(c->rr + i) % c->streams.size()].get();
-        if (t->alive && !t->connecting && !t->write_shut && t->out_bytes < high_water) s = t;
+        if (t->alive && !t->connecting && !t->write_shut && !t->retiring && t->out_bytes < high_water) s = t;
       }
       if (!s) break;
       c->rr = (c->rr + 1) % c->streams.size();
@@ -619,7 +879,7 @@ void Engine::pump(Connection* c) {
       if (!s->alive || s->connecting) continue;
       if (!s->out.empty() && !flush(s.get())) continue;
       if (c->finished) return;
-      room |= s->alive && !s->write_shut && s->out_bytes < high_water;
+      room |= s->alive && !s->write_shut && !s->retiring && s->out_bytes < high_water;
     }
     if (c->queue.empty() || !room) return;
   }
@@ -669,9 +929,13 @@ bool Engine::flush(Stream* s) {
     }
   }
   Connection* c = s->conn;
-  if (s->out.empty() && c && c->close_sent && !s->write_shut) {
+  if (s->out.empty() && c && (c->close_sent || s->retire_sent) && !s->write_shut) {
     ::shutdown(s->fd.get(), SHUT_WR);
     s->write_shut = true;
+    if (s->retiring && s->eof) {
+      retired(s);
+      return true;
+    }
   }
   update_epoll(s);
   return true;
@@ -737,7 +1001,12 @@ void Engine::on_stream(Stream* s, uint32_t events) {
           stream_failed(s, 0);
           return;
         }
-        if (c->closing) {
+        if (s->retiring) {
+          // The peer retired this stream; once ours is out too, it is done.
+          update_epoll(s);
+          if (!s->retire_sent) retire(s);
+          if (s->alive && s->write_shut) retired(s);
+        } else if (c->closing) {
           // Clean end: the peer sent CLOSE and finished writing.
           update_epoll(s);
           maybe_finish_graceful(c);
@@ -796,6 +1065,10 @@ void Engine::stream_failed(Stream* s, int err) {
     }
     return;
   }
+  if (was_connecting && c->announced) {
+    schedule_redial(c, s->index, s->attempt + 1);  // a re-dial or an added stream that did not connect
+    return;
+  }
   if (was_connecting) {
     c->connect_resolved++;
     if (c->connect_resolved == c->expected_streams && !c->announced) {
@@ -830,6 +1103,7 @@ void Engine::stream_failed(Stream* s, int err) {
     }
   }
   emit(Event{Event::Type::kStreamLost, c->id, 0, static_cast<uint64_t>(s->index), Status::kOk, err, nullptr});
+  if (c->client && !s->retiring) schedule_redial(c, s->index, 0);
   pump(c);
 }
 
@@ -847,14 +1121,8 @@ void Engine::maybe_finish_graceful(Connection* c) {
   if (!c->close_sent) {
     c->close_sent = true;
     for (auto& s : c->streams) {
-      if (!s->alive || s->connecting) continue;
-      OutChunk oc;
-      ChunkHeader h;
-      h.type = ChunkType::kClose;
-      h.chunk_shift = 0;
-      write_chunk_header(h, oc.header);
-      s->out.push_back(oc);
-      s->out_bytes += kChunkHeaderSize;
+      if (!s->alive || s->connecting || s->retiring) continue;
+      push_control(s.get(), ChunkType::kClose, 0, 0, 0);
       flush(s.get());
     }
   }
@@ -868,6 +1136,9 @@ void Engine::maybe_finish_graceful(Connection* c) {
 void Engine::finish_close(Connection* c, Status status) {
   if (c->finished) return;
   c->finished = true;
+  // It is freed at the end of this round; touched_ may outlive that.
+  if (c->touched) touched_.erase(std::remove(touched_.begin(), touched_.end(), c), touched_.end());
+  c->touched = false;
   for (auto& [id, m] : c->unacked) {
     if (m->acked) {
       emit(Event{Event::Type::kSendDone, c->id, 0, id, Status::kOk, 0, nullptr});

@@ -14,6 +14,7 @@
 #pragma once
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -38,8 +39,11 @@ struct Event {
     kConnected,   // outgoing connection `id` is up; `value` = streams connected
     kMessage,     // connection `id` received `data` (owned by the receiver of the event)
     kSendDone,    // message `value` of connection `id` is held by the peer
+    kSendProgress,  // the peer holds `extra` bytes of message `value` of connection `id` (large messages)
     kSendFailed,  // message `value` of connection `id` will not be delivered (`status`)
     kStreamLost,  // connection `id` lost stream `value` and carries on (`os_error`)
+    kStreamUp,    // connection `id` gained stream `value` (re-dialled, or added by set_streams)
+    kStreamRetired,  // connection `id` retired stream `value` cleanly (set_streams, by either end)
     kClosed,      // connection or listener `id` is closed (`status` kOk when cleanly)
     kError,       // listen/connect `id` failed (`status`, `os_error`); a connection then also gets kClosed
   };
@@ -50,6 +54,7 @@ struct Event {
   Status status = Status::kOk;
   int os_error = 0;
   std::vector<uint8_t>* data = nullptr;
+  uint64_t extra = 0;
 };
 
 class EventSink {
@@ -66,7 +71,11 @@ struct ConnectOptions {
   uint16_t streams = 4;
   unsigned chunk_shift = 18;  // 256 KiB chunks
   SocketOptions socket;
+  // Dial a lost stream again (with back-off, up to kRedialAttempts times).
+  bool redial = true;
 };
+
+constexpr int kRedialAttempts = 6;
 
 struct StreamStats {
   uint64_t bytes_sent = 0;
@@ -90,7 +99,7 @@ struct ConnectionStats {
 
 // A request from the owner thread to the I/O thread.
 struct EngineCommand {
-  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kClose, kDestroy, kKillStream, kResume } type = Type::kNone;
+  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kClose, kDestroy, kKillStream, kResume, kSetStreams } type = Type::kNone;
   uint64_t id = 0;
   uint64_t message_id = 0;
   const uint8_t* data = nullptr;
@@ -102,8 +111,17 @@ struct EngineCommand {
 
 class Engine {
  public:
-  explicit Engine(EventSink* sink, Limits limits = Limits{});
+  // With `own_thread` the engine runs its loop on a thread of its own.
+  // Without, the owner drives it: it waits for poll_fd() to be readable (an
+  // epoll fd, so any event loop can watch it) and calls poll_once() on the
+  // owner thread, where the sink then receives events. That saves the
+  // cross-thread wake-ups of a request/response exchange.
+  explicit Engine(EventSink* sink, Limits limits = Limits{}, bool own_thread = true);
   ~Engine();  // stops the I/O thread and closes everything
+
+  int poll_fd() const { return epoll_.get(); }
+  // Handles whatever is ready without blocking; owner-driven engines only.
+  void poll_once() { iterate(0); }
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
@@ -123,6 +141,10 @@ class Engine {
   bool stats(uint64_t conn, ConnectionStats* out);
   // Fault injection: resets stream `index` of `conn` as a network failure would.
   void kill_stream(uint64_t conn, uint32_t index);
+  // Grows (dials more streams) or shrinks (retires the highest-numbered
+  // streams cleanly) a client connection to `n` streams; ignored on server
+  // connections. Outcomes arrive as kStreamUp / kStreamRetired.
+  void set_streams(uint64_t conn, uint16_t n);
   // The sink's owner has consumed `bytes` of received messages (any thread).
   void delivered(uint64_t bytes);
 
@@ -132,18 +154,30 @@ class Engine {
   struct Listener;
   using Command = EngineCommand;
   void post(Command&& c);
+  void post(Command::Type type, uint64_t id, uint64_t value);
   void run();
+  void iterate(int timeout_ms);
+  void shutdown_all();
   void drain_commands();
   void handle(Command& c);
   void on_listener(Listener* l);
   void on_stream(Stream* s, uint32_t events);
   void start_connect(uint64_t id, const ConnectOptions& opts);
+  Stream* dial_stream(Connection* c, int32_t index, int attempt);
+  void schedule_redial(Connection* c, int32_t index, int attempt);
+  void run_timers();
+  void retire(Stream* s);
+  void push_control(Stream* s, ChunkType type, uint64_t message_id, uint64_t offset, uint64_t len);
+  void drop_fd(Stream* s);
+  void retired(Stream* s);
   void stream_ready(Stream* s);
   Status on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload);
   Status on_hello(Stream* s, const Hello& h);
   void pump(Connection* c);
   bool flush(Stream* s);
-  void queue_control(Connection* c, ChunkType type, uint64_t message_id);
+  void queue_control(Connection* c, ChunkType type, uint64_t message_id, uint64_t offset = 0, uint64_t len = 0);
+  void touch(Connection* c);
+  void flush_touched();
   void stream_failed(Stream* s, int err);
   void finish_close(Connection* c, Status status);
   void maybe_complete(Connection* c, OutMessage* m);
@@ -155,6 +189,15 @@ class Engine {
   Limits limits_;
   Fd epoll_;
   Fd wake_;
+  Fd timer_;  // timerfd: the next re-dial is due
+  struct Redial {
+    uint64_t conn;
+    int32_t index;
+    int attempt;
+  };
+  std::multimap<std::chrono::steady_clock::time_point, Redial> redials_;
+  std::atomic<bool> wake_pending_{false};  // an eventfd write is on its way; skip another
+  std::vector<Connection*> touched_;        // connections with sends or ACKs to push out
   std::atomic<uint64_t> next_id_{1};
   queue::SpscRing<Command> commands_{4096};
   std::atomic<bool> stop_{false};

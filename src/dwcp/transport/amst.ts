@@ -8,8 +8,8 @@
 //   await conn.send(buf);   // resolves once the peer holds the whole message
 import { EventEmitter } from 'node:events';
 import { constants as osConstants } from 'node:os';
-import { native, type NativeAmstEngine, type NativeAmstEvent, type NativeAmstStreamStats } from '../../native.js';
-import { InvalidArgumentError, NovacronError } from '../../errors.js';
+import { native, type NativeAmstEngine, type NativeAmstStreamStats } from '../../native.js';
+import { InvalidArgumentError, NovacronError, statusName } from '../../errors.js';
 import type { NetworkMode } from '../mode.js';
 
 /** Errors of the transport; `code` is `ERR_AMST_<STATUS>`. */
@@ -23,11 +23,21 @@ export class TransportError extends NovacronError {
   }
 }
 
+/**
+ * Where a connection's socket I/O runs. `thread`: a native I/O thread per
+ * Node thread, so bulk transfers proceed while JS works (best throughput).
+ * `loop`: the Node event loop itself, which saves the cross-thread wake-ups
+ * of every request/response (best latency for small messages).
+ */
+export type IoMode = 'thread' | 'loop';
+
 export interface ListenOptions {
   /** Numeric address to bind. Default 127.0.0.1. */
   host?: string;
   /** Port; 0 picks a free one. Default 0. */
   port?: number;
+  /** Where accepted connections' I/O runs. Default `thread`. */
+  io?: IoMode;
 }
 
 export interface ConnectOptions {
@@ -45,6 +55,10 @@ export interface ConnectOptions {
   recvBufferBytes?: number;
   /** Link mode, for the defaults above. */
   mode?: NetworkMode;
+  /** Where the connection's I/O runs. Default `thread`. */
+  io?: IoMode;
+  /** Dial a lost stream again (back-off from 50 ms, 6 attempts). Default true. */
+  redial?: boolean;
 }
 
 /** Per-stream figures, TCP_INFO included. */
@@ -67,14 +81,34 @@ function errnoName(n: number | undefined): string | undefined {
   return `errno ${n}`;
 }
 
-function eventError(e: NativeAmstEvent, what: string): TransportError {
+// Event type codes, in the native Event::Type order.
+const EVENT_TYPES = [
+  'listening', 'incoming', 'connected', 'message', 'sendDone', 'sendProgress', 'sendFailed',
+  'streamLost', 'streamUp', 'streamRetired', 'closed', 'error',
+] as const;
+const EVENT_FIELDS = 7;
+
+/** One decoded event of the native engine. */
+interface AmstEvent {
+  type: (typeof EVENT_TYPES)[number];
+  id: number;
+  value: number;
+  listener: number;
+  /** Status name, when the event carries a failure. */
+  status: string | undefined;
+  osError: number;
+  extra: number;
+  data: Buffer | undefined;
+}
+
+function eventError(e: AmstEvent, what: string): TransportError {
   const status = e.status ?? 'CONNECTION_LOST';
   const sys = errnoName(e.osError);
   return new TransportError(`ERR_AMST_${status}`, `${what}: ${status.toLowerCase().replace(/_/g, ' ')}${sys ? ` (${sys})` : ''}`, sys);
 }
 
 interface Handler {
-  handleEvent(e: NativeAmstEvent): void;
+  handleEvent(e: AmstEvent): void;
 }
 
 // The per-thread engine, created on first use and kept referenced (so the
@@ -85,14 +119,31 @@ class Router {
   readonly servers = new Map<number, AmstServer>();
   #open = 0;
 
-  constructor() {
-    this.engine = new native.AmstEngine((events) => {
-      for (const e of events) {
+  constructor(io: IoMode) {
+    this.engine = new native.AmstEngine((fields, buffers, arena) => {
+      let nextBuffer = 0;
+      for (let i = 0; i < fields.length; i += EVENT_FIELDS) {
+        const type = EVENT_TYPES[fields[i]!] ?? 'error';
+        const status = fields[i + 4]!;
+        const e: AmstEvent = {
+          type,
+          id: fields[i + 1]!,
+          value: fields[i + 2]!,
+          listener: fields[i + 3]!,
+          status: status === 0 ? undefined : statusName(status),
+          osError: fields[i + 5]!,
+          extra: fields[i + 6]!,
+          data: undefined,
+        };
+        if (type === 'message') {
+          const off = e.listener;
+          e.data = off < 0 ? buffers[nextBuffer++] : arena!.subarray(off, off + e.extra);
+        }
         // An incoming connection has a new id; its listener's id says where it goes.
-        if (e.type === 'incoming') this.servers.get(e.listener ?? -1)?.accept(e);
+        if (type === 'incoming') this.servers.get(e.listener)?.accept(e);
         else this.handlers.get(e.id)?.handleEvent(e);
       }
-    });
+    }, io);
   }
 
   retain(): void {
@@ -104,10 +155,17 @@ class Router {
   }
 }
 
-let router: Router | undefined;
-function getRouter(): Router {
-  router ??= new Router();
-  return router;
+// One engine per I/O mode per thread; ids are per engine.
+const routers = new Map<IoMode, Router>();
+function getRouter(io: unknown): Router {
+  if (io !== undefined && io !== 'thread' && io !== 'loop') throw new InvalidArgumentError(`io must be 'thread' or 'loop', got ${String(io)}`);
+  const mode: IoMode = io ?? 'thread';
+  let r = routers.get(mode);
+  if (!r) {
+    r = new Router(mode);
+    routers.set(mode, r);
+  }
+  return r;
 }
 
 function checkHost(host: unknown): string {
@@ -126,11 +184,23 @@ interface PendingSend {
   buffer: Uint8Array;
   resolve: () => void;
   reject: (err: Error) => void;
+  onProgress: ((bytesAcknowledged: number, total: number) => void) | undefined;
+}
+
+export interface SendOptions {
+  /**
+   * Called as the peer reports holding more of a large message (about every
+   * sixteenth of it, for messages of several chunks), and once with
+   * `(total, total)` just before the promise resolves.
+   */
+  onProgress?: (bytesAcknowledged: number, total: number) => void;
 }
 
 /**
  * One connection: an ordered, message-oriented flow over N TCP streams.
- * Events: `message` (Buffer), `streamLost` (index, errno name), `close` (error or undefined).
+ * Events: `message` (Buffer), `streamLost` (index, errno name), `streamUp`
+ * (index: re-dialled or added), `streamRetired` (index: removed by
+ * setStreams at either end), `close` (error or undefined).
  */
 export class AmstConnection extends EventEmitter implements Handler {
   readonly id: number;
@@ -140,15 +210,17 @@ export class AmstConnection extends EventEmitter implements Handler {
   #nextMessage = 0;
   #pending = new Map<number, PendingSend>();
   #closed = false;
+  #client: boolean;
   #closeWaiters: Array<() => void> = [];
   #connectWaiter: { resolve: (c: AmstConnection) => void; reject: (e: Error) => void } | undefined;
 
   /** @internal */
-  constructor(r: Router, id: number, streams: number) {
+  constructor(r: Router, id: number, streams: number, client: boolean) {
     super();
     this.#router = r;
     this.id = id;
     this.streams = streams;
+    this.#client = client;
     r.handlers.set(id, this);
     r.retain();
   }
@@ -165,13 +237,17 @@ export class AmstConnection extends EventEmitter implements Handler {
    * a TransportError if the connection ends first. The buffer is not copied:
    * do not change it until the promise settles.
    */
-  send(message: Uint8Array): Promise<void> {
+  send(message: Uint8Array, options?: SendOptions): Promise<void> {
     if (!(message instanceof Uint8Array)) return Promise.reject(new InvalidArgumentError('message must be a Buffer or Uint8Array'));
     if (message.length === 0) return Promise.reject(new InvalidArgumentError('message must not be empty'));
     if (this.#closed) return Promise.reject(new TransportError('ERR_AMST_CLOSED', 'send: connection is closed'));
+    const onProgress = options?.onProgress;
+    if (onProgress !== undefined && typeof onProgress !== 'function') {
+      return Promise.reject(new InvalidArgumentError('onProgress must be a function'));
+    }
     const id = this.#nextMessage++;
     return new Promise<void>((resolve, reject) => {
-      this.#pending.set(id, { buffer: message, resolve, reject });
+      this.#pending.set(id, { buffer: message, resolve, reject, onProgress });
       this.#router.engine.send(this.id, id, message);
     });
   }
@@ -199,13 +275,27 @@ export class AmstConnection extends EventEmitter implements Handler {
     if (!this.#closed) this.#router.engine.destroy(this.id);
   }
 
+  /**
+   * Grows or shrinks the connection to `n` streams (1 to 512) while it
+   * carries traffic: new streams are dialled, surplus ones finish what they
+   * carry and close cleanly. Only the connecting side can do this; the
+   * peer follows. Progress shows as `streamUp` / `streamRetired` events.
+   */
+  setStreams(n: number): void {
+    if (!Number.isInteger(n) || n < 1 || n > 512) throw new InvalidArgumentError(`streams must be an integer from 1 to 512, got ${String(n)}`);
+    if (!this.#client) throw new InvalidArgumentError('setStreams: only the side that connected can change the stream count');
+    if (this.#closed) throw new TransportError('ERR_AMST_CLOSED', 'setStreams: connection is closed');
+    this.streams = n;
+    this.#router.engine.setStreams(this.id, n);
+  }
+
   /** Fault injection for tests: resets one stream as a network failure would. */
   killStream(index: number): void {
     this.#router.engine.killStream(this.id, index);
   }
 
   /** @internal */
-  handleEvent(e: NativeAmstEvent): void {
+  handleEvent(e: AmstEvent): void {
     switch (e.type) {
       case 'connected':
         this.streams = e.value;
@@ -221,10 +311,15 @@ export class AmstConnection extends EventEmitter implements Handler {
         return;
       case 'sendDone': {
         const p = this.#pending.get(e.value);
+        if (!p) return;
         this.#pending.delete(e.value);
-        p?.resolve();
+        p.onProgress?.(p.buffer.length, p.buffer.length);
+        p.resolve();
         return;
       }
+      case 'sendProgress':
+        this.#pending.get(e.value)?.onProgress?.(e.extra, this.#pending.get(e.value)!.buffer.length);
+        return;
       case 'sendFailed': {
         const p = this.#pending.get(e.value);
         this.#pending.delete(e.value);
@@ -233,6 +328,12 @@ export class AmstConnection extends EventEmitter implements Handler {
       }
       case 'streamLost':
         this.emit('streamLost', e.value, errnoName(e.osError));
+        return;
+      case 'streamUp':
+        this.emit('streamUp', e.value);
+        return;
+      case 'streamRetired':
+        this.emit('streamRetired', e.value);
         return;
       case 'closed': {
         this.#closed = true;
@@ -285,7 +386,7 @@ export class AmstServer extends EventEmitter implements Handler {
   }
 
   /** @internal */
-  handleEvent(e: NativeAmstEvent): void {
+  handleEvent(e: AmstEvent): void {
     switch (e.type) {
       case 'listening':
         this.port = e.value;
@@ -314,8 +415,8 @@ export class AmstServer extends EventEmitter implements Handler {
   }
 
   /** @internal */
-  accept(e: NativeAmstEvent): void {
-    const conn = new AmstConnection(this.#router, e.id, e.value);
+  accept(e: AmstEvent): void {
+    const conn = new AmstConnection(this.#router, e.id, e.value, false);
     this.emit('connection', conn);
   }
 }
@@ -324,7 +425,7 @@ export class AmstServer extends EventEmitter implements Handler {
 export function listen(options: ListenOptions = {}): Promise<AmstServer> {
   const host = checkHost(options.host ?? '127.0.0.1');
   const port = checkPort(options.port ?? 0, true);
-  const r = getRouter();
+  const r = getRouter(options.io);
   const id = r.engine.listen(host, port);
   return new AmstServer(r, id).waitListening();
 }
@@ -344,7 +445,12 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
     return Promise.reject(new InvalidArgumentError(`chunkSize must be a power of two from 4096 to 16777216, got ${String(chunk)}`));
   }
   const congestion = options.congestion ?? (mode === 'internet' ? 'bbr' : mode === 'datacenter' ? 'cubic' : '');
-  const r = getRouter();
+  let r: Router;
+  try {
+    r = getRouter(options.io);
+  } catch (err) {
+    return Promise.reject(err as Error);
+  }
   const id = r.engine.connect({
     host,
     port,
@@ -353,7 +459,8 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
     congestion,
     sendBuffer: options.sendBufferBytes ?? 0,
     recvBuffer: options.recvBufferBytes ?? 0,
+    redial: options.redial ?? true,
   });
-  return new AmstConnection(r, id, streams).waitConnected();
+  return new AmstConnection(r, id, streams, true).waitConnected();
 }
 

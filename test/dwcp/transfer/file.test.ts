@@ -1,0 +1,263 @@
+import t from 'tap';
+import { once } from 'node:events';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { mkdirSync, mkdtempSync, writeFileSync, readFileSync, readdirSync, copyFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  sendFile,
+  receiveFiles,
+  sendPages,
+  connect,
+  listen,
+  HdeEncoder,
+  HdeDecoder,
+  TransferError,
+  type AmstConnection,
+  type ReceivedFile,
+} from '../../../src/index.js';
+import { randomBytes, rng, mutate } from '../../helpers.js';
+
+const run = promisify(execFile);
+const cli = fileURLToPath(new URL('../../../dist/cli/main.js', import.meta.url));
+
+function dirs(): { src: string; dst: string } {
+  const root = mkdtempSync(join(tmpdir(), 'novacron-xfer-'));
+  const src = join(root, 'src');
+  const dst = join(root, 'dst');
+  mkdirSync(src);
+  mkdirSync(dst);
+  return { src, dst };
+}
+
+// A memory image: zero pages, random pages, repeated pages; odd length.
+function image(bytes: number, seed: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  const r = rng(seed);
+  for (let off = 0; off + 4096 <= bytes; off += 4096) {
+    const kind = r();
+    if (kind < 0.4) continue;
+    if (kind < 0.5) b.fill(0x11, off, off + 4096);
+    else randomBytes(4096).copy(b, off);
+  }
+  randomBytes(bytes % 4096).copy(b, bytes - (bytes % 4096));
+  return b;
+}
+
+t.test('a file arrives whole, verified, with no partial file left', async (t) => {
+  const { src, dst } = dirs();
+  const data = image(9 * 1024 * 1024 + 123, 1);
+  writeFileSync(join(src, 'vm.mem'), data);
+  const rx = await receiveFiles({ host: '127.0.0.1', port: 0, outDir: dst });
+  const got = once(rx, 'file') as Promise<[ReceivedFile]>;
+  const progress: number[] = [];
+  const s = await sendFile(join(src, 'vm.mem'), { host: '127.0.0.1', port: rx.port, segmentBytes: 4 << 20, streams: 3, onProgress: (d) => progress.push(d) });
+  const [f] = await got;
+  t.ok(s.verified);
+  t.equal(s.bytes, data.length);
+  t.equal(f.sha256, s.sha256);
+  t.ok(readFileSync(join(dst, 'vm.mem')).equals(data), 'bytes identical');
+  t.same(readdirSync(dst), ['vm.mem'], 'no partial file left');
+  t.ok(s.pages.zero > 0 && s.pages.full > 0, 'zero and full pages seen');
+  t.ok(s.wireBytes < data.length * 0.7, `zero and repeated pages shrink it (${s.wireBytes} of ${data.length})`);
+  t.ok(progress.length >= 3 && progress.every((d, i) => i === 0 || d >= progress[i - 1]!), 'progress rises');
+  t.equal(progress.at(-1), data.length);
+  // An empty file too.
+  writeFileSync(join(src, 'empty.img'), '');
+  const e = await sendFile(join(src, 'empty.img'), { host: '127.0.0.1', port: rx.port });
+  t.ok(e.verified);
+  t.equal(readFileSync(join(dst, 'empty.img')).length, 0);
+  await rx.close();
+});
+
+t.test('with a baseline only the changes travel', async (t) => {
+  const { src, dst } = dirs();
+  const v1 = image(6 * 1024 * 1024, 2);
+  const v2 = Buffer.from(v1);
+  mutate(v2, 4096, rng(3));
+  writeFileSync(join(src, 'disk-v1.img'), v1);
+  writeFileSync(join(src, 'disk-v2.img'), v2);
+  const rx = await receiveFiles({ host: '127.0.0.1', port: 0, outDir: dst });
+  const plain = await sendFile(join(src, 'disk-v2.img'), { host: '127.0.0.1', port: rx.port });
+  t.notOk(plain.baselineUsed);
+  copyFileSync(join(src, 'disk-v1.img'), join(dst, 'disk-v1.img'));
+  const delta = await sendFile(join(src, 'disk-v2.img'), { host: '127.0.0.1', port: rx.port, baseline: join(src, 'disk-v1.img'), segmentBytes: 2 << 20 });
+  t.ok(delta.baselineUsed && delta.verified);
+  t.ok(delta.pages.unchanged > 0 && delta.pages.delta > 0, 'unchanged and delta pages');
+  t.ok(delta.wireBytes < plain.wireBytes / 2, `delta ${delta.wireBytes} B against ${plain.wireBytes} B without`);
+  t.ok(readFileSync(join(dst, 'disk-v2.img')).equals(v2));
+  // The receiver's baseline differs from the sender's: full send, still correct.
+  writeFileSync(join(dst, 'disk-v1.img'), image(6 * 1024 * 1024, 9));
+  const fallback = await sendFile(join(src, 'disk-v2.img'), { host: '127.0.0.1', port: rx.port, baseline: join(src, 'disk-v1.img') });
+  t.notOk(fallback.baselineUsed);
+  t.ok(fallback.verified);
+  t.ok(readFileSync(join(dst, 'disk-v2.img')).equals(v2));
+  await rx.close();
+});
+
+// A hand-driven sender, for what a well-behaved one never sends.
+async function rawSession(port: number): Promise<{ conn: AmstConnection; next: () => Promise<Record<string, unknown>> }> {
+  const conn = await connect({ host: '127.0.0.1', port, streams: 1 });
+  const inbox: Buffer[] = [];
+  const waiters: Array<(b: Buffer) => void> = [];
+  conn.on('message', (m: Buffer) => (waiters.length ? waiters.shift()!(m) : inbox.push(m)));
+  const next = async (): Promise<Record<string, unknown>> => {
+    const m = inbox.shift() ?? (await new Promise<Buffer>((r) => waiters.push(r)));
+    return JSON.parse(m.toString()) as Record<string, unknown>;
+  };
+  return { conn, next };
+}
+
+const control = (o: object): Buffer => Buffer.from(JSON.stringify(o));
+
+t.test('hostile senders are refused and leave nothing behind', async (t) => {
+  const { dst } = dirs();
+  const rx = await receiveFiles({ host: '127.0.0.1', port: 0, outDir: dst, maxBytes: 1 << 30 });
+  const errors: string[] = [];
+  rx.on('transferError', (e: TransferError) => errors.push(e.code));
+  const hello = { t: 'hello', v: 1, name: 'x.img', size: 8192, pageSize: 4096, segmentBytes: 8192, baseline: null };
+  for (const [bad, code] of [
+    [{ ...hello, name: '../escape' }, 'ERR_TRANSFER_BAD_NAME'],
+    [{ ...hello, name: '.hidden' }, 'ERR_TRANSFER_BAD_NAME'],
+    [{ ...hello, size: 2 ** 40 }, 'ERR_TRANSFER_TOO_LARGE'],
+    [{ ...hello, v: 99 }, 'ERR_TRANSFER_VERSION'],
+    [{ ...hello, pageSize: 1000 }, 'ERR_TRANSFER_PROTOCOL'],
+  ] as const) {
+    const { conn, next } = await rawSession(rx.port);
+    await conn.send(control(bad));
+    const answer = await next();
+    t.same([answer.t, answer.code], ['reject', code], code);
+    conn.destroy();
+  }
+  // Accepted, then a corrupt frame: the transfer fails with the decoder's code.
+  {
+    const { conn, next } = await rawSession(rx.port);
+    await conn.send(control(hello));
+    t.equal((await next()).t, 'accept');
+    await conn.send(control({ t: 'segment', index: 0, bytes: 8192 }));
+    const enc = new HdeEncoder();
+    const frame = enc.encode(randomBytes(8192), [0, 1]);
+    frame[frame.length - 1]! ^= 0xff;
+    await conn.send(frame);
+    const answer = await next();
+    t.equal(answer.t, 'done');
+    t.equal(answer.ok, false);
+    t.match(String(answer.code), /^ERR_HDE_/);
+    conn.destroy();
+  }
+  // A frame that names a page outside the segment.
+  {
+    const { conn, next } = await rawSession(rx.port);
+    await conn.send(control(hello));
+    await next();
+    await conn.send(control({ t: 'segment', index: 0, bytes: 8192 }));
+    await conn.send(new HdeEncoder().encode(randomBytes(4096), [5]));
+    t.equal((await next()).code, 'ERR_HDE_PAGE_OUT_OF_RANGE');
+    conn.destroy();
+  }
+  // A sender that vanishes mid-transfer.
+  {
+    const { conn, next } = await rawSession(rx.port);
+    await conn.send(control(hello));
+    await next();
+    await conn.send(control({ t: 'segment', index: 0, bytes: 8192 }));
+    const gone = once(rx, 'transferError');
+    conn.destroy();
+    const [e] = (await gone) as [TransferError];
+    t.equal(e.code, 'ERR_TRANSFER_CONNECTION');
+  }
+  // A checksum that does not match what arrived.
+  {
+    const { conn, next } = await rawSession(rx.port);
+    await conn.send(control(hello));
+    await next();
+    await conn.send(control({ t: 'segment', index: 0, bytes: 8192 }));
+    await conn.send(new HdeEncoder().encode(randomBytes(8192), [0, 1]));
+    await conn.send(control({ t: 'segmentEnd', index: 0 }));
+    await conn.send(control({ t: 'end', sha256: '0'.repeat(64) }));
+    t.equal((await next()).code, 'ERR_TRANSFER_CHECKSUM');
+    conn.destroy();
+  }
+  t.ok(errors.includes('ERR_TRANSFER_CHECKSUM'));
+  t.same(readdirSync(dst), [], 'nothing written, nothing partial');
+  t.notOk(existsSync(join(dst, '..', 'escape')));
+  await rx.close();
+});
+
+t.test('sendPages: dirty pages of a region reach the peer', async (t) => {
+  const server = await listen({ port: 0 });
+  const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
+  const conn = await connect({ host: '127.0.0.1', port: server.port, streams: 2 });
+  const [peer] = await accepted;
+  const pages = 1000;
+  const region = image(pages * 4096, 4);
+  const mirror = Buffer.alloc(region.length);
+  const decoder = new HdeDecoder({ region: mirror });
+  let frames = 0;
+  peer.on('message', (f: Buffer) => {
+    decoder.decode(f);
+    frames++;
+  });
+  const encoder = new HdeEncoder({ compression: 'zstd' });
+  const all = await sendPages(conn, encoder, region, { batchPages: 128, window: 4 });
+  t.equal(all.pages, pages);
+  t.equal(all.frames, Math.ceil(pages / 128));
+  t.ok(mirror.equals(region));
+  // Change some pages, mark them dirty, send only those.
+  const dirty = new Uint8Array(Math.ceil(pages / 8));
+  const r = rng(5);
+  for (let p = 0; p < pages; p++) {
+    if (r() < 0.05) {
+      region[p * 4096 + Math.floor(r() * 4096)]! ^= 0x5a;
+      dirty[p >> 3]! |= 1 << (p & 7);
+    }
+  }
+  const seen: number[] = [];
+  const some = await sendPages(conn, encoder, region, { dirty, onProgress: (d) => seen.push(d) });
+  t.ok(some.pages > 10 && some.pages < 100);
+  t.equal(seen.at(-1), some.pages);
+  t.ok(some.wireBytes < some.pages * 200, 'dirty pages travel as small deltas');
+  t.ok(mirror.equals(region), 'peer region matches after the dirty pass');
+  t.ok(frames > 0);
+  const ac = new AbortController();
+  ac.abort();
+  await t.rejects(sendPages(conn, encoder, region, { signal: ac.signal }), { name: 'AbortError' });
+  await t.rejects(sendPages(conn, encoder, region.subarray(0, 100)), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(sendPages(conn, encoder, region, { batchPages: 7 }), { code: 'ERR_INVALID_ARGUMENT' });
+  conn.destroy();
+  await server.close();
+});
+
+t.test('novacron send / receive from the command line', async (t) => {
+  const { src, dst } = dirs();
+  const v1 = image(3 * 1024 * 1024 + 77, 6);
+  const v2 = Buffer.from(v1);
+  v2[12345]! ^= 1;
+  writeFileSync(join(src, 'a.img'), v1);
+  writeFileSync(join(src, 'b.img'), v2);
+  copyFileSync(join(src, 'a.img'), join(dst, 'a.img'));
+  const rx = spawn(process.execPath, [cli, 'receive', '--port', '0', '--host', '127.0.0.1', '--out', dst, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = once(rx, 'exit') as Promise<[number]>;
+  let err = '';
+  rx.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const port = await new Promise<number>((resolve) => {
+    rx.stderr.on('data', () => {
+      const m = /on port (\d+)/.exec(err);
+      if (m) resolve(Number(m[1]));
+    });
+  });
+  let out = '';
+  rx.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const { stdout } = await run(process.execPath, [cli, 'send', join(src, 'b.img'), '--to', `127.0.0.1:${port}`, '--baseline', join(src, 'a.img'), '--json']);
+  const summary = JSON.parse(stdout) as { verified: boolean; baselineUsed: boolean; wireBytes: number };
+  t.ok(summary.verified && summary.baselineUsed);
+  t.ok(summary.wireBytes < 4096, `one changed byte costs ${summary.wireBytes} B`);
+  const [code] = await exited;
+  t.equal(code, 0, 'receiver exits after one file');
+  t.equal((JSON.parse(out) as { name: string }).name, 'b.img');
+  t.ok(readFileSync(join(dst, 'b.img')).equals(v2));
+  await t.rejects(run(process.execPath, [cli, 'send', join(src, 'b.img'), '--to', 'nowhere']), { code: 1 });
+  await t.rejects(run(process.execPath, [cli, 'send', join(src, 'missing.img'), '--to', `127.0.0.1:${port}`]), { code: 1 });
+});
