@@ -22,6 +22,10 @@ commands:
       --streams 1,2,4,8     stream counts for the bulk run
       --messages N          64-byte messages for the rate run (default 200000)
       --rounds N            ping-pong round trips (default 5000)
+  bench veth [options]      AMST through a tbf-shaped veth pair into a network namespace (root)
+      --rate-mbit N         link rate (default 1000)
+      --seconds S           about this long per run (default 5)
+      --streams 1,4         stream counts
   send FILE --to HOST:PORT  send a file (a disk or memory image) over AMST, HDE-encoded
       --baseline OLD        previous version, also held by the receiver: send only what changed
       --streams N           TCP streams (default 8)
@@ -60,7 +64,8 @@ async function cmdDoctor(args: string[]): Promise<void> {
 async function cmdBench(args: string[]): Promise<void> {
   const [suite, ...rest] = args;
   if (suite === 'transport') return benchTransport(rest);
-  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\` or \`novacron bench transport\``);
+  if (suite === 'veth') return benchVeth(rest);
+  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\`, \`transport\` or \`veth\``);
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -90,6 +95,17 @@ async function benchTransport(args: string[]): Promise<void> {
   const streams = values.streams?.split(',').map((s) => positive(s, 'streams')!);
   const mod = (await import(pathToFileURL(join(root, 'bench', 'transport.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
   await mod.run({ gib: positive(values.gib, 'gib'), streams, messages: positive(values.messages, 'messages'), rounds: positive(values.rounds, 'rounds') });
+}
+
+async function benchVeth(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { 'rate-mbit': { type: 'string' }, seconds: { type: 'string' }, streams: { type: 'string' } },
+    strict: true,
+  });
+  const streams = values.streams?.split(',').map((s) => positive(s, 'streams')!);
+  const mod = (await import(pathToFileURL(join(root, 'bench', 'veth.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
+  await mod.run({ rateMbit: positive(values['rate-mbit'], 'rate-mbit'), seconds: positive(values.seconds, 'seconds'), streams });
 }
 
 async function main(argv: string[]): Promise<void> {

@@ -1,7 +1,7 @@
 // The transport benchmark runs end to end with small volumes and prints the
 // documented JSON summary last. This checks its output, not its speed.
 import t from 'tap';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 
@@ -22,4 +22,27 @@ t.test('bench transport prints a JSON summary line last', async (t) => {
   t.ok(bulk['1']! > 0 && bulk['4']! > 0);
   for (const k of ['node_net_gbps', 'msg_rate', 'node_msg_rate', 'rtt_p50_us']) t.ok((summary[k] as number) > 0, k);
   t.ok('iperf3_gbps' in summary && 'sockperf_p50_us' in summary);
+});
+
+// Needs root and network namespaces; skipped where either is missing.
+const canNetns = process.getuid?.() === 0 && (() => {
+  try {
+    execFileSync('ip', ['netns', 'list'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+t.test('bench veth shapes a link, measures through it and cleans up', { skip: canNetns ? false : 'needs root and ip netns' }, async (t) => {
+  const { stdout } = await run(process.execPath, [cli, 'bench', 'veth', '--rate-mbit', '200', '--seconds', '1', '--streams', '2'], {
+    timeout: 120000,
+    env: { ...process.env, NODE_OPTIONS: '' },
+  });
+  const summary = JSON.parse(stdout.trim().split('\n').at(-1)!) as { bench: string; rate_mbit: number; amst_mbit: Record<string, number> };
+  t.equal(summary.bench, 'veth');
+  const got = summary.amst_mbit['2']!;
+  // The shaper is real: far below loopback speed, and not above its rate.
+  t.ok(got > 20 && got <= 200 * 1.05, `${got} Mbit/s through a 200 Mbit/s link`);
+  t.notMatch(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), /novacron-bench/, 'namespace removed');
 });
