@@ -29,8 +29,14 @@
       "cflags_cc": ["-msse4.2"]
     },
     {
+      "target_name": "dwcp_core_clmul",
+      "type": "static_library",
+      "sources": ["native/core/util/crc32c_avx512.cc"],
+      "cflags_cc": ["-mavx512f", "-mvpclmulqdq", "-mpclmul", "-msse4.2"]
+    },
+    {
       "target_name": "dwcp",
-      "dependencies": ["dwcp_core_avx2", "dwcp_core_avx512", "dwcp_core_sse42"],
+      "dependencies": ["dwcp_core_avx2", "dwcp_core_avx512", "dwcp_core_sse42", "dwcp_core_clmul"],
       "sources": [
         "native/core/util/status.cc",
         "native/core/util/cpu.cc",

@@ -108,7 +108,8 @@ export interface NativeCpuFeatures {
   avx512f: boolean;
   avx512bw: boolean;
   avx512vl: boolean;
-  crc32c: 'sse4.2' | 'table';
+  vpclmulqdq: boolean;
+  crc32c: 'vpclmul' | 'sse4.2' | 'table';
 }
 
 export interface NativeBinding {

@@ -78,7 +78,7 @@ std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
     r[5] = e.os_error;
     r[6] = static_cast<double>(e.extra);
     if (!e.data) continue;
-    std::vector<uint8_t>* v = e.data;
+    transport::Bytes* v = e.data;
     e.data = nullptr;
     received += v->size();
     r[6] = static_cast<double>(v->size());
@@ -95,7 +95,7 @@ std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
     Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(v->size()));
     buffers.Set(nbuf++, Napi::Buffer<uint8_t>::New(
                             env, v->data(), v->size(),
-                            [](Napi::Env fenv, uint8_t*, std::vector<uint8_t>* hint) {
+                            [](Napi::Env fenv, uint8_t*, transport::Bytes* hint) {
                               Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(hint->size()));
                               delete hint;
                             },

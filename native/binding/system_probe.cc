@@ -30,7 +30,8 @@ Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
   o.Set("avx512f", f.avx512f);
   o.Set("avx512bw", f.avx512bw);
   o.Set("avx512vl", f.avx512vl);
-  o.Set("crc32c", crc32c_hw_available() ? "sse4.2" : "table");
+  o.Set("crc32c", crc32c_path());
+  o.Set("vpclmulqdq", f.vpclmulqdq);
   return o;
 }
 

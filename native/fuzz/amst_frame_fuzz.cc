@@ -58,7 +58,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       [&](const ChunkHeader& h, const uint8_t* payload) {
         if (h.type != ChunkType::kData) return Status::kOk;
         bool done, dup;
-        std::vector<std::pair<uint64_t, std::vector<uint8_t>>> ready;
+        std::vector<std::pair<uint64_t, Bytes>> ready;
         Status s = re.add(h, payload, &done, &ready, &dup);
         for (auto& r : ready) {
           if (r.first != next_id++) abort();  // released in id order

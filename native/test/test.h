@@ -1,5 +1,6 @@
 // A minimal test runner: TEST(name) registers, CHECK/CHECK_EQ fail loudly.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +10,12 @@
 #include <vector>
 
 namespace dwcp::test {
+
+// Equal contents, whatever the containers (received messages use their own allocator).
+template <class A, class B>
+bool same_bytes(const A& a, const B& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
 
 struct Case {
   const char* name;

@@ -140,10 +140,10 @@ TEST(tcp_messages_of_every_size_both_ways) {
   auto got = p.sink.all(Type::kMessage, p.server);
   for (uint64_t i = 0; i < msgs.size(); i++) {
     CHECK_EQ(got[i].value, i);  // delivered in send order
-    CHECK(*got[i].data == msgs[i]);
+    CHECK(test::same_bytes(*got[i].data, msgs[i]));
   }
   auto back = p.sink.all(Type::kMessage, p.client);
-  for (uint64_t i = 0; i < 3; i++) CHECK(*back[i].data == msgs[i]);
+  for (uint64_t i = 0; i < 3; i++) CHECK(test::same_bytes(*back[i].data, msgs[i]));
   ConnectionStats st;
   CHECK(p.engine.stats(p.client, &st));
   CHECK_EQ(st.streams.size(), 4u);
@@ -164,7 +164,7 @@ TEST(tcp_survives_a_stream_reset_mid_message) {
   CHECK_EQ(p.sink.count(Type::kStreamLost, p.client), 1u);
   auto got = p.sink.all(Type::kMessage, p.server);
   CHECK_EQ(got.size(), msgs.size());
-  for (size_t i = 0; i < msgs.size(); i++) CHECK(*got[i].data == msgs[i]);
+  for (size_t i = 0; i < msgs.size(); i++) CHECK(test::same_bytes(*got[i].data, msgs[i]));
   CHECK_EQ(p.sink.count(Type::kSendFailed), 0u);
   // The lost stream is dialled again; both ends see it come back.
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kStreamUp, p.client) == 1 && p.sink.count_locked(Type::kStreamUp, p.server) == 1; }));
@@ -177,7 +177,7 @@ TEST(tcp_survives_a_stream_reset_mid_message) {
   // And carries traffic: a message striped over all four again.
   p.engine.send(p.client, msgs.size(), msgs[0].data(), msgs[0].size());
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) == msgs.size() + 1; }));
-  CHECK(*p.sink.all(Type::kMessage, p.server).back().data == msgs[0]);
+  CHECK(test::same_bytes(*p.sink.all(Type::kMessage, p.server).back().data, msgs[0]));
 }
 
 // set_streams while messages flow: grow 2 -> 5, shrink 5 -> 1, nothing lost,
@@ -213,7 +213,7 @@ TEST(tcp_set_streams_grow_and_shrink_under_load) {
   CHECK_EQ(p.sink.count(Type::kStreamLost), 0u);
   auto got = p.sink.all(Type::kMessage, p.server);
   CHECK_EQ(got.size(), next);
-  for (uint64_t i = 0; i < next; i++) CHECK(*got[i].data == msgs[i % msgs.size()]);
+  for (uint64_t i = 0; i < next; i++) CHECK(test::same_bytes(*got[i].data, msgs[i % msgs.size()]));
   p.engine.close(p.client);
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1; }));
   CHECK(p.sink.first(Type::kClosed, p.client).status == Status::kOk);
@@ -319,7 +319,7 @@ TEST(tcp_one_buffer_many_messages) {
   for (uint64_t i = 0; i < 64; i++) p.engine.send(p.client, i, m.data(), m.size());
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 64; }));
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) == 64; }));
-  for (auto& e : p.sink.all(Type::kMessage, p.server)) CHECK(*e.data == m);
+  for (auto& e : p.sink.all(Type::kMessage, p.server)) CHECK(test::same_bytes(*e.data, m));
 }
 
 TEST(tcp_receiver_back_pressure) {
@@ -387,12 +387,12 @@ TEST(tcp_owner_driven_engine) {
   }));
   auto got = p.sink.all(Type::kMessage, p.server);
   CHECK_EQ(got.size(), msgs.size());
-  for (uint64_t i = 0; i < msgs.size(); i++) CHECK(*got[i].data == msgs[i]);
+  for (uint64_t i = 0; i < msgs.size(); i++) CHECK(test::same_bytes(*got[i].data, msgs[i]));
   p.engine.kill_stream(p.client, 0);
   for (uint64_t i = 0; i < msgs.size(); i++) p.engine.send(p.client, msgs.size() + i, msgs[i].data(), msgs[i].size());
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 2 * msgs.size(); }));
   got = p.sink.all(Type::kMessage, p.server);
-  for (uint64_t i = 0; i < msgs.size(); i++) CHECK(*got[msgs.size() + i].data == msgs[i]);
+  for (uint64_t i = 0; i < msgs.size(); i++) CHECK(test::same_bytes(*got[msgs.size() + i].data, msgs[i]));
   CHECK_EQ(p.sink.count(Type::kStreamLost, p.client), 1u);
   // More sends than the command ring holds, with nobody polling: the
   // owner's own send makes room rather than waiting for itself.

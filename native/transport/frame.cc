@@ -1,5 +1,6 @@
 #include "transport/frame.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "util/crc32c.h"
@@ -123,11 +124,53 @@ Status parse_chunk_header(const uint8_t in[kChunkHeaderSize], const Limits& limi
   return Status::kOk;
 }
 
-StreamReader::StreamReader(Limits limits, bool expect_hello, OnHello on_hello, OnChunk on_chunk)
-    : limits_(limits), need_hello_(expect_hello), on_hello_(std::move(on_hello)), on_chunk_(std::move(on_chunk)) {}
+StreamReader::StreamReader(Limits limits, bool expect_hello, OnHello on_hello, OnChunk on_chunk, Place place)
+    : limits_(limits),
+      need_hello_(expect_hello),
+      on_hello_(std::move(on_hello)),
+      on_chunk_(std::move(on_chunk)),
+      place_(std::move(place)) {}
+
+Status StreamReader::finish_payload(const uint8_t* payload) {
+  last_placed_ = direct_ != nullptr;
+  const Status st = crc32c(0, payload, header_.payload_len) != header_.payload_crc ? Status::kPayloadChecksum
+                                                                                     : on_chunk_(header_, payload);
+  have_header_ = false;
+  direct_ = nullptr;
+  direct_have_ = 0;
+  return st;
+}
+
+bool StreamReader::direct_window(uint8_t** dst, size_t* len) const {
+  if (error_ != Status::kOk || !direct_) return false;
+  *dst = direct_ + direct_have_;
+  *len = header_.payload_len - direct_have_;
+  return true;
+}
+
+Status StreamReader::direct_filled(size_t n) {
+  direct_have_ += n;
+  if (direct_have_ == header_.payload_len) error_ = finish_payload(direct_);
+  return error_;
+}
+
+void StreamReader::detach_if_within(const uint8_t* base, size_t len) {
+  if (!direct_ || direct_ < base || direct_ >= base + len) return;
+  buf_.assign(direct_, direct_ + direct_have_);
+  direct_ = nullptr;
+  direct_have_ = 0;
+}
 
 Status StreamReader::feed(const uint8_t* data, size_t len) {
   while (error_ == Status::kOk && len > 0) {
+    if (direct_) {
+      const size_t take = std::min<size_t>(len, header_.payload_len - direct_have_);
+      std::memcpy(direct_ + direct_have_, data, take);
+      data += take;
+      len -= take;
+      (void)direct_filled(take);
+      continue;
+    }
     size_t want;
     if (need_hello_) want = kHelloSize;
     else if (!have_header_) want = kChunkHeaderSize;
@@ -157,19 +200,54 @@ Status StreamReader::feed(const uint8_t* data, size_t len) {
       if (error_ == Status::kOk && !have_header_) {
         // An empty payload's CRC32C is 0.
         error_ = header_.payload_crc == 0 ? on_chunk_(header_, nullptr) : Status::kPayloadChecksum;
+      } else if (have_header_ && place_ && header_.type == ChunkType::kData && header_.payload_len >= kDirectMin) {
+        error_ = place_(header_, &direct_);
       }
     } else {
-      if (crc32c(0, unit, header_.payload_len) != header_.payload_crc) error_ = Status::kPayloadChecksum;
-      else error_ = on_chunk_(header_, unit);
-      have_header_ = false;
+      error_ = finish_payload(unit);
     }
     buf_.clear();
   }
   return error_;
 }
 
+Status Reassembler::find_or_start(const ChunkHeader& h, Partial** out) {
+  const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
+  auto it = partial_.find(h.message_id);
+  if (it == partial_.end()) {
+    if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
+    Partial p;
+    p.data.resize(h.message_len);
+    p.have.assign((chunks + 63) / 64, 0);
+    p.chunks = chunks;
+    p.chunk_shift = h.chunk_shift;
+    pending_bytes_ += h.message_len;
+    it = partial_.emplace(h.message_id, std::move(p)).first;
+  }
+  // Every chunk of one message must agree on its shape.
+  if (it->second.chunk_shift != h.chunk_shift || it->second.data.size() != h.message_len) return Status::kCorrupt;
+  *out = &it->second;
+  return Status::kOk;
+}
+
+Status Reassembler::reserve(const ChunkHeader& h, uint8_t** dst) {
+  *dst = nullptr;
+  if (h.type != ChunkType::kData || complete(h.message_id) || h.payload_len == h.message_len) return Status::kOk;
+  Partial* p;
+  if (Status st = find_or_start(h, &p); st != Status::kOk) return st;
+  const uint64_t idx = h.offset >> h.chunk_shift;
+  if (!(p->have[idx / 64] & (1ull << (idx % 64)))) *dst = p->data.data() + h.offset;
+  return Status::kOk;
+}
+
+std::pair<const uint8_t*, size_t> Reassembler::partial_buffer(uint64_t id) const {
+  auto it = partial_.find(id);
+  if (it == partial_.end()) return {nullptr, 0};
+  return {it->second.data.data(), it->second.data.size()};
+}
+
 Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
-                        std::vector<std::pair<uint64_t, std::vector<uint8_t>>>* ready, bool* duplicate,
+                        std::vector<std::pair<uint64_t, Bytes>>* ready, bool* duplicate,
                         uint64_t* progress) {
   *completed = false;
   *duplicate = false;
@@ -180,26 +258,15 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
     return Status::kOk;
   }
   const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
-  std::vector<uint8_t> whole;
+  Bytes whole;
   if (chunks == 1) {
     // The common small message: no partial state at all.
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
     whole.assign(payload, payload + h.payload_len);
   } else {
-    auto it = partial_.find(h.message_id);
-    if (it == partial_.end()) {
-      if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
-      Partial p;
-      p.data.resize(h.message_len);
-      p.have.assign((chunks + 63) / 64, 0);
-      p.chunks = chunks;
-      p.chunk_shift = h.chunk_shift;
-      pending_bytes_ += h.message_len;
-      it = partial_.emplace(h.message_id, std::move(p)).first;
-    }
-    Partial& p = it->second;
-    // Every chunk of one message must agree on its shape.
-    if (p.chunk_shift != h.chunk_shift || p.data.size() != h.message_len) return Status::kCorrupt;
+    Partial* pp;
+    if (Status st = find_or_start(h, &pp); st != Status::kOk) return st;
+    Partial& p = *pp;
     const uint64_t idx = h.offset >> h.chunk_shift;
     uint64_t& word = p.have[idx / 64];
     const uint64_t bit = 1ull << (idx % 64);
@@ -208,7 +275,8 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
       return Status::kOk;
     }
     word |= bit;
-    std::memcpy(p.data.data() + h.offset, payload, h.payload_len);
+    uint8_t* place = p.data.data() + h.offset;
+    if (payload != place) std::memcpy(place, payload, h.payload_len);  // read in place otherwise
     p.bytes += h.payload_len;
     if (++p.received < p.chunks) {
       if (progress && p.bytes - p.reported >= h.message_len / 16) {
@@ -219,7 +287,7 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
     }
     whole = std::move(p.data);
     pending_bytes_ -= h.message_len;
-    partial_.erase(it);
+    partial_.erase(h.message_id);
   }
   *completed = true;
   if (h.message_id != next_) {

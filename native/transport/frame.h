@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "util/status.h"
@@ -38,6 +40,31 @@ enum class ChunkType : uint8_t {
 
 // ACK ranges are bounded so one forged ACK cannot make a sender walk 2^64 ids.
 constexpr uint64_t kMaxAckRange = 1u << 20;
+
+// An allocator whose resize() leaves new bytes uninitialised: a message
+// buffer is written in full by the chunks that fill it, so zeroing it first
+// would be a wasted pass over every received byte.
+template <class T>
+struct NoInitAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = NoInitAllocator<U>;
+  };
+  NoInitAllocator() = default;
+  template <class U>
+  NoInitAllocator(const NoInitAllocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+// A received message.
+using Bytes = std::vector<uint8_t, NoInitAllocator<uint8_t>>;
 
 struct Hello {
   uint16_t stream_index = 0;
@@ -82,20 +109,45 @@ class StreamReader {
  public:
   using OnHello = std::function<Status(const Hello&)>;
   using OnChunk = std::function<Status(const ChunkHeader&, const uint8_t* payload)>;
+  // Asked for each DATA chunk of at least kDirectMin bytes: where its payload
+  // should land (null: buffer it here as usual).
+  using Place = std::function<Status(const ChunkHeader&, uint8_t** dst)>;
+  static constexpr size_t kDirectMin = 16 * 1024;
 
-  StreamReader(Limits limits, bool expect_hello, OnHello on_hello, OnChunk on_chunk);
+  StreamReader(Limits limits, bool expect_hello, OnHello on_hello, OnChunk on_chunk, Place place = nullptr);
   // Consumes all of `data`; returns the first error seen (also on later calls).
   [[nodiscard]] Status feed(const uint8_t* data, size_t len);
   Status error() const { return error_; }
 
+  // Zero-copy receive: while a payload is being placed, the caller may read
+  // from the socket straight to `*dst` (up to `*len` bytes), then report how
+  // many arrived with direct_filled(). on_chunk is then called with the
+  // payload at its place (after the CRC check).
+  bool direct_window(uint8_t** dst, size_t* len) const;
+  [[nodiscard]] Status direct_filled(size_t n);
+  // The memory [base, base + len) is no longer ours to write (its message
+  // completed by way of another stream): keep what was read here instead.
+  void detach_if_within(const uint8_t* base, size_t len);
+  // After a placed payload, the bytes of the next chunk header still
+  // missing: reading just those lets the next payload be placed too, rather
+  // than arrive in a bulk read and be copied. 0 when that does not apply.
+  size_t header_need() const {
+    return last_placed_ && !need_hello_ && !have_header_ && error_ == Status::kOk ? kChunkHeaderSize - buf_.size() : 0;
+  }
+
  private:
+  Status finish_payload(const uint8_t* payload);
   Limits limits_;
   bool need_hello_;
   OnHello on_hello_;
   OnChunk on_chunk_;
+  Place place_;
   std::vector<uint8_t> buf_;  // header, then payload being collected
   ChunkHeader header_;
   bool have_header_ = false;
+  uint8_t* direct_ = nullptr;  // the payload's place, when placed
+  size_t direct_have_ = 0;
+  bool last_placed_ = false;   // the last payload was placed
   Status error_ = Status::kOk;
 };
 
@@ -112,8 +164,15 @@ class Reassembler {
   // past another sixteenth of its length, `*progress` is set to the bytes
   // held (else 0): the cue for a PROGRESS report to the sender.
   [[nodiscard]] Status add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
-                           std::vector<std::pair<uint64_t, std::vector<uint8_t>>>* ready, bool* duplicate,
+                           std::vector<std::pair<uint64_t, Bytes>>* ready, bool* duplicate,
                            uint64_t* progress = nullptr);
+  // Where the payload of DATA chunk `h` belongs, for reading it in place:
+  // inside the partly received message (made now if it is the first chunk),
+  // or null when that chunk is already here or the message is one chunk.
+  // Checks what add() checks; add() later skips the copy onto itself.
+  [[nodiscard]] Status reserve(const ChunkHeader& h, uint8_t** dst);
+  // The buffer of a partly received message, for detaching readers.
+  std::pair<const uint8_t*, size_t> partial_buffer(uint64_t id) const;
   // Whether message `id` has arrived whole (delivered or held for order).
   bool complete(uint64_t id) const { return id < next_ || held_.count(id) > 0; }
   size_t pending_messages() const { return partial_.size() + held_.size(); }
@@ -121,7 +180,7 @@ class Reassembler {
 
  private:
   struct Partial {
-    std::vector<uint8_t> data;
+    Bytes data;
     std::vector<uint64_t> have;  // bit per chunk
     uint64_t chunks = 0;
     uint64_t received = 0;
@@ -132,9 +191,11 @@ class Reassembler {
 
   Limits limits_;
   std::unordered_map<uint64_t, Partial> partial_;
-  std::map<uint64_t, std::vector<uint8_t>> held_;  // complete, waiting for an earlier id
+  std::map<uint64_t, Bytes> held_;  // complete, waiting for an earlier id
   uint64_t next_ = 0;                              // every id below it was delivered
   uint64_t pending_bytes_ = 0;                     // partial and held bytes
+
+  Status find_or_start(const ChunkHeader& h, Partial** out);
 };
 
 }  // namespace dwcp::transport

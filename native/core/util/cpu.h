@@ -12,6 +12,7 @@ struct CpuFeatures {
   bool avx512f = false;
   bool avx512bw = false;
   bool avx512vl = false;
+  bool vpclmulqdq = false;  // carry-less multiply on 512-bit registers (with avx512f)
 };
 
 const CpuFeatures& cpu_features();

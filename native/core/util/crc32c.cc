@@ -1,6 +1,8 @@
 #include "util/crc32c.h"
 
 #include <array>
+#include <cstdlib>
+#include <cstring>
 
 #include "util/cpu.h"
 
@@ -50,9 +52,38 @@ uint32_t crc32c_portable(uint32_t crc, const void* data, size_t len) {
 
 bool crc32c_hw_available() { return cpu_features().sse42; }
 
+// DWCP_HDE_SIMD set to anything but avx512 also keeps CRC32C off AVX-512
+// (valgrind cannot decode it).
+bool crc32c_vpclmul_available() {
+  const CpuFeatures& f = cpu_features();
+  const char* forced = std::getenv("DWCP_HDE_SIMD");
+  return f.sse42 && f.avx512f && f.vpclmulqdq && (!forced || !*forced || std::strcmp(forced, "avx512") == 0 || std::strcmp(forced, "auto") == 0);
+}
+
+namespace {
+enum class Path { kTable, kSse42, kVpclmul };
+Path chosen_path() {
+  static const Path p = crc32c_vpclmul_available() ? Path::kVpclmul : crc32c_hw_available() ? Path::kSse42 : Path::kTable;
+  return p;
+}
+}  // namespace
+
+const char* crc32c_path() {
+  switch (chosen_path()) {
+    case Path::kVpclmul: return "vpclmul";
+    case Path::kSse42: return "sse4.2";
+    case Path::kTable: return "table";
+  }
+  return "table";
+}
+
 uint32_t crc32c(uint32_t crc, const void* data, size_t len) {
-  static const bool hw = crc32c_hw_available();
-  return hw ? crc32c_hw(crc, data, len) : crc32c_portable(crc, data, len);
+  switch (chosen_path()) {
+    case Path::kVpclmul: return crc32c_vpclmul(crc, data, len);
+    case Path::kSse42: return crc32c_hw(crc, data, len);
+    case Path::kTable: break;
+  }
+  return crc32c_portable(crc, data, len);
 }
 
 }  // namespace dwcp

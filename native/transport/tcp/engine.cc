@@ -459,9 +459,7 @@ Engine::Stream* Engine::dial_stream(Connection* c, int32_t index, int attempt) {
     return nullptr;
   }
   sp->connecting = true;
-  sp->reader = std::make_unique<StreamReader>(
-      limits_, false, [](const Hello&) { return Status::kProtocol; },
-      [this, sp](const ChunkHeader& h, const uint8_t* p) { return on_chunk(sp, h, p); });
+  sp->reader = make_reader(sp, false);
   update_epoll(sp);
   return sp;
 }
@@ -628,12 +626,21 @@ void Engine::on_listener(Listener* l) {
     s->listener = l->id;
     apply_options(fd, SocketOptions{});
     Stream* sp = s.get();
-    sp->reader = std::make_unique<StreamReader>(
-        limits_, true, [this, sp](const Hello& h) { return on_hello(sp, h); },
-        [this, sp](const ChunkHeader& h, const uint8_t* p) { return on_chunk(sp, h, p); });
+    sp->reader = make_reader(sp, true);
     update_epoll(sp);
     orphans_.push_back(std::move(s));
   }
+}
+
+// Large payloads are read from the socket straight into their message.
+std::unique_ptr<StreamReader> Engine::make_reader(Stream* s, bool server) {
+  auto on_hello = [this, s, server](const Hello& h) { return server ? this->on_hello(s, h) : Status::kProtocol; };
+  auto on_chunk = [this, s](const ChunkHeader& h, const uint8_t* p) { return this->on_chunk(s, h, p); };
+  auto place = [s](const ChunkHeader& h, uint8_t** dst) {
+    *dst = nullptr;
+    return s->conn ? s->conn->reasm.reserve(h, dst) : Status::kProtocol;
+  };
+  return std::make_unique<StreamReader>(limits_, server, on_hello, on_chunk, place);
 }
 
 Status Engine::on_hello(Stream* s, const Hello& h) {
@@ -704,14 +711,22 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
     case ChunkType::kData: {
       bool completed = false, dup = false;
       uint64_t progress = 0;
-      std::vector<std::pair<uint64_t, std::vector<uint8_t>>> ready;
+      std::vector<std::pair<uint64_t, Bytes>> ready;
+      const auto [base, base_len] = c->reasm.partial_buffer(h.message_id);
       Status st = c->reasm.add(h, payload, &completed, &ready, &dup, &progress);
       if (st != Status::kOk) return st;
+      if (completed && base) {
+        // Another stream may be reading a resent copy of a chunk straight
+        // into this buffer, which is the delivered message now.
+        for (auto& t : c->streams) {
+          if (t.get() != s && t->reader) t->reader->detach_if_within(base, base_len);
+        }
+      }
       for (auto& [id, msg] : ready) {
         c->messages_received++;
         c->bytes_received += msg.size();
         if (limits_.max_undelivered_bytes) undelivered_ += static_cast<int64_t>(msg.size());
-        emit(Event{Event::Type::kMessage, c->id, 0, id, Status::kOk, 0, new std::vector<uint8_t>(std::move(msg))});
+        emit(Event{Event::Type::kMessage, c->id, 0, id, Status::kOk, 0, new Bytes(std::move(msg))});
       }
       // Acknowledge a message once it is whole here, and again whenever a
       // resent chunk of it shows the sender has not heard (its ACK may have
@@ -978,10 +993,24 @@ void Engine::on_stream(Stream* s, uint32_t events) {
         update_epoll(s);
         break;
       }
-      const ssize_t r = ::read(s->fd.get(), buf.data(), buf.size());
+      // A payload being placed is read straight into its message, and what
+      // follows it into the buffer, in one syscall.
+      iovec iov[2];
+      int niov = 0;
+      uint8_t* place = nullptr;
+      size_t place_len = 0;
+      if (s->reader->direct_window(&place, &place_len)) iov[niov++] = iovec{place, place_len};
+      // With a payload being placed, take only the next header after it, so
+      // the payload after that can be placed too.
+      const size_t need = place_len ? kChunkHeaderSize : s->reader->header_need();
+      iov[niov++] = iovec{buf.data(), need ? need : buf.size()};
+      const ssize_t r = ::readv(s->fd.get(), iov, niov);
       if (r > 0) {
         s->bytes_received += static_cast<uint64_t>(r);
-        const Status st = s->reader->feed(buf.data(), static_cast<size_t>(r));
+        const size_t placed = std::min(static_cast<size_t>(r), place_len);
+        Status st = placed ? s->reader->direct_filled(placed) : Status::kOk;
+        if (!s->alive) return;
+        if (st == Status::kOk && static_cast<size_t>(r) > placed) st = s->reader->feed(buf.data(), static_cast<size_t>(r) - placed);
         if (st != Status::kOk) {
           // A peer that breaks the protocol loses the whole connection.
           if (s->conn) {

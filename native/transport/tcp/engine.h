@@ -53,7 +53,7 @@ struct Event {
   uint64_t value = 0;
   Status status = Status::kOk;
   int os_error = 0;
-  std::vector<uint8_t>* data = nullptr;
+  Bytes* data = nullptr;
   uint64_t extra = 0;
 };
 
@@ -173,6 +173,7 @@ class Engine {
   void stream_ready(Stream* s);
   Status on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload);
   Status on_hello(Stream* s, const Hello& h);
+  std::unique_ptr<StreamReader> make_reader(Stream* s, bool server);
   void pump(Connection* c);
   bool flush(Stream* s);
   void queue_control(Connection* c, ChunkType type, uint64_t message_id, uint64_t offset = 0, uint64_t len = 0);
