@@ -422,3 +422,45 @@ TEST(tcp_progress_reports) {
     last = e.extra;
   }
 }
+
+// One end closes while the other is still sending. The closer keeps
+// acknowledging what arrives until the sender has drained, so nothing hangs:
+// every message is either acknowledged (and delivered) or failed as CLOSED,
+// and both ends close cleanly.
+TEST(tcp_close_while_the_peer_sends) {
+  for (int round = 0; round < 3; round++) {
+    Pair p(3, 14);
+    std::vector<uint8_t> m(300000, static_cast<uint8_t>(round));
+    uint64_t next = 0;
+    for (; next < 40; next++) p.engine.send(p.client, next, m.data(), m.size());
+    CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) >= 5; }));
+    p.engine.close(p.server);
+    for (; next < 80; next++) p.engine.send(p.client, next, m.data(), m.size());
+    CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1; }));
+    const size_t done = p.sink.count(Type::kSendDone, p.client), failed = p.sink.count(Type::kSendFailed, p.client);
+    CHECK_EQ(done + failed, next);
+    CHECK_EQ(p.sink.count(Type::kMessage, p.server), done);  // acknowledged = delivered
+    for (auto& e : p.sink.all(Type::kSendFailed, p.client)) CHECK(e.status == Status::kClosed);
+    CHECK(p.sink.first(Type::kClosed, p.client).status == Status::kOk);
+    CHECK(p.sink.first(Type::kClosed, p.server).status == Status::kOk);
+  }
+}
+
+// Both ends close at once while each still has messages in flight.
+TEST(tcp_both_ends_close_at_once) {
+  for (int round = 0; round < 10; round++) {
+    Pair p(static_cast<uint16_t>(1 + round % 4), 14);
+    std::vector<uint8_t> m(100000 + static_cast<size_t>(round) * 1000, 0x5c);
+    for (uint64_t i = 0; i < 10; i++) {
+      p.engine.send(p.client, i, m.data(), m.size());
+      p.engine.send(p.server, i, m.data(), m.size());
+    }
+    p.engine.close(p.client);
+    p.engine.close(p.server);
+    CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1; }));
+    CHECK(p.sink.first(Type::kClosed, p.client).status == Status::kOk);
+    CHECK(p.sink.first(Type::kClosed, p.server).status == Status::kOk);
+    CHECK_EQ(p.sink.count(Type::kSendDone, p.client) + p.sink.count(Type::kSendFailed, p.client), 10u);
+    CHECK_EQ(p.sink.count(Type::kMessage, p.server), p.sink.count(Type::kSendDone, p.client));
+  }
+}

@@ -30,7 +30,7 @@ commands:
       --baseline OLD        previous version, also held by the receiver: send only what changed
       --streams N           TCP streams (default 8)
       --compression C       lz4 (default), zstd or none
-      --segment-mib N       bytes held in memory per segment (default 256)
+      --segment-mib N       MiB per segment; each side holds two (default 128)
       --json                summary as JSON
   receive --port P --out DIR
                             receive files into DIR (written whole, fsynced, SHA-256 verified)

@@ -99,6 +99,11 @@ struct Engine::Connection {
   bool announced = false;
   bool closing = false;      // close() called, or the peer sent CLOSE
   bool close_sent = false;
+  // The peer's CLOSE arrived: it has nothing unacknowledged, so nothing more
+  // needs an ACK from us. Only once both CLOSEs are out may a stream's write
+  // side shut; before that the closing side must still acknowledge what the
+  // other sent before it heard the CLOSE.
+  bool peer_closed = false;
   bool finished = false;     // closed and reported; kept only until the epoll batch ends
   bool touched = false;      // in Engine::touched_
   std::vector<std::pair<uint64_t, uint64_t>> acks;      // (first id, count) to acknowledge
@@ -789,6 +794,7 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
     }
     case ChunkType::kClose:
       c->closing = true;
+      c->peer_closed = true;
       maybe_finish_graceful(c);
       return Status::kOk;
     case ChunkType::kRetire:
@@ -944,7 +950,7 @@ bool Engine::flush(Stream* s) {
     }
   }
   Connection* c = s->conn;
-  if (s->out.empty() && c && (c->close_sent || s->retire_sent) && !s->write_shut) {
+  if (s->out.empty() && c && ((c->close_sent && c->peer_closed) || s->retire_sent) && !s->write_shut) {
     ::shutdown(s->fd.get(), SHUT_WR);
     s->write_shut = true;
     if (s->retiring && s->eof) {
@@ -1154,7 +1160,12 @@ void Engine::maybe_finish_graceful(Connection* c) {
       push_control(s.get(), ChunkType::kClose, 0, 0, 0);
       flush(s.get());
     }
+  } else if (c->peer_closed) {
+    for (auto& s : c->streams) {
+      if (s->alive && !s->connecting && !s->write_shut) flush(s.get());  // shuts the write side
+    }
   }
+  if (c->finished) return;
   // Done when every stream has both sent its CLOSE and seen the peer's end.
   for (auto& s : c->streams) {
     if (s->alive && !s->connecting && !(s->eof && s->write_shut)) return;

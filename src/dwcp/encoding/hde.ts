@@ -26,6 +26,12 @@ export interface HdeEncoderOptions {
   detectDuplicates?: boolean;
   /** Payload compression of each frame. Default: from `mode` when given, else `lz4`. */
   compression?: Compression;
+  /**
+   * Stop trying to compress while it does not pay (a frame shrinks by less
+   * than 3 %, as random or encrypted pages do), probing again after 1, 2,
+   * 4 ... 64 frames. Default true.
+   */
+  adaptiveCompression?: boolean;
   /** zstd level, 1 to 19, when `compression` is `zstd`. Default: from `mode`, else 3. */
   zstdLevel?: number;
   /** Link mode; picks compression and level by policy (`chooseCompression`) unless set explicitly. */
@@ -66,6 +72,8 @@ export interface HdeEncoderStats {
   bytesOut: number;
   /** Baselines dropped to stay within `cacheBytes`. */
   cacheEvictions: number;
+  /** Frames sent without trying compression because recent ones did not shrink (adaptiveCompression). */
+  compressionSkipped: number;
 }
 
 /** What one decoded frame did to the region. */
@@ -213,6 +221,10 @@ export class HdeEncoder {
   #bytesOut = 0;
   #dirtyResult = new Float64Array(2);
   #busy = false;
+  #adaptive: boolean;
+  #skipLeft = 0;
+  #backoff = 1;
+  #skipped = 0;
 
   constructor(options: HdeEncoderOptions = {}) {
     if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options must be an object');
@@ -239,6 +251,10 @@ export class HdeEncoder {
     if (!Number.isInteger(o.zstdLevel) || o.zstdLevel < 1 || o.zstdLevel > 19) {
       throw new InvalidArgumentError(`zstdLevel must be an integer from 1 to 19, got ${String(o.zstdLevel)}`);
     }
+    if (o.adaptiveCompression !== undefined && typeof o.adaptiveCompression !== 'boolean') {
+      throw new InvalidArgumentError('adaptiveCompression must be a boolean');
+    }
+    this.#adaptive = o.adaptiveCompression ?? true;
     this.compression = o.compression;
     this.zstdLevel = o.zstdLevel;
     const simd = checkSimd(o.simd);
@@ -367,6 +383,7 @@ export class HdeEncoder {
       bytesEncoded: s.bytesOut,
       bytesOut: this.#bytesOut,
       cacheEvictions: s.cacheEvictions,
+      compressionSkipped: this.#skipped,
     };
   }
 
@@ -411,9 +428,19 @@ export class HdeEncoder {
   // frame in a buffer of its own.
   #finish(out: Buffer, length: number): Buffer {
     let frame: Buffer | undefined;
-    if (this.compression !== 'none' && length > HEADER_SIZE) {
+    if (this.compression !== 'none' && length > HEADER_SIZE && this.#skipLeft > 0) {
+      this.#skipLeft--;
+      this.#skipped++;
+    } else if (this.compression !== 'none' && length > HEADER_SIZE) {
+      const raw = length - HEADER_SIZE;
       const payload = compress(this.compression, out.subarray(HEADER_SIZE, length), this.zstdLevel);
-      if (payload.length < length - HEADER_SIZE) {
+      if (this.#adaptive && payload.length > raw * 0.97) {
+        this.#skipLeft = this.#backoff;
+        this.#backoff = Math.min(64, this.#backoff * 2);
+      } else {
+        this.#backoff = 1;
+      }
+      if (payload.length < raw) {
         frame = Buffer.allocUnsafe(HEADER_SIZE + payload.length);
         out.copy(frame, 0, 0, HEADER_SIZE);
         payload.copy(frame, HEADER_SIZE);

@@ -1,6 +1,6 @@
 // File transfer over AMST: `novacron send` / `novacron receive`.
 //
-// The file goes in segments (256 MiB by default) so memory stays bounded
+// The file goes in segments (128 MiB by default) so memory stays bounded
 // whatever its size. Each segment is HDE-encoded page by page (sendPages);
 // with a baseline (the previous version of the file, which the receiver also
 // holds), the encoder is first primed with the baseline's segment and the
@@ -36,7 +36,7 @@ export class TransferError extends NovacronError {
 }
 
 const PROTOCOL_VERSION = 1;
-const DEFAULT_SEGMENT = 256 * 1024 * 1024;
+const DEFAULT_SEGMENT = 128 * 1024 * 1024;
 const MAX_SEGMENT = 1024 * 1024 * 1024;
 
 export interface SendFileOptions {
@@ -49,7 +49,7 @@ export interface SendFileOptions {
   baseline?: string;
   /** Default 4096. */
   pageSize?: number;
-  /** Bytes per segment, a multiple of the page size up to 1 GiB. Default 256 MiB. */
+  /** Bytes per segment, a multiple of the page size up to 1 GiB. Default 128 MiB. The sender holds one or two (with a baseline), the receiver two. */
   segmentBytes?: number;
   /** Default lz4. */
   compression?: Compression;
@@ -140,15 +140,32 @@ async function readAt(fh: FileHandle, buf: Buffer, length: number, position: num
   return got;
 }
 
-/** Waits for the next message on `conn`, failing if the connection closes first. */
+// How long a graceful close may take before the connection is dropped: a
+// peer that never finishes closing must not pin a connection forever.
+const CLOSE_GRACE_MS = 5000;
+
+async function closeWithin(conn: AmstConnection, ms = CLOSE_GRACE_MS): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(true), ms)));
+  const closed = conn.close().then(
+    () => false,
+    () => false,
+  );
+  if (await Promise.race([closed, late])) conn.destroy();
+  clearTimeout(timer);
+}
+
+/**
+ * The next message of `queue`, which a listener registered before this call
+ * fills; fails if the connection closes first.
+ */
 function nextMessage(conn: AmstConnection, queue: Buffer[]): Promise<Buffer> {
   const head = queue.shift();
   if (head) return Promise.resolve(head);
   return new Promise((resolve, reject) => {
-    const onMessage = (m: Buffer): void => {
+    const onMessage = (): void => {
       cleanup();
-      queue.shift();
-      resolve(m);
+      resolve(queue.shift()!);
     };
     const onClose = (err?: Error): void => {
       cleanup();
@@ -186,7 +203,6 @@ export async function sendFile(path: string, options: SendFileOptions): Promise<
   const encoder = new HdeEncoder({ pageSize, compression: options.compression ?? 'lz4', cacheBytes: segmentBytes });
   try {
     await conn.send(encodeControl({ t: 'hello', v: PROTOCOL_VERSION, name, size, pageSize, segmentBytes, baseline }));
-    conn.off('message', keep);
     const answer = decodeControl(await nextMessage(conn, inbox));
     if (answer.t === 'reject') throw new TransferError(answer.code, `receiver refused: ${answer.message}`);
     if (answer.t !== 'accept') throw new TransferError('ERR_TRANSFER_PROTOCOL', `unexpected answer ${answer.t}`);
@@ -250,11 +266,20 @@ export async function sendFile(path: string, options: SendFileOptions): Promise<
       baselineUsed: useBaseline,
       pages,
     };
+  } catch (err) {
+    // A receiver that gives up says why before it closes: prefer its reason
+    // to the transport error the closing caused here.
+    for (const m of inbox) {
+      if (m[0] !== BRACE) continue;
+      const c = decodeControl(m);
+      if ((c.t === 'done' && !c.ok) || c.t === 'reject') throw new TransferError(c.code ?? 'ERR_TRANSFER_FAILED', `receiver failed: ${c.message ?? 'unknown error'}`);
+    }
+    throw err;
   } finally {
     encoder.close();
     await fh.close();
     await baseFh?.close();
-    await conn.close().catch(() => undefined);
+    await closeWithin(conn);
   }
 }
 
@@ -301,14 +326,20 @@ export class FileReceiver extends EventEmitter {
     return this.server.port;
   }
 
-  close(): Promise<void> {
-    return this.server.close();
+  /** Stops listening and ends transfers in progress (they fail; their partial files are removed). */
+  async close(): Promise<void> {
+    await this.server.close();
+    await Promise.all([...this.#open].map((c) => closeWithin(c)));
   }
+
+  #open = new Set<AmstConnection>();
 
   #serve(conn: AmstConnection): void {
     // Messages are handled one at a time, in order, each after the last one's file I/O.
     let chain = Promise.resolve();
     const session = new ReceiveSession(this, conn);
+    this.#open.add(conn);
+    conn.once('close', () => this.#open.delete(conn));
     conn.on('message', (m: Buffer) => {
       chain = chain.then(() => session.handle(m)).catch((err: unknown) => session.fail(err));
     });
@@ -325,7 +356,12 @@ class ReceiveSession {
   #fh: FileHandle | undefined;
   #partPath = '';
   #baseFh: FileHandle | undefined;
+  // Two segment buffers: one is decoded into while the other is written out.
+  #regions: Buffer[] = [];
   #region: Buffer | undefined;
+  #free: Array<Promise<void>> = [Promise.resolve(), Promise.resolve()];
+  #writes: Promise<void> = Promise.resolve();
+  #writeError: unknown;
   #decoder: HdeDecoder | undefined;
   #segment = -1;
   #segmentBytes = 0;
@@ -387,19 +423,23 @@ class ReceiveSession {
     }
     this.#partPath = join(this.#rx.outDir, `.${c.name}.part`);
     this.#fh = await open(this.#partPath, 'w');
-    this.#region = Buffer.allocUnsafe(c.segmentBytes);
+    this.#regions = [Buffer.allocUnsafe(c.segmentBytes), Buffer.allocUnsafe(c.segmentBytes)];
     await this.#conn.send(encodeControl(reason ? { t: 'accept', baseline: false, reason } : { t: 'accept', baseline: useBaseline }));
   }
 
   async #onSegment(c: Extract<Control, { t: 'segment' }>): Promise<void> {
     const h = this.#hello;
-    if (!h || !this.#region) throw new TransferError('ERR_TRANSFER_PROTOCOL', 'segment before hello');
+    if (!h || this.#regions.length === 0) throw new TransferError('ERR_TRANSFER_PROTOCOL', 'segment before hello');
     const pos = (this.#segment + 1) * h.segmentBytes;
     if (c.index !== this.#segment + 1 || !isInt(c.bytes, 1, h.segmentBytes) || pos + c.bytes > h.size || this.#decoder) {
       throw new TransferError('ERR_TRANSFER_PROTOCOL', `unexpected segment ${String(c.index)}`);
     }
     this.#segment = c.index;
     this.#segmentBytes = c.bytes;
+    // The buffer two segments back may still be on its way to disk.
+    await this.#free[c.index % 2];
+    this.#throwWriteError();
+    this.#region = this.#regions[c.index % 2]!;
     const padded = Math.ceil(c.bytes / h.pageSize) * h.pageSize;
     const region = this.#region.subarray(0, padded);
     // Deltas apply to what the baseline held here; every page gets a record,
@@ -417,18 +457,38 @@ class ReceiveSession {
     if (pages !== Math.ceil(this.#segmentBytes / h.pageSize)) {
       throw new TransferError('ERR_TRANSFER_PROTOCOL', `segment ${c.index} carried ${pages} pages, expected ${Math.ceil(this.#segmentBytes / h.pageSize)}`);
     }
+    // Written and hashed in the background, in order, while the next
+    // segment is decoded into the other buffer.
     const data = this.#region!.subarray(0, this.#segmentBytes);
-    let off = 0;
-    while (off < data.length) {
-      const { bytesWritten } = await this.#fh!.write(data, off, data.length - off, c.index * h.segmentBytes + off);
-      off += bytesWritten;
+    const fh = this.#fh!;
+    const at = c.index * h.segmentBytes;
+    const task = this.#writes.then(async () => {
+      let off = 0;
+      while (off < data.length) {
+        const { bytesWritten } = await fh.write(data, off, data.length - off, at + off);
+        off += bytesWritten;
+      }
+      this.#hash.update(data);
+      this.#written += data.length;
+    });
+    const settled = task.catch((err: unknown) => {
+      this.#writeError ??= err;
+    });
+    this.#writes = settled;
+    this.#free[c.index % 2] = settled;
+  }
+
+  #throwWriteError(): void {
+    if (this.#writeError !== undefined) {
+      const e = this.#writeError;
+      throw e instanceof NovacronError ? e : new TransferError('ERR_TRANSFER_WRITE', `writing ${this.#partPath}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
-    this.#hash.update(data);
-    this.#written += data.length;
   }
 
   async #onEnd(c: Extract<Control, { t: 'end' }>): Promise<void> {
     const h = this.#hello;
+    await this.#writes;
+    this.#throwWriteError();
     if (!h || this.#decoder || this.#written !== h.size) throw new TransferError('ERR_TRANSFER_PROTOCOL', 'end before the whole file arrived');
     const sha256 = this.#hash.digest('hex');
     if (sha256 !== c.sha256) throw new TransferError('ERR_TRANSFER_CHECKSUM', `SHA-256 mismatch: sender ${String(c.sha256)}, written ${sha256}`);
@@ -460,7 +520,7 @@ class ReceiveSession {
     const reply: Control = this.#hello ? { t: 'done', ok: false, code: e.code, message: e.message } : { t: 'reject', code: e.code, message: e.message };
     this.#rx.emit('transferError', e, this.#hello?.name);
     await this.#conn.send(encodeControl(reply)).catch(() => undefined);
-    await this.#conn.close().catch(() => undefined);
+    await closeWithin(this.#conn);
   }
 
   /** The connection closed; anything unfinished is removed. */
@@ -472,6 +532,7 @@ class ReceiveSession {
   }
 
   async #cleanup(): Promise<void> {
+    await this.#writes;  // never rejects; the file handle must outlive the writes
     this.#decoder?.close();
     this.#decoder = undefined;
     await this.#fh?.close().catch(() => undefined);

@@ -90,6 +90,41 @@ t.test('baselines beyond the cache are sent in full', async (t) => {
   t.ok(region.equals(mem));
 });
 
+t.test('compression stops being tried while it does not pay, and resumes', async (t) => {
+  const pageSize = 4096;
+  const batch = 16;
+  for (const compression of ['lz4', 'zstd'] as const) {
+    const enc = new HdeEncoder({ compression, detectDuplicates: false });
+    const region = Buffer.alloc(200 * batch * pageSize);
+    const dec = new HdeDecoder({ region });
+    let pn = 0;
+    const send = (pages: Buffer): void => {
+      const f = enc.encode(pages, pageNumbers(batch, pn));
+      dec.decode(f);
+      t.ok(region.subarray(pn * pageSize, (pn + batch) * pageSize).equals(pages));
+      pn += batch;
+    };
+    for (let i = 0; i < 100; i++) send(randomBytes(batch * pageSize));
+    const skipped = enc.stats().compressionSkipped;
+    t.ok(skipped > 80, `${compression}: ${skipped} of 100 incompressible frames not tried`);
+    // Text-like pages compress well: after the next probe, every frame is compressed again.
+    const text = Buffer.alloc(batch * pageSize);
+    for (let i = 0; i < text.length; i++) text[i] = 97 + ((i * 7) % 13);
+    for (let i = 0; i < 100; i++) {
+      text.writeUInt32LE(i, (i % batch) * pageSize);
+      send(Buffer.from(text));
+    }
+    const st = enc.stats();
+    t.ok(st.compressionSkipped - skipped <= 64, 'at most one back-off window of compressible frames went uncompressed');
+    t.ok(st.bytesOut < st.bytesEncoded * 0.7, 'compressible frames were compressed');
+    const off = new HdeEncoder({ compression, adaptiveCompression: false });
+    off.encode(randomBytes(batch * pageSize), pageNumbers(batch));
+    off.encode(randomBytes(batch * pageSize), pageNumbers(batch, batch));
+    t.equal(off.stats().compressionSkipped, 0, 'adaptiveCompression: false always tries');
+  }
+  t.throws(() => new HdeEncoder({ adaptiveCompression: 'yes' as never }), InvalidArgumentError);
+});
+
 t.test('dirty bitmap over a region', async (t) => {
   const pageSize = 4096;
   const pages = 20;

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { once } from 'node:events';
-import { execFile, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { mkdirSync, mkdtempSync, writeFileSync, readFileSync, readdirSync, copyFileSync, existsSync } from 'node:fs';
@@ -260,4 +260,30 @@ t.test('novacron send / receive from the command line', async (t) => {
   t.ok(readFileSync(join(dst, 'b.img')).equals(v2));
   await t.rejects(run(process.execPath, [cli, 'send', join(src, 'b.img'), '--to', 'nowhere']), { code: 1 });
   await t.rejects(run(process.execPath, [cli, 'send', join(src, 'missing.img'), '--to', `127.0.0.1:${port}`]), { code: 1 });
+});
+
+// A disk that fills up mid-transfer: the sender gets the receiver's error,
+// the partial file is removed. Needs root to mount a small tmpfs.
+const canMount = process.getuid?.() === 0;
+t.test('a full disk fails the transfer cleanly', { skip: canMount ? false : 'needs root to mount a small tmpfs' }, async (t) => {
+  const { src } = dirs();
+  const small = mkdtempSync(join(tmpdir(), 'novacron-full-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
+  } catch {
+    t.comment('mount failed here: skipped');
+    return;
+  }
+  try {
+    writeFileSync(join(src, 'big.img'), randomBytes(6 << 20));
+    const rx = await receiveFiles({ host: '127.0.0.1', port: 0, outDir: small });
+    const failed = once(rx, 'transferError') as Promise<[TransferError]>;
+    const err = await sendFile(join(src, 'big.img'), { host: '127.0.0.1', port: rx.port, segmentBytes: 1 << 20 }).catch((e: unknown) => e);
+    t.equal((err as TransferError).code, 'ERR_TRANSFER_WRITE');
+    t.equal((await failed)[0].code, 'ERR_TRANSFER_WRITE');
+    t.same(readdirSync(small), [], 'partial file removed');
+    await rx.close();
+  } finally {
+    execFileSync('umount', [small]);
+  }
 });
