@@ -11,6 +11,12 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const USAGE = `usage: novacron <command> [options]
 
 commands:
+  start [options]           run a node: HTTP API (health, metrics) on 127.0.0.1:7700, data plane on 7701
+      --config FILE         YAML or JSON config (repeatable; later files win)
+      --api-port N, --api-host ADDR, --data-port N, --data-dir DIR, --log-level L
+      --set section.key=V   any setting (see config print); flags beat env (NOVACRON_SECTION__KEY) beat files
+  status [--json]           ask a running node for its health (same flags as start to find it)
+  config print [--json]     the effective configuration and where each value came from
   doctor [--json]           what the data plane will use on this host
   bench encode [options]    HDE encode/decode throughput against memcpy
       --size-mib N          working set (default 256)
@@ -22,6 +28,7 @@ commands:
       --streams 1,2,4,8     stream counts for the bulk run
       --messages N          64-byte messages for the rate run (default 200000)
       --rounds N            ping-pong round trips (default 5000)
+  bench boot [--runs 5]     node start to /ready, and level-parallel against sequential start
   bench veth [options]      AMST through a tbf-shaped veth pair into a network namespace (root)
       --rate-mbit N         link rate (default 1000)
       --seconds S           about this long per run (default 5)
@@ -65,7 +72,12 @@ async function cmdBench(args: string[]): Promise<void> {
   const [suite, ...rest] = args;
   if (suite === 'transport') return benchTransport(rest);
   if (suite === 'veth') return benchVeth(rest);
-  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\`, \`transport\` or \`veth\``);
+  if (suite === 'boot') {
+    const { values } = parseArgs({ args: rest, options: { runs: { type: 'string' } }, strict: true });
+    const mod = (await import(pathToFileURL(join(root, 'bench', 'boot.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
+    return mod.run({ runs: positive(values.runs, 'runs') });
+  }
+  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\`, \`transport\`, \`veth\` or \`boot\``);
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -115,6 +127,12 @@ async function main(argv: string[]): Promise<void> {
       return cmdDoctor(args);
     case 'bench':
       return cmdBench(args);
+    case 'start':
+      return (await import('./node.js')).cmdStart(args);
+    case 'status':
+      return (await import('./node.js')).cmdStatus(args);
+    case 'config':
+      return (await import('./node.js')).cmdConfig(args);
     case 'send':
       return (await import('./transfer.js')).cmdSend(args);
     case 'receive':

@@ -1,0 +1,400 @@
+// A NovaCron node: the components the initializer starts, the HTTP API
+// (/live, /ready, /health, /metrics, /status), structured logs, and config
+// reload. `novacron start` runs one.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { execFileSync } from 'node:child_process';
+import { createPrivateKey, generateKeyPairSync, randomBytes, randomUUID, X509Certificate } from 'node:crypto';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, statfsSync, unlinkSync, watch, writeFileSync, existsSync, type FSWatcher } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { pino, type Logger } from 'pino';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { NovacronError } from '../errors.js';
+import { HdeDecoder, HdeEncoder } from '../dwcp/encoding/hde.js';
+import { listen, type AmstConnection, type AmstServer } from '../dwcp/transport/amst.js';
+import { ModeDetector } from '../dwcp/mode-detector.js';
+import { native } from '../native.js';
+import { diffConfig, loadConfig, type Config, type LoadOptions } from './config.js';
+import { Initializer, RetriableError, type Component, type ComponentHealth } from './initializer.js';
+
+const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> = [
+  {
+    version: 1,
+    name: 'nodes',
+    sql: `CREATE TABLE nodes (id TEXT PRIMARY KEY, address TEXT NOT NULL, mode TEXT, updated_at INTEGER NOT NULL)`,
+  },
+  {
+    version: 2,
+    name: 'vms',
+    sql: `CREATE TABLE vms (id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, host TEXT, updated_at INTEGER NOT NULL)`,
+  },
+];
+
+/** Files a node keeps in its data directory. */
+function readOrCreate(path: string, make: () => string, mode = 0o600): string {
+  if (existsSync(path)) return readFileSync(path, 'utf8').trim();
+  const v = make();
+  writeFileSync(path, `${v}\n`, { mode });
+  return v;
+}
+
+export interface NodeOptions extends LoadOptions {
+  /** Log destination; default stdout. */
+  logStream?: NodeJS.WritableStream;
+}
+
+export class NovacronNode {
+  config: Config;
+  readonly log: Logger;
+  readonly registry = new Registry();
+  readonly startedAt = performance.now();
+  nodeId = '';
+  apiToken = '';
+  apiPort = 0;
+  dataPort = 0;
+  ready = false;
+  #loadOptions: LoadOptions;
+  #init: Initializer;
+  #http: Server | undefined;
+  #amst: AmstServer | undefined;
+  #conns = new Set<AmstConnection>();
+  #detectors = new Map<AmstConnection, ModeDetector>();
+  #db: Database.Database | undefined;
+  #cache = new Map<string, unknown>();
+  #sampler: NodeJS.Timeout | undefined;
+  #watchers: FSWatcher[] = [];
+  #tls: { ok: boolean; certificate: string; fingerprint?: string } = { ok: false, certificate: 'none' };
+  #metrics: {
+    componentStart: Gauge;
+    componentUp: Gauge;
+    bootPhase: Gauge;
+    reloads: Counter;
+    modeChanges: Counter;
+  };
+
+  constructor(options: NodeOptions = {}) {
+    this.#loadOptions = { ...(options.files ? { files: options.files } : {}), ...(options.env ? { env: options.env } : {}), ...(options.flags ? { flags: options.flags } : {}) };
+    this.config = loadConfig(this.#loadOptions).config;
+    this.log = pino({ level: this.config.log.level, base: { service: 'novacron' } }, options.logStream ?? process.stdout);
+    this.#metrics = {
+      componentStart: new Gauge({ name: 'novacron_component_start_seconds', help: 'Time each component took to start, retries included', labelNames: ['component'], registers: [this.registry] }),
+      componentUp: new Gauge({ name: 'novacron_component_up', help: '1 while a component is running', labelNames: ['component'], registers: [this.registry] }),
+      bootPhase: new Gauge({ name: 'novacron_boot_phase_seconds', help: 'Duration of each start level, and of the whole start', labelNames: ['phase'], registers: [this.registry] }),
+      reloads: new Counter({ name: 'novacron_config_reloads_total', help: 'Config reloads by outcome', labelNames: ['result'], registers: [this.registry] }),
+      modeChanges: new Counter({ name: 'novacron_mode_changes_total', help: 'Link mode changes', labelNames: ['to', 'reason'], registers: [this.registry] }),
+    };
+    this.#registerTransportMetrics();
+    const cfg = (): Config => this.config;
+    const components: Component[] = [
+      { name: 'api', critical: true, start: () => this.#startApi(), stop: () => this.#stopApi() },
+      { name: 'environment', critical: true, start: async () => this.#checkEnvironment(), health: () => this.#environmentHealth() },
+      { name: 'security', dependsOn: ['environment'], start: async () => this.#startSecurity(), health: () => ({ ok: this.#tls.ok, detail: { certificate: this.#tls.certificate, fingerprint: this.#tls.fingerprint, nodeId: this.nodeId } }) },
+      { name: 'database', dependsOn: ['environment'], start: async () => this.#startDatabase(), stop: async () => void this.#db?.close(), health: () => this.#databaseHealth() },
+      { name: 'cache', critical: false, start: async () => this.#cache.clear(), health: () => ({ ok: true, detail: { entries: this.#cache.size, maxEntries: cfg().cache.maxEntries } }) },
+      { name: 'network', dependsOn: ['environment'], start: () => this.#startNetwork(), stop: () => this.#stopNetwork(), health: () => ({ ok: true, detail: { port: this.dataPort, connections: this.#conns.size } }) },
+      { name: 'dwcp', dependsOn: ['network'], start: async () => this.#startDwcp(), stop: async () => clearInterval(this.#sampler), health: () => this.#dwcpHealth() },
+      { name: 'monitoring', critical: false, dependsOn: ['api'], start: async () => void collectDefaultMetrics({ register: this.registry }) },
+    ];
+    this.#init = new Initializer(components, {
+      attempts: this.config.init.attempts,
+      backoffMs: this.config.init.backoffMs,
+      observer: {
+        componentStarted: (name, ms, attempts) => {
+          this.#metrics.componentStart.set({ component: name }, ms / 1000);
+          this.#metrics.componentUp.set({ component: name }, 1);
+          this.log.info({ component: name, ms: Math.round(ms * 10) / 10, attempts }, 'component started');
+        },
+        componentFailed: (name, error, attempt, willRetry) => {
+          this.#metrics.componentUp.set({ component: name }, 0);
+          this.log[willRetry ? 'warn' : 'error']({ component: name, attempt, err: error.message, code: (error as NovacronError).code }, willRetry ? 'component failed, retrying' : 'component failed');
+        },
+        levelDone: (level, names, ms) => {
+          this.#metrics.bootPhase.set({ phase: `level${level}` }, ms / 1000);
+          this.log.info({ startLevel: level, components: names, ms: Math.round(ms * 10) / 10 }, 'start level done');
+        },
+        componentStopped: (name, ms, error) => {
+          this.#metrics.componentUp.set({ component: name }, 0);
+          this.log.info({ component: name, ms: Math.round(ms * 10) / 10, ...(error ? { err: error.message } : {}) }, 'component stopped');
+        },
+      },
+    });
+  }
+
+  /** Starts every component; rejects (after stopping what started) when a critical one fails. */
+  async start(): Promise<void> {
+    const t0 = performance.now();
+    this.log.info({ levels: this.#init.levels, dataDir: this.config.node.dataDir }, 'starting');
+    await this.#init.start();
+    this.ready = true;
+    const ms = performance.now() - t0;
+    this.#metrics.bootPhase.set({ phase: 'total' }, ms / 1000);
+    this.log.info({ ms: Math.round(ms), degraded: this.#init.degraded, api: this.apiPort, data: this.dataPort }, this.#init.degraded ? 'ready (degraded)' : 'ready');
+  }
+
+  /** Stops in reverse start order. */
+  async stop(): Promise<void> {
+    this.ready = false;
+    for (const w of this.#watchers) w.close();
+    this.log.info('stopping');
+    await this.#init.stop();
+    this.log.info('stopped');
+  }
+
+  /** Re-reads the config; applies what can change live, reports what needs a restart. An invalid config is rejected and the running one stays. */
+  reload(): { applied: string[]; restart: string[] } | { error: string } {
+    let next: Config;
+    try {
+      next = loadConfig(this.#loadOptions).config;
+    } catch (err) {
+      this.#metrics.reloads.inc({ result: 'rejected' });
+      this.log.error({ err: (err as Error).message, code: (err as NovacronError).code }, 'config reload rejected; keeping the running config');
+      return { error: (err as Error).message };
+    }
+    const diff = diffConfig(this.config, next);
+    this.config = next;
+    if (diff.reloadable.includes('log.level')) this.log.level = next.log.level;
+    if (diff.reloadable.includes('dwcp.mode')) {
+      for (const [, det] of this.#detectors) {
+        const change = det.setOverride(next.dwcp.mode as 'auto');
+        if (change) this.#metrics.modeChanges.inc({ to: change.to, reason: change.reason });
+      }
+    }
+    this.#metrics.reloads.inc({ result: 'applied' });
+    this.log.info({ applied: diff.reloadable, needsRestart: diff.restart }, 'config reloaded');
+    return { applied: diff.reloadable, restart: diff.restart };
+  }
+
+  /** Reloads when a config file changes (debounced). */
+  watchConfigFiles(): void {
+    let timer: NodeJS.Timeout | undefined;
+    for (const file of this.#loadOptions.files ?? []) {
+      this.#watchers.push(
+        watch(file, () => {
+          clearTimeout(timer);
+          timer = setTimeout(() => this.reload(), 100);
+        }),
+      );
+    }
+  }
+
+  async health(): Promise<{ status: 'ok' | 'degraded' | 'starting' | 'failed'; components: unknown[] }> {
+    const components = await this.#init.health();
+    const criticalDown = components.some((c) => c.critical && !c.ok);
+    const anyDown = components.some((c) => !c.ok);
+    const status = !this.ready ? (components.some((c) => c.state === 'failed' && c.critical) ? 'failed' : 'starting') : criticalDown ? 'failed' : anyDown ? 'degraded' : 'ok';
+    return { status, components };
+  }
+
+  // --- components ---------------------------------------------------------
+
+  async #startApi(): Promise<void> {
+    const server = createServer((req, res) => void this.#route(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new RetriableError(`API port ${this.config.api.port} is in use`, { cause: err }) : err));
+      server.listen(this.config.api.port, this.config.api.host, () => resolve());
+    });
+    this.#http = server;
+    const addr = server.address();
+    this.apiPort = typeof addr === 'object' && addr ? addr.port : 0;
+  }
+
+  async #stopApi(): Promise<void> {
+    const s = this.#http;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((r) => s.close(() => r()));
+  }
+
+  async #route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const send = (code: number, body: unknown, type = 'application/json'): void => {
+      res.writeHead(code, { 'content-type': type });
+      res.end(typeof body === 'string' ? body : `${JSON.stringify(body)}\n`);
+    };
+    try {
+      const path = (req.url ?? '/').split('?')[0];
+      if (req.method !== 'GET') return send(405, { error: 'method not allowed' });
+      switch (path) {
+        case '/live':
+          return send(200, { status: 'alive' });
+        case '/ready':
+          return send(this.ready ? 200 : 503, { ready: this.ready });
+        case '/health': {
+          const h = await this.health();
+          return send(h.status === 'ok' || h.status === 'degraded' ? 200 : 503, h);
+        }
+        case '/metrics':
+          return send(200, await this.registry.metrics(), this.registry.contentType);
+        case '/status': {
+          if (!this.#authorized(req)) return send(401, { error: 'a bearer token is required' });
+          const h = await this.health();
+          return send(200, { nodeId: this.nodeId, ready: this.ready, status: h.status, apiPort: this.apiPort, dataPort: this.dataPort, config: this.config, components: h.components, uptimeS: Math.round((performance.now() - this.startedAt) / 1000) });
+        }
+        default:
+          return send(404, { error: 'not found' });
+      }
+    } catch (err) {
+      send(500, { error: (err as Error).message });
+    }
+  }
+
+  #authorized(req: IncomingMessage): boolean {
+    const h = req.headers.authorization ?? '';
+    const token = h.startsWith('Bearer ') ? h.slice(7) : '';
+    return token !== '' && (token === this.apiToken || this.config.security.apiTokens.includes(token));
+  }
+
+  #checkEnvironment(): void {
+    const major = Number(process.versions.node.split('.')[0]);
+    if (major < 20) throw new NovacronError('ERR_ENV_NODE', `Node.js 20 or later is required, this is ${process.versions.node}`);
+    const dir = this.config.node.dataDir;
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const probe = join(dir, `.probe-${process.pid}`);
+      const fd = openSync(probe, 'w');
+      fsyncSync(fd);
+      closeSync(fd);
+      unlinkSync(probe);
+    } catch (err) {
+      throw new NovacronError('ERR_ENV_DATA_DIR', `data directory ${dir} is not writable: ${(err as Error).message}`);
+    }
+  }
+
+  #environmentHealth(): ComponentHealth {
+    const st = statfsSync(this.config.node.dataDir);
+    const freeBytes = st.bavail * st.bsize;
+    return { ok: freeBytes > 1 << 30, detail: { dataDir: this.config.node.dataDir, diskFreeBytes: freeBytes, node: process.versions.node, cpu: native.cpuFeatures().crc32c } };
+  }
+
+  #startSecurity(): void {
+    const dir = this.config.node.dataDir;
+    this.nodeId = this.config.node.id || readOrCreate(join(dir, 'node-id'), () => randomUUID(), 0o644);
+    this.apiToken = readOrCreate(join(dir, 'api-token'), () => randomBytes(32).toString('hex'));
+    let certPem: string;
+    let keyPem: string;
+    if (this.config.security.tlsCert) {
+      certPem = readFileSync(this.config.security.tlsCert, 'utf8');
+      keyPem = readFileSync(this.config.security.tlsKey, 'utf8');
+    } else {
+      const tls = join(dir, 'tls');
+      mkdirSync(tls, { recursive: true, mode: 0o700 });
+      const keyPath = join(tls, 'node.key');
+      const certPath = join(tls, 'node.crt');
+      keyPem = readOrCreate(keyPath, () => generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString().trim());
+      if (!existsSync(certPath)) {
+        try {
+          execFileSync('openssl', ['req', '-x509', '-new', '-key', keyPath, '-subj', `/CN=novacron-${this.nodeId}`, '-days', '3650', '-out', certPath], { stdio: 'ignore' });
+        } catch (err) {
+          this.#tls = { ok: false, certificate: `none: generating one needs openssl (${(err as Error).message.split('\n')[0]})` };
+          this.log.warn({ err: (err as Error).message }, 'no TLS certificate; configure security.tlsCert/tlsKey');
+          return;
+        }
+      }
+      certPem = readFileSync(certPath, 'utf8');
+    }
+    const cert = new X509Certificate(certPem);
+    const key = createPrivateKey(keyPem);
+    if (!cert.checkPrivateKey(key)) throw new NovacronError('ERR_SECURITY_KEY_MISMATCH', 'the TLS key does not match the certificate');
+    this.#tls = { ok: true, certificate: cert.subject, fingerprint: cert.fingerprint256 };
+  }
+
+  #startDatabase(): void {
+    const db = new Database(join(this.config.node.dataDir, 'novacron.db'));
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
+    const applied = new Set((db.prepare('SELECT version FROM schema_migrations').all() as Array<{ version: number }>).map((r) => r.version));
+    const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
+    for (const m of MIGRATIONS) {
+      if (applied.has(m.version)) continue;
+      db.transaction(() => {
+        db.exec(m.sql);
+        record.run(m.version, m.name, Date.now());
+      })();
+      this.log.info({ migration: m.version, name: m.name }, 'database migrated');
+    }
+    this.#db = db;
+  }
+
+  #databaseHealth(): ComponentHealth {
+    const row = this.#db!.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number };
+    return { ok: row.v === MIGRATIONS.at(-1)!.version, detail: { backend: 'sqlite', schemaVersion: row.v } };
+  }
+
+  async #startNetwork(): Promise<void> {
+    try {
+      this.#amst = await listen({ host: this.config.data.host, port: this.config.data.port, io: this.config.data.io });
+    } catch (err) {
+      if ((err as { syscallError?: string }).syscallError === 'EADDRINUSE') throw new RetriableError(`data port ${this.config.data.port} is in use`, { cause: err });
+      throw err;
+    }
+    this.dataPort = this.#amst.port;
+    this.#amst.on('connection', (c: AmstConnection) => {
+      this.#conns.add(c);
+      this.#detectors.set(c, new ModeDetector({ samples: this.config.dwcp.modeSamples, override: this.config.dwcp.mode as 'auto' }));
+      c.on('message', () => undefined);
+      c.once('close', () => {
+        this.#conns.delete(c);
+        this.#detectors.delete(c);
+      });
+    });
+  }
+
+  async #stopNetwork(): Promise<void> {
+    for (const c of this.#conns) c.destroy();
+    await this.#amst?.close();
+  }
+
+  #startDwcp(): void {
+    // A self-test of the codec on this CPU before taking traffic.
+    const enc = new HdeEncoder();
+    const page = Buffer.alloc(4096, 0x5a);
+    const region = Buffer.alloc(4096);
+    new HdeDecoder({ region }).decode(enc.encode(page, [0]));
+    if (!region.equals(page)) throw new NovacronError('ERR_DWCP_SELFTEST', 'HDE self-test failed');
+    enc.close();
+    // Link mode of each data-plane peer, from TCP_INFO every 2 s.
+    this.#sampler = setInterval(() => this.#sampleLinks(), 2000);
+    this.#sampler.unref();
+  }
+
+  #sampleLinks(): void {
+    for (const [conn, det] of this.#detectors) {
+      const st = conn.stats();
+      const live = st?.streams.filter((s) => s.alive && s.rttUs > 0) ?? [];
+      if (live.length === 0) continue;
+      const rttMs = live.reduce((a, s) => a + s.rttUs, 0) / live.length / 1000;
+      // cwnd over RTT: what the windows allow, summed over streams.
+      const bandwidthBps = live.reduce((a, s) => a + (s.cwnd * 1448 * 8) / (s.rttUs / 1e6), 0);
+      const change = det.observe({ rttMs, bandwidthBps });
+      if (change) {
+        this.#metrics.modeChanges.inc({ to: change.to, reason: change.reason });
+        this.log.info({ peer: conn.id, from: change.from, to: change.to, rttMs, bandwidthBps }, 'link mode changed');
+      }
+    }
+  }
+
+  #dwcpHealth(): ComponentHealth {
+    const modes: Record<string, number> = {};
+    for (const det of this.#detectors.values()) {
+      const m = det.mode ?? 'unknown';
+      modes[m] = (modes[m] ?? 0) + 1;
+    }
+    return { ok: true, detail: { modeSetting: this.config.dwcp.mode, peers: modes, simd: native.simdPaths?.() ?? undefined, crc32c: native.cpuFeatures().crc32c } };
+  }
+
+  #registerTransportMetrics(): void {
+    const conns = (): AmstConnection[] => [...this.#conns];
+    new Gauge({
+      name: 'novacron_transport_connections',
+      help: 'Open data-plane connections',
+      registers: [this.registry],
+      collect() {
+        this.set(conns().length);
+      },
+    });
+    const sum = (key: 'bytesReceived' | 'messagesReceived' | 'chunksResent'): number => conns().reduce((a, c) => a + (c.stats()?.[key] ?? 0), 0);
+    new Gauge({ name: 'novacron_transport_bytes_received', help: 'Payload bytes received on open data-plane connections', registers: [this.registry], collect() { this.set(sum('bytesReceived')); } });
+    new Gauge({ name: 'novacron_transport_messages_received', help: 'Messages received on open data-plane connections', registers: [this.registry], collect() { this.set(sum('messagesReceived')); } });
+    new Gauge({ name: 'novacron_transport_chunks_resent', help: 'Chunks sent again after a lost stream, open connections', registers: [this.registry], collect() { this.set(sum('chunksResent')); } });
+  }
+}
