@@ -53,9 +53,9 @@ async function closeOrDestroy(conn, what) {
   }
 }
 
-async function amstBulk(streams, totalBytes, msgBytes, window) {
+async function amstBulk(streams, totalBytes, msgBytes, window, zeroCopy = false) {
   const peer = await startPeer('amst-sink');
-  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams, congestion: 'cubic' });
+  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams, congestion: 'cubic', zeroCopy });
   const msg = Buffer.alloc(msgBytes, 0xa5);
   const count = Math.floor(totalBytes / msgBytes);
   const t0 = process.hrtime.bigint();
@@ -230,6 +230,9 @@ export async function run(opts = {}) {
     peakPeerRss = Math.max(peakPeerRss, r.peerRss);
     log(`  amst ${String(streams).padStart(2)} stream(s): ${r.gbps.toFixed(2)} Gbit/s`);
   }
+  // MSG_ZEROCOPY, for comparison: loopback copies anyway, so this measures its cost here.
+  const zc = await amstBulk(4, totalBytes, 4 << 20, 16, true);
+  log(`  amst  4 streams, MSG_ZEROCOPY: ${zc.gbps.toFixed(2)} Gbit/s`);
   const nodeNet = await netBulk(totalBytes, 1 << 20);
   log(`  node net, one socket, 1 MiB writes: ${nodeNet.toFixed(2)} Gbit/s`);
   const ip = iperf3(5);
@@ -256,6 +259,7 @@ export async function run(opts = {}) {
   log(JSON.stringify({
     bench: 'transport',
     bulk_gbps: bulk,
+    bulk_zerocopy_gbps: fmt(zc.gbps),
     node_net_gbps: fmt(nodeNet),
     iperf3_gbps: fmt(ip),
     msg_rate: Math.round(rate),

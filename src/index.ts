@@ -32,3 +32,7 @@ export { sendPages } from './dwcp/transfer/pages.js';
 export type { SendPagesOptions, SendPagesResult } from './dwcp/transfer/pages.js';
 export { sendFile, receiveFiles, FileReceiver, TransferError } from './dwcp/transfer/file.js';
 export type { SendFileOptions, ReceiveOptions, ReceivedFile, TransferSummary } from './dwcp/transfer/file.js';
+export { ModeDetector, classifyLink, transportForMode } from './dwcp/mode-detector.js';
+export type { LinkSample, ModeChange } from './dwcp/mode-detector.js';
+export { ModeController, sampleConnection } from './dwcp/mode-controller.js';
+export type { ModeControlOptions, AppliedModeChange } from './dwcp/mode-controller.js';

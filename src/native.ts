@@ -72,6 +72,8 @@ export interface NativeAmstStats {
   bytesSent: number;
   bytesReceived: number;
   chunksResent: number;
+  zeroCopySends: number;
+  zeroCopyCopied: number;
   streams: NativeAmstStreamStats[];
 }
 
@@ -84,6 +86,7 @@ export interface NativeAmstConnectOptions {
   sendBuffer: number;
   recvBuffer: number;
   redial: boolean;
+  zeroCopy: boolean;
 }
 
 export interface NativeAmstEngine {
@@ -94,6 +97,7 @@ export interface NativeAmstEngine {
   destroy(id: number): void;
   killStream(conn: number, index: number): void;
   setStreams(conn: number, streams: number): void;
+  setCongestion(conn: number, name: string): number;
   stats(conn: number): NativeAmstStats | null;
   ref(): void;
   unref(): void;

@@ -150,6 +150,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod<&EngineWrap::Destroy>("destroy"),
                         InstanceMethod<&EngineWrap::KillStream>("killStream"),
                         InstanceMethod<&EngineWrap::SetStreams>("setStreams"),
+                        InstanceMethod<&EngineWrap::SetCongestion>("setCongestion"),
                         InstanceMethod<&EngineWrap::Stats>("stats"),
                         InstanceMethod<&EngineWrap::Ref>("ref"),
                         InstanceMethod<&EngineWrap::Unref>("unref"),
@@ -281,6 +282,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     opts.socket.send_buffer = o.Get("sendBuffer").As<Napi::Number>().Int32Value();
     opts.socket.recv_buffer = o.Get("recvBuffer").As<Napi::Number>().Int32Value();
     opts.redial = o.Get("redial").ToBoolean().Value();
+    opts.socket.zerocopy = o.Get("zeroCopy").ToBoolean().Value();
     return Napi::Number::New(info.Env(), static_cast<double>(e.connect(opts)));
   }
 
@@ -313,6 +315,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return info.Env().Undefined();
   }
 
+  // setCongestion(conn, name) -> 0 or an errno.
+  Napi::Value SetCongestion(const Napi::CallbackInfo& info) {
+    const int err = engine(info).set_congestion(Id(info[0]), info[1].As<Napi::String>().Utf8Value());
+    return Napi::Number::New(info.Env(), err);
+  }
+
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     ConnectionStats st;
@@ -324,6 +332,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("bytesSent", num(st.bytes_sent));
     o.Set("bytesReceived", num(st.bytes_received));
     o.Set("chunksResent", num(st.chunks_resent));
+    o.Set("zeroCopySends", num(st.zerocopy_sends));
+    o.Set("zeroCopyCopied", num(st.zerocopy_copied));
     Napi::Array streams = Napi::Array::New(env, st.streams.size());
     for (size_t i = 0; i < st.streams.size(); i++) {
       const auto& s = st.streams[i];

@@ -12,7 +12,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { NovacronError } from '../errors.js';
 import { HdeDecoder, HdeEncoder } from '../dwcp/encoding/hde.js';
 import { listen, type AmstConnection, type AmstServer } from '../dwcp/transport/amst.js';
-import { ModeDetector } from '../dwcp/mode-detector.js';
+import { ModeController, type AppliedModeChange } from '../dwcp/mode-controller.js';
 import { native } from '../native.js';
 import { diffConfig, loadConfig, type Config, type LoadOptions } from './config.js';
 import { Initializer, RetriableError, type Component, type ComponentHealth } from './initializer.js';
@@ -58,7 +58,7 @@ export class NovacronNode {
   #http: Server | undefined;
   #amst: AmstServer | undefined;
   #conns = new Set<AmstConnection>();
-  #detectors = new Map<AmstConnection, ModeDetector>();
+  #detectors = new Map<AmstConnection, ModeController>();
   #db: Database.Database | undefined;
   #cache = new Map<string, unknown>();
   #sampler: NodeJS.Timeout | undefined;
@@ -154,9 +154,9 @@ export class NovacronNode {
     this.config = next;
     if (diff.reloadable.includes('log.level')) this.log.level = next.log.level;
     if (diff.reloadable.includes('dwcp.mode')) {
-      for (const [, det] of this.#detectors) {
-        const change = det.setOverride(next.dwcp.mode as 'auto');
-        if (change) this.#metrics.modeChanges.inc({ to: change.to, reason: change.reason });
+      for (const [conn, ctl] of this.#detectors) {
+        const change = ctl.setOverride(next.dwcp.mode);
+        if (change) this.#modeChanged(conn, change);
       }
     }
     this.#metrics.reloads.inc({ result: 'applied' });
@@ -330,7 +330,18 @@ export class NovacronNode {
     this.dataPort = this.#amst.port;
     this.#amst.on('connection', (c: AmstConnection) => {
       this.#conns.add(c);
-      this.#detectors.set(c, new ModeDetector({ samples: this.config.dwcp.modeSamples, override: this.config.dwcp.mode as 'auto' }));
+      // Only the dialling side can change the stream count; this end sets
+      // the congestion control of what it sends.
+      this.#detectors.set(
+        c,
+        new ModeController(c, {
+          intervalMs: 0,
+          samples: this.config.dwcp.modeSamples,
+          override: this.config.dwcp.mode,
+          adjustStreams: false,
+          onChange: (change) => this.#modeChanged(c, change),
+        }),
+      );
       c.on('message', () => undefined);
       c.once('close', () => {
         this.#conns.delete(c);
@@ -358,19 +369,12 @@ export class NovacronNode {
   }
 
   #sampleLinks(): void {
-    for (const [conn, det] of this.#detectors) {
-      const st = conn.stats();
-      const live = st?.streams.filter((s) => s.alive && s.rttUs > 0) ?? [];
-      if (live.length === 0) continue;
-      const rttMs = live.reduce((a, s) => a + s.rttUs, 0) / live.length / 1000;
-      // cwnd over RTT: what the windows allow, summed over streams.
-      const bandwidthBps = live.reduce((a, s) => a + (s.cwnd * 1448 * 8) / (s.rttUs / 1e6), 0);
-      const change = det.observe({ rttMs, bandwidthBps });
-      if (change) {
-        this.#metrics.modeChanges.inc({ to: change.to, reason: change.reason });
-        this.log.info({ peer: conn.id, from: change.from, to: change.to, rttMs, bandwidthBps }, 'link mode changed');
-      }
-    }
+    for (const ctl of this.#detectors.values()) ctl.sample();
+  }
+
+  #modeChanged(conn: AmstConnection, change: AppliedModeChange): void {
+    this.#metrics.modeChanges.inc({ to: change.to, reason: change.reason });
+    this.log.info({ peer: conn.id, from: change.from, to: change.to, reason: change.reason, congestion: change.congestion, errors: change.errors }, 'link mode changed');
   }
 
   #dwcpHealth(): ComponentHealth {

@@ -4,6 +4,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
+#include <linux/errqueue.h>
+#include <netinet/in.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -19,6 +21,9 @@ namespace {
 
 constexpr size_t kReadBuffer = 256 * 1024;
 constexpr size_t kMaxIov = 1024;  // IOV_MAX: small chunks go out hundreds per syscall
+// Payloads from this size go with MSG_ZEROCOPY on zero-copy streams; below
+// it, pinning pages costs more than copying them.
+constexpr uint32_t kZeroCopyMin = 16 * 1024;
 
 enum class HandleKind : uint8_t { kStream, kListener, kTimer };
 HandleKind timer_tag = HandleKind::kTimer;  // epoll data of the timerfd
@@ -38,6 +43,7 @@ struct Engine::OutMessage {
   bool queued = false;             // in Connection::queue
   bool acked = false;              // the peer holds it; done once no chunk is in flight
   int inflight = 0;                // chunks in stream queues (they point into `data`)
+  int zc_pending = 0;              // MSG_ZEROCOPY sends of it the kernel may still read
   bool all_sent() const { return next_chunk == chunks && resend.empty(); }
 };
 
@@ -66,6 +72,9 @@ struct Engine::Stream {
   bool retiring = false;     // set_streams is taking it away: no new chunks
   bool retire_sent = false;  // our RETIRE is queued; the write side shuts after it
   int attempt = 0;           // re-dial attempt that made it (0: first dial)
+  bool zerocopy = false;     // SO_ZEROCOPY is on
+  uint32_t zc_next = 0;      // the kernel's number for our next MSG_ZEROCOPY send
+  std::deque<std::pair<uint32_t, OutMessage*>> zc_wait;  // sends not yet reported done
   uint32_t epoll_events = 0;  // what the fd is registered for (0: not registered)
   std::unique_ptr<StreamReader> reader;
   std::deque<OutChunk> out;
@@ -117,6 +126,7 @@ struct Engine::Connection {
   Reassembler reasm;
   size_t rr = 0;
   std::atomic<uint64_t> messages_sent{0}, messages_received{0}, bytes_sent{0}, bytes_received{0}, chunks_resent{0};
+  std::atomic<uint64_t> zerocopy_sends{0}, zerocopy_copied{0};
 
   explicit Connection(Limits limits) : reasm(limits) {}
   size_t live_streams() const {
@@ -222,6 +232,19 @@ void Engine::set_streams(uint64_t conn, uint16_t n) { post(Command::Type::kSetSt
 
 void Engine::kill_stream(uint64_t conn, uint32_t index) { post(Command::Type::kKillStream, conn, index); }
 
+int Engine::set_congestion(uint64_t conn, const std::string& name) {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  auto it = conns_.find(conn);
+  if (it == conns_.end() || it->second->finished) return ENOENT;
+  Connection& c = *it->second;
+  for (const auto& s : c.streams) {
+    if (!s->fd) continue;
+    if (setsockopt(s->fd.get(), IPPROTO_TCP, TCP_CONGESTION, name.data(), static_cast<socklen_t>(name.size())) != 0) return errno;
+  }
+  c.sockopts.congestion = name;
+  return 0;
+}
+
 bool Engine::stats(uint64_t conn, ConnectionStats* out) {
   std::lock_guard<std::mutex> lock(stats_mu_);
   auto it = conns_.find(conn);
@@ -232,6 +255,8 @@ bool Engine::stats(uint64_t conn, ConnectionStats* out) {
   out->bytes_sent = c.bytes_sent.load();
   out->bytes_received = c.bytes_received.load();
   out->chunks_resent = c.chunks_resent.load();
+  out->zerocopy_sends = c.zerocopy_sends.load();
+  out->zerocopy_copied = c.zerocopy_copied.load();
   out->streams.clear();
   for (const auto& s : c.streams) {
     StreamStats st;
@@ -443,7 +468,16 @@ Engine::Stream* Engine::dial_stream(Connection* c, int32_t index, int attempt) {
   s->index = index;
   s->attempt = attempt;
   int err = 0;
-  s->fd = tcp_socket(c->addr.ss_family, c->sockopts, &err);
+  SocketOptions opts;
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);  // set_congestion may change them from another thread
+    opts = c->sockopts;
+  }
+  s->fd = tcp_socket(c->addr.ss_family, opts, &err);
+  if (s->fd && opts.zerocopy) {
+    const int one = 1;
+    s->zerocopy = setsockopt(s->fd.get(), SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) == 0;
+  }
   if (s->fd && ::connect(s->fd.get(), reinterpret_cast<sockaddr*>(&c->addr), c->alen) != 0 && errno != EINPROGRESS) {
     s->fd.reset();
   }
@@ -910,7 +944,19 @@ bool Engine::flush(Stream* s) {
   while (!s->out.empty()) {
     iovec iov[kMaxIov];
     size_t n = 0;
-    for (auto it = s->out.begin(); it != s->out.end() && n + 2 <= kMaxIov; ++it) {
+    int flags = MSG_NOSIGNAL;
+    OutChunk& head = s->out.front();
+    if (s->zerocopy && head.written >= kChunkHeaderSize && head.len >= kZeroCopyMin) {
+      // A large payload alone, with MSG_ZEROCOPY: the kernel reads the
+      // caller's buffer until it reports the send done. Headers never go
+      // this way: their memory is reused as soon as the queue moves on.
+      const size_t w = head.written - kChunkHeaderSize;
+      iov[n++] = iovec{const_cast<uint8_t*>(head.payload) + w, head.len - w};
+      flags |= MSG_ZEROCOPY;
+    }
+    for (auto it = s->out.begin(); !(flags & MSG_ZEROCOPY) && it != s->out.end() && n + 2 <= kMaxIov; ++it) {
+      // On a zero-copy stream, copied bytes stop where a large payload starts.
+      if (s->zerocopy && it->len >= kZeroCopyMin && it->written >= kChunkHeaderSize) break;
       size_t w = it->written;
       if (w < kChunkHeaderSize) {
         iov[n++] = iovec{it->header + w, kChunkHeaderSize - w};
@@ -918,6 +964,7 @@ bool Engine::flush(Stream* s) {
       } else {
         w -= kChunkHeaderSize;
       }
+      if (s->zerocopy && it->len >= kZeroCopyMin) break;  // its header only; the payload goes next, alone
       if (it->len > w) iov[n++] = iovec{const_cast<uint8_t*>(it->payload) + w, it->len - w};
     }
     // sendmsg with MSG_NOSIGNAL, not writev: a peer gone away must be an
@@ -925,12 +972,22 @@ bool Engine::flush(Stream* s) {
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = n;
-    const ssize_t r = ::sendmsg(s->fd.get(), &msg, MSG_NOSIGNAL);
+    const ssize_t r = ::sendmsg(s->fd.get(), &msg, flags);
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
+      if (errno == ENOBUFS && (flags & MSG_ZEROCOPY)) {
+        // Out of pinnable memory (optmem): copy from here on.
+        s->zerocopy = false;
+        continue;
+      }
       stream_failed(s, errno);
       return false;
+    }
+    if (flags & MSG_ZEROCOPY) {
+      s->zc_wait.emplace_back(s->zc_next++, head.msg);
+      if (head.msg) head.msg->zc_pending++;
+      if (s->conn) s->conn->zerocopy_sends++;
     }
     s->bytes_sent += static_cast<uint64_t>(r);
     size_t left = static_cast<size_t>(r);
@@ -978,8 +1035,54 @@ void Engine::update_epoll(Stream* s) {
   s->epoll_events = events;
 }
 
+// Reads MSG_ZEROCOPY completions off the error queue; with `all`, the
+// stream is going and every outstanding send counts as done.
+void Engine::zerocopy_done(Stream* s, bool all) {
+  uint32_t done_to = 0;
+  bool any = false;
+  while (!all) {
+    char control[128];
+    msghdr msg{};
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    if (::recvmsg(s->fd.get(), &msg, MSG_ERRQUEUE) < 0) break;
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+      const bool recverr = (cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) || (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR);
+      if (!recverr) continue;
+      sock_extended_err ee;
+      std::memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
+      if (ee.ee_errno != 0 || ee.ee_origin != SO_EE_ORIGIN_ZEROCOPY) continue;
+      // Sends ee_info..ee_data are done; the kernel may have copied them.
+      if (ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) s->conn->zerocopy_copied += ee.ee_data - ee.ee_info + 1;
+      done_to = ee.ee_data;
+      any = true;
+    }
+  }
+  std::vector<OutMessage*> finished;
+  while (!s->zc_wait.empty() && (all || (any && static_cast<int32_t>(s->zc_wait.front().first - done_to) <= 0))) {
+    OutMessage* m = s->zc_wait.front().second;
+    s->zc_wait.pop_front();
+    if (m && --m->zc_pending == 0) finished.push_back(m);
+  }
+  for (OutMessage* m : finished) maybe_complete(s->conn, m);
+}
+
 void Engine::on_stream(Stream* s, uint32_t events) {
   if (!s->alive) return;
+  if (s->zerocopy && (events & EPOLLERR) && !s->connecting) {
+    // EPOLLERR also means "completions queued": drain them, and it is a
+    // failure only if the socket has a real error too.
+    zerocopy_done(s, false);
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(s->fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err == 0) events &= ~static_cast<uint32_t>(EPOLLERR);
+    else {
+      stream_failed(s, err);
+      return;
+    }
+    if (!s->alive) return;
+  }
   if (s->connecting) {
     int err = 0;
     socklen_t len = sizeof(err);
@@ -1088,6 +1191,12 @@ void Engine::stream_failed(Stream* s, int err) {
   for (auto& oc : s->out) {
     if (oc.msg && --oc.msg->inflight == 0 && oc.msg->acked) finished.push_back(oc.msg);
   }
+  // A dead socket reports no more completions; the kernel only ever reads
+  // those pages, and what it would still send there is gone with it.
+  for (auto& [seq, m] : s->zc_wait) {
+    if (m && --m->zc_pending == 0 && m->acked && m->inflight == 0) finished.push_back(m);
+  }
+  s->zc_wait.clear();
   s->out.clear();
   s->out_bytes = 0;
   for (OutMessage* m : finished) maybe_complete(c, m);
@@ -1143,7 +1252,7 @@ void Engine::stream_failed(Stream* s, int err) {
 }
 
 void Engine::maybe_complete(Connection* c, OutMessage* m) {
-  if (!c || c->finished || !m->acked || m->inflight > 0) return;
+  if (!c || c->finished || !m->acked || m->inflight > 0 || m->zc_pending > 0) return;
   c->messages_sent++;
   c->bytes_sent += m->len;
   emit(Event{Event::Type::kSendDone, c->id, 0, m->id, Status::kOk, 0, nullptr});
@@ -1194,6 +1303,7 @@ void Engine::finish_close(Connection* c, Status status) {
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
     for (auto& s : c->streams) {
+      s->zc_wait.clear();  // its messages are freed below
       if (s->fd && s->epoll_events) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
       s->epoll_events = 0;
       s->fd.reset();

@@ -89,6 +89,8 @@ struct StreamStats {
 };
 
 struct ConnectionStats {
+  uint64_t zerocopy_sends = 0;   // payloads sent with MSG_ZEROCOPY
+  uint64_t zerocopy_copied = 0;  // of those, ones the kernel copied after all (loopback, veth...)
   uint64_t messages_sent = 0;
   uint64_t messages_received = 0;
   uint64_t bytes_sent = 0;      // payload bytes acknowledged by the peer
@@ -139,6 +141,11 @@ class Engine {
   void destroy(uint64_t id);
   // Counters and TCP_INFO of each stream; false when `conn` is unknown.
   bool stats(uint64_t conn, ConnectionStats* out);
+  // Switches every live stream of `conn` (and streams dialled later) to
+  // congestion control `name`, now, from any thread. 0, ENOENT for an
+  // unknown connection, or the setsockopt errno (ENOENT also for an
+  // algorithm the kernel lacks).
+  int set_congestion(uint64_t conn, const std::string& name);
   // Fault injection: resets stream `index` of `conn` as a network failure would.
   void kill_stream(uint64_t conn, uint32_t index);
   // Grows (dials more streams) or shrinks (retires the highest-numbered
@@ -169,6 +176,7 @@ class Engine {
   void retire(Stream* s);
   void push_control(Stream* s, ChunkType type, uint64_t message_id, uint64_t offset, uint64_t len);
   void drop_fd(Stream* s);
+  void zerocopy_done(Stream* s, bool all);
   void retired(Stream* s);
   void stream_ready(Stream* s);
   Status on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload);

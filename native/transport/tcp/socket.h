@@ -38,6 +38,7 @@ struct SocketOptions {
   std::string congestion;  // TCP_CONGESTION, e.g. "cubic" or "bbr"; empty: system default
   int send_buffer = 0;     // SO_SNDBUF bytes; 0: system default
   int recv_buffer = 0;     // SO_RCVBUF bytes; 0: system default
+  bool zerocopy = false;   // MSG_ZEROCOPY for large payloads (SO_ZEROCOPY), where the kernel allows it
 };
 
 // Numeric IPv4/IPv6 address and port; false when `host` is not numeric.

@@ -214,8 +214,9 @@ export function findZeroPages(region: Uint8Array, options: { pageSize?: number; 
 /** Encodes pages into frames against a cache of what the receiver holds. */
 export class HdeEncoder {
   readonly pageSize: number;
-  readonly compression: Compression;
-  readonly zstdLevel: number;
+  /** Payload compression of new frames (see setCompression). */
+  compression: Compression;
+  zstdLevel: number;
   #native: NativeHdeEncoder | null;
   #scratch: Buffer = Buffer.alloc(0);
   #bytesOut = 0;
@@ -265,6 +266,19 @@ export class HdeEncoder {
       detectDuplicates: o.detectDuplicates,
       simd,
     });
+  }
+
+  /**
+   * Changes the compression of frames from now on (a link changed mode, say).
+   * The receiver needs no notice: each frame's header names its codec.
+   */
+  setCompression(compression: Compression, zstdLevel: number = this.zstdLevel): void {
+    if (!CODEC_NAMES.includes(compression)) throw new InvalidArgumentError(`compression must be one of ${CODEC_NAMES.join(', ')}, got ${String(compression)}`);
+    if (!Number.isInteger(zstdLevel) || zstdLevel < 1 || zstdLevel > 19) throw new InvalidArgumentError(`zstdLevel must be an integer from 1 to 19, got ${String(zstdLevel)}`);
+    this.compression = compression;
+    this.zstdLevel = zstdLevel;
+    this.#skipLeft = 0;
+    this.#backoff = 1;
   }
 
   /** The SIMD path in use, e.g. `avx512`. */

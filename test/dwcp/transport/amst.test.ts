@@ -167,6 +167,23 @@ t.test('setStreams grows and shrinks a live connection', async (t) => {
   await server.close();
 });
 
+t.test('MSG_ZEROCOPY sends arrive intact; loopback reports them copied', async (t) => {
+  const server = await listen({ port: 0 });
+  const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams: 2, chunkSize: 64 * 1024, zeroCopy: true });
+  const [peer] = await accepted;
+  const atPeer = collect(peer);
+  const msgs = [randomBytes(10), randomBytes(3 << 20), randomBytes(100000)];
+  await Promise.all(msgs.map((m) => client.send(m)));
+  await until(() => atPeer.length === msgs.length);
+  for (const [i, m] of msgs.entries()) t.ok(atPeer[i]!.equals(m), `message ${i} intact`);
+  const st = client.stats()!;
+  t.ok(st.zeroCopySends > 0, `${st.zeroCopySends} zero-copy sends`);
+  t.ok(st.zeroCopyCopied <= st.zeroCopySends);
+  await client.close();
+  await server.close();
+});
+
 t.test('refused connections and bad arguments', async (t) => {
   const server = await listen({ port: 0 });
   const port = server.port;
