@@ -91,13 +91,21 @@ async function netBulk(totalBytes, writeBytes) {
   return (count * writeBytes * 8) / s / 1e9;
 }
 
-async function amstMsgRate(count, window, io) {
+async function amstMsgRate(count, window, io, batched = false) {
   const peer = await startPeer('amst-sink', io);
   const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic', io });
   const msg = Buffer.alloc(64, 1);
   const t0 = process.hrtime.bigint();
   let pending = [];
-  for (let i = 0; i < count; i++) {
+  if (batched) {
+    // sendMany: one promise per 4096 messages, four batches in flight.
+    const batch = Array.from({ length: window }, () => msg);
+    for (let i = 0; i < count; i += window) {
+      pending.push(conn.sendMany(batch));
+      if (pending.length >= 4) await pending.shift();
+    }
+  }
+  for (let i = 0; !batched && i < count; i++) {
     pending.push(conn.send(msg));
     if (pending.length >= window) {
       await Promise.all(pending);
@@ -241,9 +249,10 @@ export async function run(opts = {}) {
   const msgCount = opts.messages ?? 200000;
   const rate = await amstMsgRate(msgCount, 4096, 'thread');
   const rateLoop = await amstMsgRate(msgCount, 4096, 'loop');
+  const rateBatch = await amstMsgRate(msgCount * 5, 4096, 'thread', true);
   const nodeRate = await netMsgRate(msgCount * 5);
   log(`64-byte messages, one promise each: amst ${(rate / 1e6).toFixed(3)} M msg/s (io thread), ${(rateLoop / 1e6).toFixed(3)} M msg/s (io loop); ` +
-      `node net batched into 64 KiB writes ${(nodeRate / 1e6).toFixed(3)} M msg/s`);
+      `with sendMany ${(rateBatch / 1e6).toFixed(3)} M msg/s; node net batched into 64 KiB writes ${(nodeRate / 1e6).toFixed(3)} M msg/s`);
 
   const rounds = opts.rounds ?? 5000;
   const rttThread = await amstPingPong(rounds, 'thread');
@@ -264,6 +273,7 @@ export async function run(opts = {}) {
     iperf3_gbps: fmt(ip),
     msg_rate: Math.round(rate),
     msg_rate_loop: Math.round(rateLoop),
+    msg_rate_batch: Math.round(rateBatch),
     node_msg_rate: Math.round(nodeRate),
     rtt_p50_us: fmt(rtt.p50, 1),
     rtt_p99_us: fmt(rtt.p99, 1),

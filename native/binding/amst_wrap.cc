@@ -146,6 +146,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        {InstanceMethod<&EngineWrap::Listen>("listen"),
                         InstanceMethod<&EngineWrap::Connect>("connect"),
                         InstanceMethod<&EngineWrap::Send>("send"),
+                        InstanceMethod<&EngineWrap::SendMany>("sendMany"),
                         InstanceMethod<&EngineWrap::Close>("close"),
                         InstanceMethod<&EngineWrap::Destroy>("destroy"),
                         InstanceMethod<&EngineWrap::KillStream>("killStream"),
@@ -292,6 +293,21 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Engine& e = engine(info);
     Bytes b = GetBytes(info[2], "message");
     e.send(Id(info[0]), Id(info[1]), b.data, b.len);
+    return info.Env().Undefined();
+  }
+
+  // sendMany(conn, firstId, [buffers]): the same rules as send, per buffer.
+  Napi::Value SendMany(const Napi::CallbackInfo& info) {
+    Engine& e = engine(info);
+    if (!info[2].IsArray()) ThrowStatus(info.Env(), Status::kInvalidArgument, "sendMany needs an array of buffers");
+    Napi::Array arr = info[2].As<Napi::Array>();
+    std::vector<std::pair<const uint8_t*, size_t>> messages;
+    messages.reserve(arr.Length());
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Bytes b = GetBytes(arr.Get(i), "message");
+      messages.emplace_back(b.data, b.len);
+    }
+    e.send_many(Id(info[0]), Id(info[1]), std::move(messages));
     return info.Env().Undefined();
   }
 

@@ -1,5 +1,6 @@
 // libFuzzer harness over the AMST stream reader and reassembler.
-// Input: [mode][split seed][bytes...]. Mode bit 0 set: the bytes go to the
+// Input: [mode][split seed][bytes...]. Mode bit 2 set: large payloads are
+// read in place through the direct window. Mode bit 0 set: the bytes go to the
 // reader as they are (exercising checksum and magic checks). Otherwise the
 // bytes are read as a sequence of chunk headers and payloads whose CRCs the
 // harness repairs first, so the fuzzer reaches the field checks and the
@@ -53,6 +54,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   lim.max_out_of_order = 64;
   Reassembler re(lim);
   uint64_t next_id = 0;
+  // Mode bit 2: large payloads are placed straight into their message, as
+  // the engine's readv does, through the reader's direct window.
+  const bool place = data[-2] & 4;
   StreamReader reader(
       lim, hello, [](const Hello&) { return Status::kOk; },
       [&](const ChunkHeader& h, const uint8_t* payload) {
@@ -62,16 +66,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         Status s = re.add(h, payload, &done, &ready, &dup);
         for (auto& r : ready) {
           if (r.first != next_id++) abort();  // released in id order
+          if (r.second.empty()) abort();
         }
         return s;
-      });
+      },
+      place ? StreamReader::Place([&](const ChunkHeader& h, uint8_t** dst) { return re.reserve(h, dst); }) : nullptr);
   size_t pos = 0;
   Status last = Status::kOk;
   while (pos < wire.size()) {
     split = split * 1103515245u + 12345u;
     size_t n = 1 + (split >> 16) % 5000;
     if (n > wire.size() - pos) n = wire.size() - pos;
-    Status s = reader.feed(wire.data() + pos, n);
+    uint8_t* dst;
+    size_t room;
+    Status s;
+    if (reader.direct_window(&dst, &room)) {
+      n = n < room ? n : room;
+      std::memcpy(dst, wire.data() + pos, n);
+      s = reader.direct_filled(n);
+    } else {
+      s = reader.feed(wire.data() + pos, n);
+    }
     // Once a stream has failed it must stay failed.
     if (last != Status::kOk && s != last) abort();
     last = s;

@@ -502,3 +502,39 @@ TEST(tcp_zerocopy_sends) {
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, c) == 1; }));
   CHECK(sink.first(Type::kClosed, c).status == Status::kOk);
 }
+
+// Shrinking while the streams of a growth are still connecting, and a
+// congestion change racing the dials: streams end up as asked, all on the
+// new congestion control, and nothing is lost.
+TEST(tcp_set_streams_while_dialling) {
+  Pair p(2, 14);
+  std::vector<uint8_t> m(200000, 0x3a);
+  for (uint64_t i = 0; i < 8; i++) p.engine.send(p.client, i, m.data(), m.size());
+  p.engine.set_streams(p.client, 12);
+  CHECK_EQ(p.engine.set_congestion(p.client, "bbr"), 0);
+  p.engine.set_streams(p.client, 3);
+  for (uint64_t i = 8; i < 16; i++) p.engine.send(p.client, i, m.data(), m.size());
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 16; }));
+  auto alive = [&] {
+    ConnectionStats st;
+    CHECK(p.engine.stats(p.client, &st));
+    size_t n = 0;
+    for (auto& s : st.streams) n += s.alive;
+    return n;
+  };
+  for (int i = 0; i < 200 && alive() != 3; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ConnectionStats st;
+  CHECK(p.engine.stats(p.client, &st));
+  size_t n = 0;
+  for (auto& s : st.streams) {
+    if (!s.alive) continue;
+    n++;
+    CHECK(s.congestion == "bbr");
+  }
+  CHECK_EQ(n, 3u);
+  CHECK_EQ(p.sink.count(Type::kMessage, p.server), 16u);
+  CHECK_EQ(p.sink.count(Type::kSendFailed), 0u);
+  p.engine.close(p.client);
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1; }));
+  CHECK(p.sink.first(Type::kClosed, p.client).status == Status::kOk);
+}

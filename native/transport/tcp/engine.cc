@@ -47,6 +47,66 @@ struct Engine::OutMessage {
   bool all_sent() const { return next_chunk == chunks && resend.empty(); }
 };
 
+namespace {
+
+// Messages sent and not yet acknowledged, by id. A connection's ids are
+// consecutive, so a ring indexed from the oldest one beats a search tree
+// (one small message costs one slot, not a tree node).
+class Unacked {
+ public:
+  using Ptr = std::unique_ptr<Engine::OutMessage>;
+  // False for an id below the oldest kept or already present.
+  bool insert(uint64_t id, Ptr m) {
+    if (ring_.empty()) base_ = id;
+    if (id < base_ || id - base_ > (1ull << 32)) return false;
+    while (base_ + ring_.size() <= id) ring_.emplace_back();
+    Ptr& slot = ring_[id - base_];
+    if (slot) return false;
+    slot = std::move(m);
+    count_++;
+    return true;
+  }
+  Engine::OutMessage* find(uint64_t id) const {
+    return id >= base_ && id - base_ < ring_.size() ? ring_[id - base_].get() : nullptr;
+  }
+  void erase(uint64_t id) {
+    if (id < base_ || id - base_ >= ring_.size() || !ring_[id - base_]) return;
+    ring_[id - base_].reset();
+    count_--;
+    while (!ring_.empty() && !ring_.front()) {
+      ring_.pop_front();
+      base_++;
+    }
+  }
+  bool empty() const { return count_ == 0; }
+  void clear() {
+    ring_.clear();
+    count_ = 0;
+  }
+  // Calls f on every message, oldest first.
+  template <class F>
+  void for_each(F f) const {
+    for (const Ptr& p : ring_) {
+      if (p) f(p.get());
+    }
+  }
+  // Messages with ids in [first, last), oldest first.
+  template <class F>
+  void for_range(uint64_t first, uint64_t last, F f) const {
+    const uint64_t end = base_ + ring_.size();
+    for (uint64_t id = std::max(first, base_); id < std::min(last, end); id++) {
+      if (ring_[id - base_]) f(ring_[id - base_].get());
+    }
+  }
+
+ private:
+  std::deque<Ptr> ring_;
+  uint64_t base_ = 0;
+  size_t count_ = 0;
+};
+
+}  // namespace
+
 // One item of a stream's output: a 40-byte header (a HELLO or a chunk
 // header) and an optional payload borrowed from an OutMessage.
 struct OutChunk {
@@ -122,7 +182,7 @@ struct Engine::Connection {
   std::vector<Progress> progress;  // reports to send
   std::vector<std::unique_ptr<Stream>> streams;
   std::deque<OutMessage*> queue;
-  std::map<uint64_t, std::unique_ptr<OutMessage>> unacked;
+  Unacked unacked;
   Reassembler reasm;
   size_t rr = 0;
   std::atomic<uint64_t> messages_sent{0}, messages_received{0}, bytes_sent{0}, bytes_received{0}, chunks_resent{0};
@@ -203,6 +263,15 @@ void Engine::send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_
   c.message_id = message_id;
   c.data = data;
   c.len = len;
+  post(std::move(c));
+}
+
+void Engine::send_many(uint64_t conn, uint64_t first_id, std::vector<std::pair<const uint8_t*, size_t>> messages) {
+  Command c;
+  c.type = Command::Type::kSendMany;
+  c.id = conn;
+  c.message_id = first_id;
+  c.many = std::make_unique<std::vector<std::pair<const uint8_t*, size_t>>>(std::move(messages));
   post(std::move(c));
 }
 
@@ -360,27 +429,12 @@ void Engine::handle(Command& c) {
     case Command::Type::kConnect:
       start_connect(c.id, *c.connect);
       return;
-    case Command::Type::kSend: {
-      auto it = conns_.find(c.id);
-      if (it == conns_.end() || it->second->closing || c.len == 0) {
-        emit(Event{Event::Type::kSendFailed, c.id, 0, c.message_id,
-                   c.len == 0 ? Status::kInvalidArgument : Status::kClosed, 0, nullptr});
-        return;
-      }
-      Connection* conn = it->second.get();
-      auto m = std::make_unique<OutMessage>();
-      m->id = c.message_id;
-      m->data = c.data;
-      m->len = c.len;
-      m->shift = conn->shift;
-      m->chunks = (c.len + (1ull << m->shift) - 1) >> m->shift;
-      m->sent_on.assign(m->chunks, -1);
-      m->queued = true;
-      conn->queue.push_back(m.get());
-      conn->unacked[c.message_id] = std::move(m);
-      touch(conn);  // pumped once after the whole batch of commands
+    case Command::Type::kSend:
+      enqueue_send(c.id, c.message_id, c.data, c.len);
       return;
-    }
+    case Command::Type::kSendMany:
+      for (size_t i = 0; i < c.many->size(); i++) enqueue_send(c.id, c.message_id + i, (*c.many)[i].first, (*c.many)[i].second);
+      return;
     case Command::Type::kClose: {
       if (auto l = listeners_.find(c.id); l != listeners_.end()) {
         epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, l->second->fd.get(), nullptr);
@@ -446,7 +500,11 @@ void Engine::handle(Command& c) {
       for (auto& st : conn->streams) {
         if (st->index >= n && st->alive && !st->retiring) leaving.push_back(st.get());
       }
-      for (Stream* st : leaving) retire(st);
+      for (Stream* st : leaving) {
+        // One still connecting never said HELLO: the peer knows nothing of it.
+        if (st->connecting) drop_fd(st);
+        else retire(st);
+      }
       for (int32_t i = 0; i < n; i++) {
         bool present = false;
         for (auto& st : conn->streams) present |= st->index == i && st->alive && !st->retiring;
@@ -490,6 +548,12 @@ Engine::Stream* Engine::dial_stream(Connection* c, int32_t index, int attempt) {
       *old = std::move(s);
     } else {
       c->streams.push_back(std::move(s));
+    }
+    // set_congestion may have run since the options were copied; now that
+    // the stream is listed it would be covered, so catch up here.
+    if (sp->fd && c->sockopts.congestion != opts.congestion && !c->sockopts.congestion.empty()) {
+      setsockopt(sp->fd.get(), IPPROTO_TCP, TCP_CONGESTION, c->sockopts.congestion.data(),
+                 static_cast<socklen_t>(c->sockopts.congestion.size()));
     }
   }
   if (!sp->fd) {
@@ -576,6 +640,7 @@ void Engine::drop_fd(Stream* s) {
   s->epoll_events = 0;
   s->fd.reset();
   s->alive = false;
+  s->connecting = false;
 }
 
 // Both ends have retired `s` and it is drained: close it quietly.
@@ -584,6 +649,30 @@ void Engine::retired(Stream* s) {
   drop_fd(s);
   emit(Event{Event::Type::kStreamRetired, c->id, 0, static_cast<uint64_t>(s->index), Status::kOk, 0, nullptr});
   maybe_finish_graceful(c);
+}
+
+void Engine::enqueue_send(uint64_t conn_id, uint64_t message_id, const uint8_t* data, size_t len) {
+  auto it = conns_.find(conn_id);
+  if (it == conns_.end() || it->second->closing || len == 0) {
+    emit(Event{Event::Type::kSendFailed, conn_id, 0, message_id, len == 0 ? Status::kInvalidArgument : Status::kClosed, 0, nullptr});
+    return;
+  }
+  Connection* conn = it->second.get();
+  auto m = std::make_unique<OutMessage>();
+  m->id = message_id;
+  m->data = data;
+  m->len = len;
+  m->shift = conn->shift;
+  m->chunks = (len + (1ull << m->shift) - 1) >> m->shift;
+  m->sent_on.assign(m->chunks, -1);
+  m->queued = true;
+  conn->queue.push_back(m.get());
+  if (!conn->unacked.insert(message_id, std::move(m))) {
+    conn->queue.pop_back();  // it was just queued
+    emit(Event{Event::Type::kSendFailed, conn_id, 0, message_id, Status::kInvalidArgument, 0, nullptr});
+    return;
+  }
+  touch(conn);  // pumped once after the whole batch of commands
 }
 
 void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
@@ -787,9 +876,9 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
     case ChunkType::kAck: {
       const uint64_t last = h.message_id + h.message_len;  // the parser bounds the range
       std::vector<OutMessage*> hit;
-      for (auto it = c->unacked.lower_bound(h.message_id); it != c->unacked.end() && it->first < last; ++it) {
-        if (!it->second->acked) hit.push_back(it->second.get());
-      }
+      c->unacked.for_range(h.message_id, last, [&](OutMessage* m) {
+        if (!m->acked) hit.push_back(m);
+      });
       for (OutMessage* m : hit) {
         m->acked = true;
         if (m->queued) {
@@ -818,8 +907,8 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
       return Status::kOk;
     }
     case ChunkType::kProgress: {
-      auto it = c->unacked.find(h.message_id);
-      if (it != c->unacked.end() && !it->second->acked && h.message_len == it->second->len) {
+      OutMessage* m = c->unacked.find(h.message_id);
+      if (m && !m->acked && h.message_len == m->len) {
         Event e{Event::Type::kSendProgress, c->id, 0, h.message_id, Status::kOk, 0, nullptr};
         e.extra = h.offset;
         emit(e);
@@ -1232,8 +1321,8 @@ void Engine::stream_failed(Stream* s, int err) {
   }
   // Everything this stream carried for unacknowledged messages goes again
   // on the others; the receiver drops whatever it already had.
-  for (auto& [id, m] : c->unacked) {
-    if (m->acked) continue;
+  c->unacked.for_each([&](OutMessage* m) {
+    if (m->acked) return;
     for (uint64_t k = 0; k < m->next_chunk; k++) {
       if (m->sent_on[k] == s->index) {
         m->resend.push_back(k);
@@ -1243,9 +1332,9 @@ void Engine::stream_failed(Stream* s, int err) {
     }
     if (!m->resend.empty() && !m->queued) {
       m->queued = true;
-      c->queue.push_front(m.get());
+      c->queue.push_front(m);
     }
-  }
+  });
   emit(Event{Event::Type::kStreamLost, c->id, 0, static_cast<uint64_t>(s->index), Status::kOk, err, nullptr});
   if (c->client && !s->retiring) schedule_redial(c, s->index, 0);
   pump(c);
@@ -1288,14 +1377,14 @@ void Engine::finish_close(Connection* c, Status status) {
   // It is freed at the end of this round; touched_ may outlive that.
   if (c->touched) touched_.erase(std::remove(touched_.begin(), touched_.end(), c), touched_.end());
   c->touched = false;
-  for (auto& [id, m] : c->unacked) {
+  c->unacked.for_each([&](OutMessage* m) {
     if (m->acked) {
-      emit(Event{Event::Type::kSendDone, c->id, 0, id, Status::kOk, 0, nullptr});
-      continue;
+      emit(Event{Event::Type::kSendDone, c->id, 0, m->id, Status::kOk, 0, nullptr});
+      return;
     }
     const Status why = status == Status::kOk ? Status::kClosed : status;
-    emit(Event{Event::Type::kSendFailed, c->id, 0, id, why, 0, nullptr});
-  }
+    emit(Event{Event::Type::kSendFailed, c->id, 0, m->id, why, 0, nullptr});
+  });
   c->unacked.clear();
   c->queue.clear();
   emit(Event{Event::Type::kClosed, c->id, 0, 0, status, 0, nullptr});

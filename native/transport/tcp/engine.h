@@ -101,12 +101,13 @@ struct ConnectionStats {
 
 // A request from the owner thread to the I/O thread.
 struct EngineCommand {
-  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kClose, kDestroy, kKillStream, kResume, kSetStreams } type = Type::kNone;
+  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kSendMany, kClose, kDestroy, kKillStream, kResume, kSetStreams } type = Type::kNone;
   uint64_t id = 0;
   uint64_t message_id = 0;
   const uint8_t* data = nullptr;
   size_t len = 0;
   std::unique_ptr<ConnectOptions> connect;
+  std::unique_ptr<std::vector<std::pair<const uint8_t*, size_t>>> many;  // kSendMany
   std::string host;
   uint16_t port = 0;
 };
@@ -136,6 +137,9 @@ class Engine {
   // connection start at 0 and increase by one). When the command ring is
   // full this waits for the I/O thread, which never waits for the owner.
   void send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_t len);
+  // Queues messages first_id, first_id + 1, ... in one command: one ring
+  // slot and one wake-up for the lot. Same rules as send().
+  void send_many(uint64_t conn, uint64_t first_id, std::vector<std::pair<const uint8_t*, size_t>> messages);
   // Sends what is queued, then closes; destroy() closes now and fails sends.
   void close(uint64_t id);
   void destroy(uint64_t id);
@@ -170,6 +174,7 @@ class Engine {
   void on_listener(Listener* l);
   void on_stream(Stream* s, uint32_t events);
   void start_connect(uint64_t id, const ConnectOptions& opts);
+  void enqueue_send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_t len);
   Stream* dial_stream(Connection* c, int32_t index, int attempt);
   void schedule_redial(Connection* c, int32_t index, int attempt);
   void run_timers();

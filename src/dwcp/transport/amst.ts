@@ -197,6 +197,14 @@ interface PendingSend {
   onProgress: ((bytesAcknowledged: number, total: number) => void) | undefined;
 }
 
+interface PendingBatch {
+  buffers: readonly Uint8Array[];
+  remaining: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+  failed: boolean;
+}
+
 export interface SendOptions {
   /**
    * Called as the peer reports holding more of a large message (about every
@@ -219,6 +227,7 @@ export class AmstConnection extends EventEmitter implements Handler {
   #router: Router;
   #nextMessage = 0;
   #pending = new Map<number, PendingSend>();
+  #batches = new Map<number, PendingBatch>();
   #closed = false;
   #client: boolean;
   #closeWaiters: Array<() => void> = [];
@@ -262,9 +271,31 @@ export class AmstConnection extends EventEmitter implements Handler {
     });
   }
 
+  /**
+   * Sends many messages at once, in order: one promise, one native call and
+   * one wake-up of the I/O thread for all of them, which is what makes small
+   * messages fast. Resolves when the peer holds every one; rejects on the
+   * first that cannot be delivered. The buffers are not copied.
+   */
+  sendMany(messages: readonly Uint8Array[]): Promise<void> {
+    if (!Array.isArray(messages)) return Promise.reject(new InvalidArgumentError('messages must be an array of Buffers or Uint8Arrays'));
+    for (const m of messages) {
+      if (!(m instanceof Uint8Array) || m.length === 0) return Promise.reject(new InvalidArgumentError('every message must be a non-empty Buffer or Uint8Array'));
+    }
+    if (this.#closed) return Promise.reject(new TransportError('ERR_AMST_CLOSED', 'send: connection is closed'));
+    if (messages.length === 0) return Promise.resolve();
+    const first = this.#nextMessage;
+    this.#nextMessage += messages.length;
+    return new Promise<void>((resolve, reject) => {
+      const batch: PendingBatch = { buffers: messages, remaining: messages.length, resolve, reject, failed: false };
+      for (let i = 0; i < messages.length; i++) this.#batches.set(first + i, batch);
+      this.#router.engine.sendMany(this.id, first, messages);
+    });
+  }
+
   /** Messages not yet acknowledged by the peer. */
   get pendingSends(): number {
-    return this.#pending.size;
+    return this.#pending.size + this.#batches.size;
   }
 
   /** Counters and TCP_INFO per stream; null once closed. */
@@ -341,7 +372,13 @@ export class AmstConnection extends EventEmitter implements Handler {
         return;
       case 'sendDone': {
         const p = this.#pending.get(e.value);
-        if (!p) return;
+        if (!p) {
+          const b = this.#batches.get(e.value);
+          if (!b) return;
+          this.#batches.delete(e.value);
+          if (--b.remaining === 0 && !b.failed) b.resolve();
+          return;
+        }
         this.#pending.delete(e.value);
         p.onProgress?.(p.buffer.length, p.buffer.length);
         p.resolve();
@@ -354,6 +391,15 @@ export class AmstConnection extends EventEmitter implements Handler {
         const p = this.#pending.get(e.value);
         this.#pending.delete(e.value);
         p?.reject(eventError(e, 'send'));
+        const b = this.#batches.get(e.value);
+        if (b) {
+          this.#batches.delete(e.value);
+          b.remaining--;
+          if (!b.failed) {
+            b.failed = true;
+            b.reject(eventError(e, 'send'));
+          }
+        }
         return;
       }
       case 'streamLost':
@@ -372,6 +418,13 @@ export class AmstConnection extends EventEmitter implements Handler {
         const err = e.status ? eventError(e, 'connection') : undefined;
         for (const p of this.#pending.values()) p.reject(err ?? new TransportError('ERR_AMST_CLOSED', 'send: connection closed'));
         this.#pending.clear();
+        for (const b of this.#batches.values()) {
+          if (!b.failed) {
+            b.failed = true;
+            b.reject(err ?? new TransportError('ERR_AMST_CLOSED', 'send: connection closed'));
+          }
+        }
+        this.#batches.clear();
         this.#connectWaiter?.reject(err ?? new TransportError('ERR_AMST_CLOSED', 'connect: closed'));
         for (const w of this.#closeWaiters) w();
         this.emit('close', err);

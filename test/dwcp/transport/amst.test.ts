@@ -167,6 +167,38 @@ t.test('setStreams grows and shrinks a live connection', async (t) => {
   await server.close();
 });
 
+t.test('sendMany: batches of small messages, mixed with single sends, in order', async (t) => {
+  const { server, client, peer } = await pair(2);
+  const atPeer = collect(peer);
+  const all: Buffer[] = [];
+  const sends: Array<Promise<void>> = [];
+  for (let b = 0; b < 10; b++) {
+    const batch = Array.from({ length: 2000 }, (_, i) => Buffer.from(`batch ${b} message ${i}`));
+    all.push(...batch);
+    sends.push(client.sendMany(batch));
+    const single = randomBytes(100 + b);
+    all.push(single);
+    sends.push(client.send(single));
+  }
+  await Promise.all(sends);
+  await until(() => atPeer.length === all.length);
+  let bad = 0;
+  for (let i = 0; i < all.length; i++) if (!atPeer[i]!.equals(all[i]!)) bad++;
+  t.equal(bad, 0, `all ${all.length} messages intact and in order`);
+  t.equal(client.pendingSends, 0);
+  await client.sendMany([]);
+  await t.rejects(client.sendMany([Buffer.alloc(0)]), InvalidArgumentError);
+  await t.rejects(client.sendMany('x' as never), InvalidArgumentError);
+  // A batch cut off by the peer rejects once, with the transport's code.
+  const big = Array.from({ length: 64 }, () => Buffer.alloc(1 << 20, 1));
+  const cut = client.sendMany(big);
+  peer.destroy();
+  await t.rejects(cut, { code: /^ERR_AMST_(CONNECTION_LOST|CLOSED)$/ });
+  t.equal(client.pendingSends, 0);
+  await t.rejects(client.sendMany([Buffer.from('late')]), { code: 'ERR_AMST_CLOSED' });
+  await server.close();
+});
+
 t.test('MSG_ZEROCOPY sends arrive intact; loopback reports them copied', async (t) => {
   const server = await listen({ port: 0 });
   const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
