@@ -4,6 +4,7 @@ export type { NetworkMode } from './dwcp/mode.js';
 export {
   HdeEncoder,
   HdeDecoder,
+  hdeTotals,
   parseFrameHeader,
   findZeroPages,
   HEADER_SIZE,
@@ -20,6 +21,7 @@ export type {
   OperationOptions,
   SimdPath,
   ZeroPageMap,
+  HdeTotals,
 } from './dwcp/encoding/hde.js';
 export type { Compression } from './dwcp/encoding/compression.js';
 export { chooseCompression } from './dwcp/encoding/policy.js';
@@ -36,3 +38,9 @@ export { ModeDetector, classifyLink, transportForMode } from './dwcp/mode-detect
 export type { LinkSample, ModeChange } from './dwcp/mode-detector.js';
 export { ModeController, sampleConnection } from './dwcp/mode-controller.js';
 export type { ModeControlOptions, AppliedModeChange } from './dwcp/mode-controller.js';
+export { NovacronNode } from './control/node.js';
+export type { NodeOptions } from './control/node.js';
+export { loadConfig, ConfigError, SCHEMA as CONFIG_SCHEMA } from './control/config.js';
+export type { Config, LoadOptions, LoadedConfig } from './control/config.js';
+export { Initializer, InitError, RetriableError, planLevels } from './control/initializer.js';
+export type { Component, ComponentHealth, ComponentStatus, InitOptions } from './control/initializer.js';

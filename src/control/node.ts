@@ -10,7 +10,7 @@ import Database from 'better-sqlite3';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { NovacronError } from '../errors.js';
-import { HdeDecoder, HdeEncoder } from '../dwcp/encoding/hde.js';
+import { HdeDecoder, HdeEncoder, hdeTotals } from '../dwcp/encoding/hde.js';
 import { listen, type AmstConnection, type AmstServer } from '../dwcp/transport/amst.js';
 import { ModeController, type AppliedModeChange } from '../dwcp/mode-controller.js';
 import { native } from '../native.js';
@@ -41,6 +41,13 @@ function readOrCreate(path: string, make: () => string, mode = 0o600): string {
 export interface NodeOptions extends LoadOptions {
   /** Log destination; default stdout. */
   logStream?: NodeJS.WritableStream;
+  /**
+   * More components to start with the built-in ones (the DWCP parts that
+   * come later plug in this way). They may depend on built-in names:
+   * `api`, `environment`, `security`, `database`, `cache`, `network`,
+   * `dwcp`, `monitoring`.
+   */
+  components?: readonly Component[];
 }
 
 export class NovacronNode {
@@ -94,6 +101,7 @@ export class NovacronNode {
       { name: 'network', dependsOn: ['environment'], start: () => this.#startNetwork(), stop: () => this.#stopNetwork(), health: () => ({ ok: true, detail: { port: this.dataPort, connections: this.#conns.size } }) },
       { name: 'dwcp', dependsOn: ['network'], start: async () => this.#startDwcp(), stop: async () => clearInterval(this.#sampler), health: () => this.#dwcpHealth() },
       { name: 'monitoring', critical: false, dependsOn: ['api'], start: async () => void collectDefaultMetrics({ register: this.registry }) },
+      ...(options.components ?? []),
     ];
     this.#init = new Initializer(components, {
       attempts: this.config.init.attempts,
@@ -399,6 +407,17 @@ export class NovacronNode {
     const sum = (key: 'bytesReceived' | 'messagesReceived' | 'chunksResent'): number => conns().reduce((a, c) => a + (c.stats()?.[key] ?? 0), 0);
     new Gauge({ name: 'novacron_transport_bytes_received', help: 'Payload bytes received on open data-plane connections', registers: [this.registry], collect() { this.set(sum('bytesReceived')); } });
     new Gauge({ name: 'novacron_transport_messages_received', help: 'Messages received on open data-plane connections', registers: [this.registry], collect() { this.set(sum('messagesReceived')); } });
+    const hde = (key: keyof ReturnType<typeof hdeTotals>) => () => hdeTotals()[key];
+    for (const [name, key, help] of [
+      ['novacron_hde_frames_encoded_total', 'framesEncoded', 'HDE frames produced in this process'],
+      ['novacron_hde_bytes_encoded_total', 'bytesEncoded', 'HDE frame bytes produced (after compression)'],
+      ['novacron_hde_frames_decoded_total', 'framesDecoded', 'HDE frames applied in this process'],
+      ['novacron_hde_bytes_decoded_total', 'bytesDecoded', 'HDE frame bytes applied'],
+      ['novacron_hde_pages_decoded_total', 'pagesDecoded', 'Pages written by applied HDE frames'],
+    ] as const) {
+      const read = hde(key);
+      new Counter({ name, help, registers: [this.registry], collect() { this.reset(); this.inc(read()); } });
+    }
     new Gauge({ name: 'novacron_transport_chunks_resent', help: 'Chunks sent again after a lost stream, open connections', registers: [this.registry], collect() { this.set(sum('chunksResent')); } });
   }
 }

@@ -177,3 +177,36 @@ t.test('novacron start / status / config print, SIGHUP and SIGTERM', async (t) =
   t.match((bad as { stderr: string }).stderr, /api\.port = "http" from flag api\.port: expected a number \(ERR_CONFIG_INVALID\)/);
   void get;
 });
+
+t.test('plugged-in components: /ready and /health while one is still starting, degraded when a non-critical one fails', async (t) => {
+  const dir = freshDir();
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const node = new NovacronNode({
+    env: {},
+    flags: flags(dir),
+    logStream: logSink().stream,
+    components: [
+      { name: 'slowModel', dependsOn: ['dwcp'], start: () => gate },
+      { name: 'optionalExporter', critical: false, start: async () => { throw new Error('collector unreachable'); } },
+    ],
+  });
+  const started = node.start();
+  await until(() => node.apiPort > 0);
+  await until(async () => (await http(node.apiPort, '/live')).status === 200);
+  t.equal((await http(node.apiPort, '/ready')).status, 503, 'not ready while a component starts');
+  const during = await http(node.apiPort, '/health');
+  t.equal(during.status, 503);
+  t.equal((JSON.parse(during.body) as { status: string }).status, 'starting');
+  release();
+  await started;
+  t.equal((await http(node.apiPort, '/ready')).status, 200);
+  const after = await http(node.apiPort, '/health');
+  t.equal(after.status, 200, 'degraded still serves');
+  const h = JSON.parse(after.body) as { status: string; components: Array<{ name: string; state: string; ok: boolean; error?: string }> };
+  t.equal(h.status, 'degraded');
+  const exp = h.components.find((c) => c.name === 'optionalExporter')!;
+  t.same([exp.state, exp.ok, exp.error], ['failed', false, 'collector unreachable']);
+  t.match((await http(node.apiPort, '/metrics')).body, /novacron_hde_frames_decoded_total [1-9]/, 'the codec self-test shows in the HDE counters');
+  await node.stop();
+});

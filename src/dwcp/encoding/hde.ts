@@ -110,6 +110,22 @@ export interface OperationOptions {
   signal?: AbortSignal;
 }
 
+/** Totals over every encoder and decoder of this thread, for metrics. */
+export interface HdeTotals {
+  framesEncoded: number;
+  bytesEncoded: number;
+  framesDecoded: number;
+  bytesDecoded: number;
+  pagesDecoded: number;
+}
+
+const TOTALS: HdeTotals = { framesEncoded: 0, bytesEncoded: 0, framesDecoded: 0, bytesDecoded: 0, pagesDecoded: 0 };
+
+/** A copy of this thread's HDE totals since start. */
+export function hdeTotals(): HdeTotals {
+  return { ...TOTALS };
+}
+
 const DEFAULTS = {
   pageSize: 4096,
   cacheBytes: 256 * 1024 * 1024,
@@ -315,6 +331,8 @@ export class HdeEncoder {
     const enc = this.#open();
     const n = checkNative(enc.encode(out, pages, pns), 'HDE encode');
     this.#bytesOut += n;
+    TOTALS.framesEncoded++;
+    TOTALS.bytesEncoded += n;
     return n;
   }
 
@@ -463,6 +481,8 @@ export class HdeEncoder {
     }
     frame ??= Buffer.from(out.subarray(0, length));
     this.#bytesOut += frame.length;
+    TOTALS.framesEncoded++;
+    TOTALS.bytesEncoded += frame.length;
     return frame;
   }
 }
@@ -563,6 +583,9 @@ export class HdeDecoder {
     const s = this.#stats;
     s.frames++;
     s.bytesIn += frameBytes;
+    TOTALS.framesDecoded++;
+    TOTALS.bytesDecoded += frameBytes;
+    TOTALS.pagesDecoded += r.pages;
     s.pages += r.pages;
     s.zero += r.zero;
     s.dup += r.dup;
