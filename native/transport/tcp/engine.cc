@@ -1268,14 +1268,7 @@ void Engine::stream_failed(Stream* s, int err) {
   if (!s->alive) return;
   Connection* c = s->conn;
   const bool was_connecting = s->connecting;
-  {
-    std::lock_guard<std::mutex> lock(stats_mu_);
-    if (s->epoll_events) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
-    s->epoll_events = 0;
-    s->fd.reset();
-    s->alive = false;
-    s->connecting = false;
-  }
+  drop_fd(s);
   std::vector<OutMessage*> finished;
   for (auto& oc : s->out) {
     if (oc.msg && --oc.msg->inflight == 0 && oc.msg->acked) finished.push_back(oc.msg);

@@ -8,7 +8,7 @@
 //   await conn.send(buf);   // resolves once the peer holds the whole message
 import { EventEmitter } from 'node:events';
 import { constants as osConstants } from 'node:os';
-import { native, type NativeAmstEngine, type NativeAmstStreamStats } from '../../native.js';
+import { native, type NativeAmstEngine, type NativeAmstStats, type NativeAmstStreamStats } from '../../native.js';
 import { InvalidArgumentError, NovacronError, statusName } from '../../errors.js';
 import type { NetworkMode } from '../mode.js';
 
@@ -71,19 +71,13 @@ export interface ConnectOptions {
 /** Per-stream figures, TCP_INFO included. */
 export type StreamStats = NativeAmstStreamStats;
 
-export interface ConnectionStats {
-  messagesSent: number;
-  messagesReceived: number;
-  /** Payload bytes of messages the peer acknowledged. */
-  bytesSent: number;
-  bytesReceived: number;
-  /** Chunks sent again after a stream was lost. */
-  chunksResent: number;
-  /** Payloads sent with MSG_ZEROCOPY, and of those the ones the kernel copied anyway. */
-  zeroCopySends: number;
-  zeroCopyCopied: number;
-  streams: StreamStats[];
-}
+/**
+ * Counters of a connection: messages and payload bytes sent (acknowledged by
+ * the peer) and received, chunks sent again after a lost stream, payloads
+ * sent with MSG_ZEROCOPY and of those the ones the kernel copied anyway, and
+ * per-stream figures.
+ */
+export type ConnectionStats = NativeAmstStats;
 
 function errnoName(n: number | undefined): string | undefined {
   if (!n) return undefined;
