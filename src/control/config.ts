@@ -24,7 +24,7 @@ export class ConfigError extends NovacronError {
   }
 }
 
-type Kind = 'string' | 'integer' | 'number' | 'boolean' | 'enum' | 'list';
+type Kind = 'string' | 'integer' | 'enum' | 'list';
 
 interface Field {
   kind: Kind;
@@ -86,15 +86,13 @@ export const SCHEMA = {
 } as const;
 
 type Schema = typeof SCHEMA;
-type ValueOf<F> = F extends { kind: 'integer' | 'number' }
+type ValueOf<F> = F extends { kind: 'integer' }
   ? number
-  : F extends { kind: 'boolean' }
-    ? boolean
-    : F extends { kind: 'list' }
-      ? readonly string[]
-      : F extends { kind: 'enum'; values: readonly (infer V)[] }
-        ? V
-        : string;
+  : F extends { kind: 'list' }
+    ? readonly string[]
+    : F extends { kind: 'enum'; values: readonly (infer V)[] }
+      ? V
+      : string;
 
 /** The effective configuration, frozen. */
 export type Config = { readonly [S in keyof Schema]: { readonly [K in keyof Schema[S]]: ValueOf<Schema[S][K]> } };
@@ -141,18 +139,12 @@ function coerce(name: string, spec: Field, raw: unknown, source: string, fromTex
     throw new ConfigError('ERR_CONFIG_INVALID', `${name} = ${describe(raw)} from ${source}: ${why}`, name, source);
   };
   switch (spec.kind) {
-    case 'integer':
-    case 'number': {
+    case 'integer': {
       const n = fromText && typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : raw;
       if (typeof n !== 'number' || !Number.isFinite(n)) return bad(`expected a number${spec.unit ? ` (${spec.unit})` : ''}`);
-      if (spec.kind === 'integer' && !Number.isInteger(n)) return bad('expected an integer');
+      if (!Number.isInteger(n)) return bad('expected an integer');
       if ((spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) return bad(`must be from ${spec.min} to ${spec.max}`);
       return n;
-    }
-    case 'boolean': {
-      const b = fromText && typeof raw === 'string' ? ({ true: true, false: false, '1': true, '0': false } as Record<string, boolean>)[raw.toLowerCase()] : raw;
-      if (typeof b !== 'boolean') return bad('expected true or false');
-      return b;
     }
     case 'enum':
       if (typeof raw !== 'string' || !spec.values!.includes(raw)) return bad(`expected one of ${spec.values!.join(', ')}`);

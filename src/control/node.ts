@@ -65,7 +65,7 @@ export class NovacronNode {
   #http: Server | undefined;
   #amst: AmstServer | undefined;
   #conns = new Set<AmstConnection>();
-  #detectors = new Map<AmstConnection, ModeController>();
+  #links = new Map<AmstConnection, ModeController>();
   #db: Database.Database | undefined;
   #cache = new Map<string, unknown>();
   #sampler: NodeJS.Timeout | undefined;
@@ -162,7 +162,7 @@ export class NovacronNode {
     this.config = next;
     if (diff.reloadable.includes('log.level')) this.log.level = next.log.level;
     if (diff.reloadable.includes('dwcp.mode')) {
-      for (const [conn, ctl] of this.#detectors) {
+      for (const [conn, ctl] of this.#links) {
         const change = ctl.setOverride(next.dwcp.mode);
         if (change) this.#modeChanged(conn, change);
       }
@@ -340,7 +340,7 @@ export class NovacronNode {
       this.#conns.add(c);
       // Only the dialling side can change the stream count; this end sets
       // the congestion control of what it sends.
-      this.#detectors.set(
+      this.#links.set(
         c,
         new ModeController(c, {
           intervalMs: 0,
@@ -353,7 +353,7 @@ export class NovacronNode {
       c.on('message', () => undefined);
       c.once('close', () => {
         this.#conns.delete(c);
-        this.#detectors.delete(c);
+        this.#links.delete(c);
       });
     });
   }
@@ -377,7 +377,7 @@ export class NovacronNode {
   }
 
   #sampleLinks(): void {
-    for (const ctl of this.#detectors.values()) ctl.sample();
+    for (const ctl of this.#links.values()) ctl.sample();
   }
 
   #modeChanged(conn: AmstConnection, change: AppliedModeChange): void {
@@ -387,7 +387,7 @@ export class NovacronNode {
 
   #dwcpHealth(): ComponentHealth {
     const modes: Record<string, number> = {};
-    for (const det of this.#detectors.values()) {
+    for (const det of this.#links.values()) {
       const m = det.mode ?? 'unknown';
       modes[m] = (modes[m] ?? 0) + 1;
     }

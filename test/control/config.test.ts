@@ -89,7 +89,7 @@ t.test('every validation error names field, value and source', async (t) => {
   }
 });
 
-t.test('text values: booleans, lists, numbers from env and flags', async (t) => {
+t.test('text values: lists and numbers from env and flags', async (t) => {
   const { config } = loadConfig({ env: { NOVACRON_SECURITY__API_TOKENS: 'a, b,,c' }, flags: { 'hde.cacheMiB': '64' } });
   t.same(config.security.apiTokens, ['a', 'b', 'c']);
   t.equal(config.hde.cacheMiB, 64);

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { Writable } from 'node:stream';
-import { get, request } from 'node:http';
+import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { spawn, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -175,7 +175,6 @@ t.test('novacron start / status / config print, SIGHUP and SIGTERM', async (t) =
   const bad = await run(process.execPath, [cli, 'start', '--api-port', String(api), '--set', 'api.port=http'], { env: { ...process.env } }).catch((e: { code: number; stderr: string }) => e);
   t.equal((bad as { code: number }).code, 1);
   t.match((bad as { stderr: string }).stderr, /api\.port = "http" from flag api\.port: expected a number \(ERR_CONFIG_INVALID\)/);
-  void get;
 });
 
 t.test('plugged-in components: /ready and /health while one is still starting, degraded when a non-critical one fails', async (t) => {

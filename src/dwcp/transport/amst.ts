@@ -378,9 +378,11 @@ export class AmstConnection extends EventEmitter implements Handler {
         p.resolve();
         return;
       }
-      case 'sendProgress':
-        this.#pending.get(e.value)?.onProgress?.(e.extra, this.#pending.get(e.value)!.buffer.length);
+      case 'sendProgress': {
+        const p = this.#pending.get(e.value);
+        p?.onProgress?.(e.extra, p.buffer.length);
         return;
+      }
       case 'sendFailed': {
         const p = this.#pending.get(e.value);
         this.#pending.delete(e.value);
