@@ -28,7 +28,7 @@ commands:
       --streams 1,2,4,8     stream counts for the bulk run
       --messages N          64-byte messages for the rate run (default 200000)
       --rounds N            ping-pong round trips (default 5000)
-  bench boot [--runs 5]     node start to /ready, and level-parallel against sequential start
+  bench boot [--runs 5]     node start to /ready, and parallel against sequential start
   bench veth [options]      AMST through a tbf-shaped veth pair into a network namespace (root)
       --rate-mbit N         link rate (default 1000)
       --seconds S           about this long per run (default 5)

@@ -65,11 +65,15 @@ export const SCHEMA = {
     cacheMiB: f({ kind: 'integer', default: 256, min: 0, max: 1 << 20, unit: 'MiB', doc: 'Baseline cache per encoder' }),
   },
   database: {
-    url: f({ kind: 'string', default: '', doc: 'PostgreSQL URL; empty: embedded SQLite in the data directory' }),
+    url: f({ kind: 'string', default: '', doc: 'PostgreSQL URL (postgres://user:password@host:5432/db); empty: embedded SQLite in the data directory' }),
+    poolSize: f({ kind: 'integer', default: 10, min: 1, max: 1000, doc: 'PostgreSQL connections kept open' }),
+    connectTimeoutMs: f({ kind: 'integer', default: 5000, min: 100, max: 600000, unit: 'ms', doc: 'Give up on a PostgreSQL or Redis connection attempt after this long' }),
   },
   cache: {
-    redisUrl: f({ kind: 'string', default: '', doc: 'Redis URL; empty: in-process cache' }),
+    redisUrl: f({ kind: 'string', default: '', doc: 'Redis URL (redis://[:password@]host:6379[/db], rediss:// for TLS); empty: in-process cache' }),
     maxEntries: f({ kind: 'integer', default: 100000, min: 1, max: 1e9, reloadable: true, doc: 'In-process cache size' }),
+    ttlMs: f({ kind: 'integer', default: 30000, min: 0, max: 86400000, unit: 'ms', reloadable: true, doc: 'How long a cached record is served before it is read again; 0: no caching' }),
+    keyPrefix: f({ kind: 'string', default: 'novacron:', doc: 'Prefix of every key this node writes to Redis' }),
   },
   security: {
     tlsCert: f({ kind: 'string', default: '', doc: 'PEM certificate of this node; empty: generated into the data directory' }),
@@ -216,9 +220,17 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     const which = tlsCert === '' ? 'security.tlsCert' : 'security.tlsKey';
     throw new ConfigError('ERR_CONFIG_INVALID', `security.tlsCert and security.tlsKey go together; ${which} is missing`, which, sources[tlsCert === '' ? 'security.tlsKey' : 'security.tlsCert']);
   }
-  for (const name of ['database.url', 'cache.redisUrl']) {
-    if (values.get(name) !== '') {
-      throw new ConfigError('ERR_CONFIG_UNSUPPORTED', `${name} from ${sources[name]}: this version ships the embedded backend only (leave it empty)`, name, sources[name]);
+  for (const [name, schemes] of [['database.url', ['postgres:', 'postgresql:']], ['cache.redisUrl', ['redis:', 'rediss:']]] as const) {
+    const raw = values.get(name) as string;
+    if (raw === '') continue;
+    let url: URL | undefined;
+    try {
+      url = new URL(raw);
+    } catch {
+      url = undefined;
+    }
+    if (!url || !(schemes as readonly string[]).includes(url.protocol) || url.hostname === '') {
+      throw new ConfigError('ERR_CONFIG_INVALID', `${name} = ${JSON.stringify(redactUrl(raw))} from ${sources[name]}: expected a URL like ${schemes[0]}//host:port/...`, name, sources[name]);
     }
   }
   const dataDir = values.get('node.dataDir') as string;
@@ -230,6 +242,16 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   }
   for (const s of Object.values(config)) Object.freeze(s);
   return { config: Object.freeze(config) as unknown as Config, sources: Object.freeze(sources) };
+}
+
+/** A URL with its password replaced by `***`, for printing. Non-URLs come back unchanged. */
+export function redactUrl(s: string): string {
+  return s.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@/]*@/i, '$1:***@');
+}
+
+/** The config as it may be shown (status endpoint, `config print`): URL passwords hidden. */
+export function redactConfig(c: Config): Config {
+  return { ...c, database: { ...c.database, url: redactUrl(c.database.url) }, cache: { ...c.cache, redisUrl: redactUrl(c.cache.redisUrl) } };
 }
 
 /** Fields that differ between two configs, split by whether a running node can apply them. */
@@ -249,7 +271,7 @@ export function formatConfig(loaded: LoadedConfig): string {
   const rows: string[] = [];
   for (const [name, spec] of FIELDS) {
     const [section, key] = name.split('.') as [keyof Config, string];
-    const v = (loaded.config[section] as Record<string, unknown>)[key];
+    const v = (redactConfig(loaded.config)[section] as Record<string, unknown>)[key];
     rows.push(`${name.padEnd(22)} ${describe(v).padEnd(28)} ${loaded.sources[name]!.padEnd(24)} # ${spec.doc}${spec.unit ? ` (${spec.unit})` : ''}`);
   }
   return rows.join('\n');

@@ -1,6 +1,7 @@
 // The component initializer. Components declare their dependencies; they are
 // ordered into levels (a component's level is one past its deepest
-// dependency), each level starts in parallel, retriable failures are retried
+// dependency, for reporting), each component starts as soon as its own
+// dependencies run, retriable failures are retried
 // with exponential back-off and jitter, a critical failure stops what already
 // started (in reverse) and fails the start, a non-critical one leaves the
 // node running degraded. Stop runs in reverse start order.
@@ -53,6 +54,9 @@ export interface ComponentStatus {
   error?: string;
 }
 
+/** A component's state with its own health answer. */
+export type ComponentReport = ComponentStatus & { ok: boolean; detail?: Record<string, unknown> };
+
 /** What the initializer reports as it goes (structured logs, metrics). */
 export interface InitObserver {
   componentStarted?(name: string, ms: number, attempts: number): void;
@@ -67,7 +71,7 @@ export interface InitOptions {
   /** First retry delay; doubled per attempt, times a jitter factor in [0.5, 1.5). Default 100. */
   backoffMs?: number;
   observer?: InitObserver;
-  /** Start a level's components one after another instead of together (the baseline of `bench boot`). */
+  /** Start components one after another, level by level, instead of together (the baseline of `bench boot`). */
   sequential?: boolean;
   /** For tests: randomness of the jitter and the clock to sleep on. */
   random?: () => number;
@@ -147,21 +151,52 @@ export class Initializer {
     return [...this.#status.values()].some((s) => !s.critical && (s.state === 'failed' || s.state === 'skipped'));
   }
 
-  /** Starts every level; rejects with InitError (ERR_INIT_CRITICAL) after stopping what started. */
+  /**
+   * Starts every component, each as soon as its own dependencies run (levels
+   * are not barriers: a slow component holds back only what depends on it).
+   * Rejects with InitError (ERR_INIT_CRITICAL) after stopping what started.
+   */
   async start(): Promise<void> {
-    for (const [level, names] of this.levels.entries()) {
-      const t0 = performance.now();
-      if (this.#opts.sequential) {
+    let fatal: ComponentStatus | undefined;
+    const check = (names: readonly string[]): void => {
+      fatal ??= names.map((n) => this.#status.get(n)!).find((s) => s.critical && s.state !== 'running' && s.state !== 'pending');
+    };
+    if (this.#opts.sequential) {
+      for (const [level, names] of this.levels.entries()) {
+        const t0 = performance.now();
         for (const n of names) await this.#startOne(n);
-      } else {
-        await Promise.all(names.map((n) => this.#startOne(n)));
+        this.#opts.observer.levelDone?.(level, names, performance.now() - t0);
+        check(names);
+        if (fatal) break;
       }
-      this.#opts.observer.levelDone?.(level, names, performance.now() - t0);
-      const fatal = names.map((n) => this.#status.get(n)!).find((s) => s.critical && s.state !== 'running');
-      if (fatal) {
-        await this.stop();
-        throw new InitError('ERR_INIT_CRITICAL', `critical component ${fatal.name} did not start: ${fatal.error ?? fatal.state}`, fatal.name);
-      }
+    } else {
+      const t0 = performance.now();
+      const left = this.levels.map((names) => names.length);
+      const started = new Map<string, Promise<void>>();
+      const launch = (name: string): Promise<void> => {
+        let p = started.get(name);
+        if (p) return p;
+        const deps = this.#components.get(name)!.dependsOn ?? [];
+        p = Promise.all(deps.map(launch)).then(async () => {
+          const st = this.#status.get(name)!;
+          if (fatal) {
+            st.state = 'skipped';
+            st.error = `start halted: critical component ${fatal.name} did not start`;
+          } else {
+            await this.#startOne(name);
+            check([name]);
+          }
+          left[st.level]! -= 1;
+          if (left[st.level] === 0) this.#opts.observer.levelDone?.(st.level, this.levels[st.level]!, performance.now() - t0);
+        });
+        started.set(name, p);
+        return p;
+      };
+      await Promise.all(this.levels.flat().map(launch));
+    }
+    if (fatal) {
+      await this.stop();
+      throw new InitError('ERR_INIT_CRITICAL', `critical component ${fatal.name} did not start: ${fatal.error ?? fatal.state}`, fatal.name);
     }
   }
 
@@ -220,7 +255,7 @@ export class Initializer {
   }
 
   /** Health of every component: running ones are asked, the rest report their state. */
-  async health(): Promise<Array<ComponentStatus & { ok: boolean; detail?: Record<string, unknown> }>> {
+  async health(): Promise<ComponentReport[]> {
     return Promise.all(
       this.status().map(async (s) => {
         if (s.state !== 'running') return { ...s, ok: false };

@@ -6,7 +6,6 @@ import { execFileSync } from 'node:child_process';
 import { createPrivateKey, generateKeyPairSync, randomBytes, randomUUID, X509Certificate } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, statfsSync, unlinkSync, watch, writeFileSync, existsSync, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { NovacronError } from '../errors.js';
@@ -14,21 +13,11 @@ import { HdeDecoder, HdeEncoder, hdeTotals } from '../dwcp/encoding/hde.js';
 import { listen, type AmstConnection, type AmstServer } from '../dwcp/transport/amst.js';
 import { ModeController, type AppliedModeChange } from '../dwcp/mode-controller.js';
 import { native } from '../native.js';
-import { diffConfig, loadConfig, type Config, type LoadOptions } from './config.js';
-import { Initializer, RetriableError, type Component, type ComponentHealth } from './initializer.js';
-
-const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> = [
-  {
-    version: 1,
-    name: 'nodes',
-    sql: `CREATE TABLE nodes (id TEXT PRIMARY KEY, address TEXT NOT NULL, mode TEXT, updated_at INTEGER NOT NULL)`,
-  },
-  {
-    version: 2,
-    name: 'vms',
-    sql: `CREATE TABLE vms (id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, host TEXT, updated_at INTEGER NOT NULL)`,
-  },
-];
+import { diffConfig, loadConfig, redactConfig, redactUrl, type Config, type LoadOptions } from './config.js';
+import { MemoryCache, RedisCache, type Cache } from './cache.js';
+import { LATEST_SCHEMA, PostgresStore, SqliteStore, type MetadataStore } from './store.js';
+import { VmApi } from './vm-api.js';
+import { Initializer, RetriableError, type Component, type ComponentHealth, type ComponentReport } from './initializer.js';
 
 /** Files a node keeps in its data directory. */
 function readOrCreate(path: string, make: () => string, mode = 0o600): string {
@@ -66,8 +55,9 @@ export class NovacronNode {
   #amst: AmstServer | undefined;
   #conns = new Set<AmstConnection>();
   #links = new Map<AmstConnection, ModeController>();
-  #db: Database.Database | undefined;
-  #cache = new Map<string, unknown>();
+  #store: MetadataStore | undefined;
+  #cache: Cache | undefined;
+  #vmApi: VmApi;
   #sampler: NodeJS.Timeout | undefined;
   #watchers: FSWatcher[] = [];
   #tls: { ok: boolean; certificate: string; fingerprint?: string } = { ok: false, certificate: 'none' };
@@ -77,6 +67,7 @@ export class NovacronNode {
     bootPhase: Gauge;
     reloads: Counter;
     modeChanges: Counter;
+    cacheLookups: Counter;
   };
 
   constructor(options: NodeOptions = {}) {
@@ -89,15 +80,22 @@ export class NovacronNode {
       bootPhase: new Gauge({ name: 'novacron_boot_phase_seconds', help: 'Duration of each start level, and of the whole start', labelNames: ['phase'], registers: [this.registry] }),
       reloads: new Counter({ name: 'novacron_config_reloads_total', help: 'Config reloads by outcome', labelNames: ['result'], registers: [this.registry] }),
       modeChanges: new Counter({ name: 'novacron_mode_changes_total', help: 'Link mode changes', labelNames: ['to', 'reason'], registers: [this.registry] }),
+      cacheLookups: new Counter({ name: 'novacron_cache_lookups_total', help: 'Cache lookups of the API by result (hit, miss, error)', labelNames: ['result'], registers: [this.registry] }),
     };
+    this.#vmApi = new VmApi({
+      store: () => this.#store,
+      cache: () => this.#cache,
+      ttlMs: () => this.config.cache.ttlMs,
+      log: this.log,
+      cacheResult: (result) => this.#metrics.cacheLookups.inc({ result }),
+    });
     this.#registerTransportMetrics();
-    const cfg = (): Config => this.config;
     const components: Component[] = [
       { name: 'api', critical: true, start: () => this.#startApi(), stop: () => this.#stopApi() },
       { name: 'environment', critical: true, start: async () => this.#checkEnvironment(), health: () => this.#environmentHealth() },
       { name: 'security', dependsOn: ['environment'], start: async () => this.#startSecurity(), health: () => ({ ok: this.#tls.ok, detail: { certificate: this.#tls.certificate, fingerprint: this.#tls.fingerprint, nodeId: this.nodeId } }) },
-      { name: 'database', dependsOn: ['environment'], start: async () => this.#startDatabase(), stop: async () => void this.#db?.close(), health: () => this.#databaseHealth() },
-      { name: 'cache', critical: false, start: async () => this.#cache.clear(), health: () => ({ ok: true, detail: { entries: this.#cache.size, maxEntries: cfg().cache.maxEntries } }) },
+      { name: 'database', dependsOn: ['environment'], start: () => this.#startDatabase(), stop: () => this.#stopDatabase(), health: () => this.#databaseHealth() },
+      { name: 'cache', critical: false, start: () => this.#startCache(), stop: () => this.#stopCache(), health: () => this.#cache?.health() ?? { ok: false } },
       { name: 'network', dependsOn: ['environment'], start: () => this.#startNetwork(), stop: () => this.#stopNetwork(), health: () => ({ ok: true, detail: { port: this.dataPort, connections: this.#conns.size } }) },
       { name: 'dwcp', dependsOn: ['network'], start: async () => this.#startDwcp(), stop: async () => clearInterval(this.#sampler), health: () => this.#dwcpHealth() },
       { name: 'monitoring', critical: false, dependsOn: ['api'], start: async () => void collectDefaultMetrics({ register: this.registry }) },
@@ -161,6 +159,7 @@ export class NovacronNode {
     const diff = diffConfig(this.config, next);
     this.config = next;
     if (diff.reloadable.includes('log.level')) this.log.level = next.log.level;
+    if (this.#cache instanceof MemoryCache) this.#cache.setMaxEntries(next.cache.maxEntries);
     if (diff.reloadable.includes('dwcp.mode')) {
       for (const [conn, ctl] of this.#links) {
         const change = ctl.setOverride(next.dwcp.mode);
@@ -185,7 +184,7 @@ export class NovacronNode {
     }
   }
 
-  async health(): Promise<{ status: 'ok' | 'degraded' | 'starting' | 'failed'; components: unknown[] }> {
+  async health(): Promise<{ status: 'ok' | 'degraded' | 'starting' | 'failed'; components: ComponentReport[] }> {
     const components = await this.#init.health();
     const criticalDown = components.some((c) => c.critical && !c.ok);
     const anyDown = components.some((c) => !c.ok);
@@ -219,7 +218,11 @@ export class NovacronNode {
       res.end(typeof body === 'string' ? body : `${JSON.stringify(body)}\n`);
     };
     try {
-      const path = (req.url ?? '/').split('?')[0];
+      const path = (req.url ?? '/').split('?')[0]!;
+      if (path === '/v1/vms' || path.startsWith('/v1/vms/')) {
+        if (!this.#authorized(req)) return send(401, { code: 'ERR_API_UNAUTHORIZED', error: 'a bearer token is required' });
+        return await this.#vmApi.handle(req, res, path);
+      }
       if (req.method !== 'GET') return send(405, { error: 'method not allowed' });
       switch (path) {
         case '/live':
@@ -235,7 +238,7 @@ export class NovacronNode {
         case '/status': {
           if (!this.#authorized(req)) return send(401, { error: 'a bearer token is required' });
           const h = await this.health();
-          return send(200, { nodeId: this.nodeId, ready: this.ready, status: h.status, apiPort: this.apiPort, dataPort: this.dataPort, config: this.config, components: h.components, uptimeS: Math.round((performance.now() - this.startedAt) / 1000) });
+          return send(200, { nodeId: this.nodeId, ready: this.ready, status: h.status, apiPort: this.apiPort, dataPort: this.dataPort, config: redactConfig(this.config), components: h.components, uptimeS: Math.round((performance.now() - this.startedAt) / 1000) });
         }
         default:
           return send(404, { error: 'not found' });
@@ -305,27 +308,49 @@ export class NovacronNode {
     this.#tls = { ok: true, certificate: cert.subject, fingerprint: cert.fingerprint256 };
   }
 
-  #startDatabase(): void {
-    const db = new Database(join(this.config.node.dataDir, 'novacron.db'));
-    db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = FULL');
-    db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
-    const applied = new Set((db.prepare('SELECT version FROM schema_migrations').all() as Array<{ version: number }>).map((r) => r.version));
-    const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
-    for (const m of MIGRATIONS) {
-      if (applied.has(m.version)) continue;
-      db.transaction(() => {
-        db.exec(m.sql);
-        record.run(m.version, m.name, Date.now());
-      })();
-      this.log.info({ migration: m.version, name: m.name }, 'database migrated');
+  async #startDatabase(): Promise<void> {
+    const { url, poolSize, connectTimeoutMs } = this.config.database;
+    const store = url
+      ? new PostgresStore({ url, poolSize, connectTimeoutMs, onError: (err) => this.log.warn({ err: err.message }, 'PostgreSQL connection lost; the pool reconnects') })
+      : new SqliteStore(join(this.config.node.dataDir, 'novacron.db'));
+    try {
+      for (const version of await store.migrate()) this.log.info({ backend: store.backend, migration: version }, 'database migrated');
+    } catch (err) {
+      await store.close().catch(() => undefined);
+      throw err;
     }
-    this.#db = db;
+    this.#store = store;
   }
 
-  #databaseHealth(): ComponentHealth {
-    const row = this.#db!.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number };
-    return { ok: row.v === MIGRATIONS.at(-1)!.version, detail: { backend: 'sqlite', schemaVersion: row.v } };
+  async #stopDatabase(): Promise<void> {
+    const s = this.#store;
+    this.#store = undefined;
+    await s?.close();
+  }
+
+  async #databaseHealth(): Promise<ComponentHealth> {
+    const store = this.#store;
+    if (!store) return { ok: false };
+    const where = store.backend === 'postgres' ? { url: redactUrl(this.config.database.url) } : { file: join(this.config.node.dataDir, 'novacron.db') };
+    try {
+      const v = await store.schemaVersion();
+      return { ok: v === LATEST_SCHEMA, detail: { backend: store.backend, ...where, schemaVersion: v } };
+    } catch (err) {
+      return { ok: false, detail: { backend: store.backend, ...where, error: (err as Error).message } };
+    }
+  }
+
+  async #startCache(): Promise<void> {
+    const { redisUrl, keyPrefix, maxEntries } = this.config.cache;
+    this.#cache = redisUrl
+      ? await RedisCache.connect({ url: redisUrl, keyPrefix, connectTimeoutMs: this.config.database.connectTimeoutMs, onError: (err) => this.log.warn({ err: err.message }, 'Redis connection error; API reads go to the database') })
+      : new MemoryCache(maxEntries);
+  }
+
+  async #stopCache(): Promise<void> {
+    const c = this.#cache;
+    this.#cache = undefined;
+    await c?.close();
   }
 
   async #startNetwork(): Promise<void> {

@@ -12,5 +12,5 @@ t.test('bench boot prints a JSON summary line last', async (t) => {
   const summary = JSON.parse(stdout.trim().split('\n').at(-1)!) as { bench: string; ready_ms: number; parallel_speedup: number };
   t.equal(summary.bench, 'boot');
   t.ok(summary.ready_ms > 0 && summary.ready_ms < 30000);
-  t.ok(summary.parallel_speedup > 1.5, `level-parallel start is faster (${summary.parallel_speedup}x)`);
+  t.ok(summary.parallel_speedup > 1.5, `parallel start is faster (${summary.parallel_speedup}x)`);
 });

@@ -2,7 +2,7 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, diffConfig, formatConfig, ConfigError, SCHEMA } from '../../src/control/config.js';
+import { loadConfig, diffConfig, formatConfig, redactUrl, ConfigError, SCHEMA } from '../../src/control/config.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'novacron-config-'));
 const file = (name: string, text: string): string => {
@@ -71,7 +71,10 @@ t.test('every validation error names field, value and source', async (t) => {
     [{ env: {}, files: [join(dir, 'missing.yaml')] }, 'ERR_CONFIG_FILE', undefined, /cannot read config file/],
     [{ env: {}, files: [file('list.yaml', '- 1\n')] }, 'ERR_CONFIG_FILE', undefined, /mapping of sections/],
     [{ env: {}, flags: { 'security.tlsCert': '/x.pem' } }, 'ERR_CONFIG_INVALID', 'security.tlsKey', /go together/],
-    [{ env: { NOVACRON_DATABASE__URL: 'postgres://db/nc' } }, 'ERR_CONFIG_UNSUPPORTED', 'database.url', /embedded backend only/],
+    [{ env: { NOVACRON_DATABASE__URL: 'mysql://u:hunter2@db/nc' } }, 'ERR_CONFIG_INVALID', 'database.url', /"mysql:\/\/u:\*\*\*@db\/nc" from env NOVACRON_DATABASE__URL: expected a URL like postgres:/],
+    [{ env: {}, flags: { 'database.url': 'localhost:5432' } }, 'ERR_CONFIG_INVALID', 'database.url', /expected a URL/],
+    [{ env: {}, flags: { 'cache.redisUrl': 'http://cache:6379' } }, 'ERR_CONFIG_INVALID', 'cache.redisUrl', /expected a URL like redis:/],
+    [{ env: {}, flags: { 'cache.redisUrl': 'redis://' } }, 'ERR_CONFIG_INVALID', 'cache.redisUrl', /expected a URL/],
   ];
   for (const [opts, code, field, message] of bad) {
     const err = (() => {
@@ -87,6 +90,16 @@ t.test('every validation error names field, value and source', async (t) => {
     t.equal(err?.field, field);
     t.match(err?.message, message);
   }
+});
+
+t.test('backend URLs are accepted, and their passwords never printed', async (t) => {
+  const loaded = loadConfig({ env: { NOVACRON_DATABASE__URL: 'postgresql://nc:s3cret@db.internal:5432/novacron', NOVACRON_CACHE__REDIS_URL: 'rediss://:p4ss@cache:6380/2' } });
+  t.equal(loaded.config.database.url, 'postgresql://nc:s3cret@db.internal:5432/novacron', 'the node itself gets the real URL');
+  const text = formatConfig(loaded);
+  t.match(text, /database\.url\s+"postgresql:\/\/nc:\*\*\*@db\.internal:5432\/novacron"/);
+  t.match(text, /cache\.redisUrl\s+"rediss:\/\/:\*\*\*@cache:6380\/2"/);
+  t.notMatch(text, /s3cret|p4ss/);
+  t.equal(redactUrl('redis://cache:6379'), 'redis://cache:6379', 'nothing to hide');
 });
 
 t.test('text values: lists and numbers from env and flags', async (t) => {

@@ -3,6 +3,18 @@ import { Initializer, InitError, RetriableError, planLevels, type Component } fr
 
 const comp = (name: string, deps: string[] = [], extra: Partial<Component> = {}): Component => ({ name, dependsOn: deps, start: async () => undefined, ...extra });
 
+// Components that take `ms` to start and log +name / -name around it.
+const timedIn =
+  (events: string[]) =>
+  (name: string, ms: number, deps: string[] = []): Component =>
+    comp(name, deps, {
+      start: async () => {
+        events.push(`+${name}`);
+        await new Promise((r) => setTimeout(r, ms));
+        events.push(`-${name}`);
+      },
+    });
+
 t.test('levels follow dependencies; cycles and missing dependencies are clear errors', async (t) => {
   t.same(planLevels([comp('a'), comp('b', ['a']), comp('c', ['a']), comp('d', ['b', 'c']), comp('e')]), [['a', 'e'], ['b', 'c'], ['d']]);
   t.throws(() => planLevels([comp('a', ['c']), comp('b', ['a']), comp('c', ['b'])]), { code: 'ERR_INIT_CYCLE', message: /a -> c -> b -> a/ });
@@ -13,14 +25,7 @@ t.test('levels follow dependencies; cycles and missing dependencies are clear er
 
 t.test('a level starts in parallel, after the one before it', async (t) => {
   const events: string[] = [];
-  const slow = (name: string, ms: number, deps: string[] = []): Component =>
-    comp(name, deps, {
-      start: async () => {
-        events.push(`+${name}`);
-        await new Promise((r) => setTimeout(r, ms));
-        events.push(`-${name}`);
-      },
-    });
+  const slow = timedIn(events);
   const init = new Initializer([slow('a', 40), slow('b', 40), slow('c', 10, ['a', 'b'])]);
   const t0 = performance.now();
   await init.start();
@@ -29,6 +34,23 @@ t.test('a level starts in parallel, after the one before it', async (t) => {
   t.same(events.slice(4), ['+c', '-c'], 'c after both');
   t.ok(ms < 40 + 40, `took ${ms.toFixed(0)} ms, less than a then b`);
   t.ok(init.status().every((s) => s.state === 'running'));
+});
+
+t.test('a component waits for its own dependencies only, not for its whole level', async (t) => {
+  const events: string[] = [];
+  const timed = timedIn(events);
+  // slow and fast are level 0, after is level 1 but needs only fast.
+  const levels: Array<[number, number]> = [];
+  const init = new Initializer([timed('slow', 80), timed('fast', 5), timed('after', 5, ['fast'])], {
+    observer: { levelDone: (level, _names, ms) => void levels.push([level, ms]) },
+  });
+  await init.start();
+  t.ok(events.indexOf('+after') < events.indexOf('-slow'), `after started before slow finished: ${events.join(' ')}`);
+  t.same(levels.map(([l]) => l).sort(), [0, 1], 'each level reported once');
+  // The sequential baseline still goes level by level.
+  events.length = 0;
+  await new Initializer([timed('slow', 20), timed('fast', 5), timed('after', 5, ['fast'])], { sequential: true }).start();
+  t.same(events, ['+slow', '-slow', '+fast', '-fast', '+after', '-after']);
 });
 
 t.test('retriable failures are retried with growing, jittered delays', async (t) => {
@@ -68,7 +90,11 @@ t.test('a critical failure stops what started, in reverse order', async (t) => {
   t.type(err, InitError);
   t.equal((err as InitError).component, 'api');
   t.same(stopped, ['cache', 'net', 'db'], 'reverse of start order');
-  t.equal(init.status().find((s) => s.name === 'never')!.state, 'pending', 'later levels never started');
+  const never = init.status().find((s) => s.name === 'never')!;
+  t.equal(never.state, 'skipped', 'nothing starts after a critical failure');
+  t.match(never.error, /start halted: critical component api/);
+  t.equal(never.attempts, 0);
+
 });
 
 t.test('a non-critical failure leaves the node degraded; its dependents are skipped', async (t) => {

@@ -1,0 +1,135 @@
+// Throwaway PostgreSQL and Redis servers for the backend tests: each in a
+// temp directory on a free loopback port, password-protected, removed on
+// stop. When the server binaries are absent the helpers say why, and the
+// tests skip (`.ci/run` installs both from Debian).
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface Service {
+  url: string;
+  port: number;
+  /** Stops the server (data kept) and returns a start function for the same data. */
+  pause(): Promise<() => Promise<void>>;
+  stop(): Promise<void>;
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function accepting(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function waitFor(port: number, child: ChildProcess, what: string): Promise<void> {
+  const t0 = Date.now();
+  while (!(await accepting(port))) {
+    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}`);
+    if (Date.now() - t0 > 30000) throw new Error(`${what} not accepting on ${port} within 30 s`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', () => r()));
+}
+
+// SIGINT is PostgreSQL's fast shutdown; Redis stops on SIGTERM.
+function service(url: string, port: number, dir: string, start: () => Promise<void>, child: () => ChildProcess, signal: NodeJS.Signals): Service {
+  const halt = async (): Promise<void> => {
+    child().kill(signal);
+    await exited(child());
+  };
+  return {
+    url,
+    port,
+    pause: async () => {
+      await halt();
+      return start;
+    },
+    stop: async () => {
+      await halt();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function pgBin(): string | undefined {
+  const root = '/usr/lib/postgresql';
+  if (!existsSync(root)) return undefined;
+  const v = readdirSync(root).sort((a, b) => Number(b) - Number(a))[0];
+  return v && existsSync(join(root, v, 'bin', 'postgres')) ? join(root, v, 'bin') : undefined;
+}
+
+/** Why startPostgres() cannot run here, or undefined when it can. */
+export function postgresMissing(): string | undefined {
+  if (!pgBin()) return 'PostgreSQL server binaries are not installed (apt-get install postgresql)';
+  if (process.getuid?.() === 0) {
+    try {
+      execFileSync('id', ['-u', 'postgres'], { stdio: 'ignore' });
+    } catch {
+      return 'running as root and there is no postgres user to run the server as';
+    }
+  }
+  return undefined;
+}
+
+export const PG_PASSWORD = 'test-secret';
+
+export async function startPostgres(): Promise<Service> {
+  const bin = pgBin()!;
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-pg-'));
+  // PostgreSQL refuses to run as root.
+  const ids = process.getuid?.() === 0 ? { uid: Number(execFileSync('id', ['-u', 'postgres'])), gid: Number(execFileSync('id', ['-g', 'postgres'])) } : {};
+  if (ids.uid !== undefined) chownSync(dir, ids.uid, ids.gid!);
+  const pw = join(dir, 'pw');
+  writeFileSync(pw, `${PG_PASSWORD}\n`);
+  if (ids.uid !== undefined) chownSync(pw, ids.uid, ids.gid!);
+  execFileSync(join(bin, 'initdb'), ['-D', join(dir, 'data'), '-U', 'novacron', `--pwfile=${pw}`, '--auth-local=trust', '--auth-host=scram-sha-256', '--no-sync'], { stdio: 'ignore', ...ids });
+  const port = await freePort();
+  let child: ChildProcess;
+  const start = async (): Promise<void> => {
+    child = spawn(join(bin, 'postgres'), ['-D', join(dir, 'data'), '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1'], { stdio: 'ignore', ...ids });
+    await waitFor(port, child, 'postgres');
+  };
+  await start();
+  return service(`postgres://novacron:${PG_PASSWORD}@127.0.0.1:${port}/postgres`, port, dir, start, () => child, 'SIGINT');
+}
+
+export function redisMissing(): string | undefined {
+  try {
+    execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
+    return undefined;
+  } catch {
+    return 'redis-server is not installed (apt-get install redis-server)';
+  }
+}
+
+export const REDIS_PASSWORD = 'cache-secret';
+
+export async function startRedis(): Promise<Service> {
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-redis-'));
+  const port = await freePort();
+  let child: ChildProcess;
+  const start = async (): Promise<void> => {
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--requirepass', REDIS_PASSWORD, '--dir', dir], { stdio: 'ignore' });
+    await waitFor(port, child, 'redis-server');
+  };
+  await start();
+  return service(`redis://:${REDIS_PASSWORD}@127.0.0.1:${port}`, port, dir, start, () => child, 'SIGTERM');
+}
