@@ -1,6 +1,7 @@
 // The receiving side of `novacron bench transport`, run as its own process
-// (as iperf3's server is). Modes: `amst-sink`, `amst-echo`, `net-sink`,
-// `net-echo`; then the AMST I/O mode (`thread`, `loop`) and the address to bind.
+// (as iperf3's server is). Modes: `amst-sink`, `amst-batch-sink` (takes
+// messages in `batch` events, as a receiver of many small ones would),
+// `amst-echo`, `net-sink`, `net-echo`; then the AMST I/O mode (`thread`, `loop`) and the address to bind.
 // Prints its port, then on SIGTERM its peak RSS in bytes.
 import net from 'node:net';
 import { listen } from '../dist/index.js';
@@ -12,10 +13,11 @@ const report = () => {
 };
 process.on('SIGTERM', report);
 
-if (mode === 'amst-sink' || mode === 'amst-echo') {
+if (mode === 'amst-sink' || mode === 'amst-batch-sink' || mode === 'amst-echo') {
   const server = await listen({ port: 0, io: process.argv[3] ?? 'thread', host: process.argv[4] ?? '127.0.0.1' });
   server.on('connection', (conn) => {
     if (mode === 'amst-echo') conn.on('message', (m) => void conn.send(m).catch(() => {}));
+    else if (mode === 'amst-batch-sink') conn.on('batch', () => {});
     else conn.on('message', () => {});
   });
   process.stdout.write(`port ${server.port}\n`);

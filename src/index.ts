@@ -28,7 +28,7 @@ export { chooseCompression } from './dwcp/encoding/policy.js';
 export type { CompressionChoice, LinkView } from './dwcp/encoding/policy.js';
 export { doctor } from './sys/doctor.js';
 export type { DoctorReport } from './sys/doctor.js';
-export { listen, connect, AmstConnection, AmstServer, TransportError } from './dwcp/transport/amst.js';
+export { listen, connect, AmstConnection, AmstServer, MessageBatch, TransportError } from './dwcp/transport/amst.js';
 export type { IoMode, ListenOptions, ConnectOptions, SendOptions, ConnectionStats, StreamStats } from './dwcp/transport/amst.js';
 export { sendPages } from './dwcp/transfer/pages.js';
 export type { SendPagesOptions, SendPagesResult } from './dwcp/transfer/pages.js';

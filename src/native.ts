@@ -93,7 +93,8 @@ export interface NativeAmstEngine {
   listen(host: string, port: number): number;
   connect(options: NativeAmstConnectOptions): number;
   send(conn: number, messageId: number, data: Uint8Array): void;
-  sendMany(conn: number, firstId: number, data: readonly Uint8Array[]): void;
+  /** `packed[i]` non-zero: `data[i]` is a pack of small messages (see amst.ts). */
+  sendMany(conn: number, firstId: number, data: readonly Uint8Array[], packed?: Uint8Array): void;
   close(id: number): void;
   destroy(id: number): void;
   killStream(conn: number, index: number): void;

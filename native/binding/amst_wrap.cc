@@ -47,7 +47,8 @@ constexpr size_t kEventFields = 7;
 // Runs on the JS thread. JS gets (fields, buffers, arena): `fields` holds
 // kEventFields numbers per event (type, id, value, listener, status,
 // os error, extra); a message's `listener` slot is its offset in `arena`, or
-// -1 when its bytes are the next entry of `buffers`, and `extra` its length.
+// -1 when its bytes are the next entry of `buffers`, `extra` its length, and
+// `value` the count of messages in it when it is a pack (else 0).
 // Consumes `batch`; tells `engine` (when still there) what JS now holds.
 std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
   size_t packed = 0;
@@ -81,6 +82,7 @@ std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
     transport::Bytes* v = e.data;
     e.data = nullptr;
     received += v->size();
+    r[2] = static_cast<double>(e.extra);
     r[6] = static_cast<double>(v->size());
     if (v->size() <= kPackLimit) {
       std::memcpy(arena_bytes + arena_used, v->data(), v->size());
@@ -90,13 +92,13 @@ std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
       continue;
     }
     r[3] = -1;
-    // Tell V8 about the native bytes, or it would not collect received
-    // Buffers under memory pressure (it sees only the small JS objects).
-    Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(v->size()));
+    // V8 counts the bytes of an external Buffer against its heap limits by
+    // itself (telling it again doubles the major GCs of a bulk receive).
+    // The bytes go back to the pool when the Buffer is collected.
     buffers.Set(nbuf++, Napi::Buffer<uint8_t>::New(
                             env, v->data(), v->size(),
-                            [](Napi::Env fenv, uint8_t*, transport::Bytes* hint) {
-                              Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(hint->size()));
+                            [](Napi::Env, uint8_t*, transport::Bytes* hint) {
+                              transport::BufferPool::shared().give(std::move(*hint));
                               delete hint;
                             },
                             v));
@@ -296,16 +298,22 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return info.Env().Undefined();
   }
 
-  // sendMany(conn, firstId, [buffers]): the same rules as send, per buffer.
+  // sendMany(conn, firstId, [buffers], packed?: Uint8Array): the same rules
+  // as send, per buffer; packed[i] != 0 marks buffer i as a pack of small
+  // messages (see kFlagPacked), which TypeScript builds: copying a 64-byte
+  // message there costs a fraction of one trip through N-API per message.
   Napi::Value SendMany(const Napi::CallbackInfo& info) {
     Engine& e = engine(info);
     if (!info[2].IsArray()) ThrowStatus(info.Env(), Status::kInvalidArgument, "sendMany needs an array of buffers");
     Napi::Array arr = info[2].As<Napi::Array>();
-    std::vector<std::pair<const uint8_t*, size_t>> messages;
+    Bytes flags{nullptr, 0};
+    if (info.Length() > 3 && !info[3].IsUndefined()) flags = GetBytes(info[3], "packed flags");
+    std::vector<transport::tcp::SendItem> messages;
     messages.reserve(arr.Length());
     for (uint32_t i = 0; i < arr.Length(); i++) {
       Bytes b = GetBytes(arr.Get(i), "message");
-      messages.emplace_back(b.data, b.len);
+      const bool packed = i < flags.len && flags.data[i] != 0;
+      messages.push_back({b.data, b.len, packed ? transport::kFlagPacked : uint8_t{0}});
     }
     e.send_many(Id(info[0]), Id(info[1]), std::move(messages));
     return info.Env().Undefined();

@@ -62,11 +62,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       [&](const ChunkHeader& h, const uint8_t* payload) {
         if (h.type != ChunkType::kData) return Status::kOk;
         bool done, dup;
-        std::vector<std::pair<uint64_t, Bytes>> ready;
+        std::vector<Received> ready;
         Status s = re.add(h, payload, &done, &ready, &dup);
         for (auto& r : ready) {
-          if (r.first != next_id++) abort();  // released in id order
-          if (r.second.empty()) abort();
+          if (r.id != next_id++) abort();  // released in id order
+          if (r.data.empty()) abort();
+          // A packed message's layout is checked as the engine does; a pack
+          // that passes must be walkable to its last byte.
+          uint32_t count = 0;
+          if ((r.flags & kFlagPacked) && check_pack(r.data.data(), r.data.size(), &count) == Status::kOk) {
+            size_t at = 4;
+            for (uint32_t i = 0; i < count; i++) {
+              uint32_t len;
+              std::memcpy(&len, r.data.data() + at, 4);
+              at += 4 + len;
+            }
+            if (at != r.data.size()) abort();
+          }
         }
         return s;
       },

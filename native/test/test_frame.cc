@@ -160,9 +160,9 @@ TEST(frame_stream_reader_any_split) {
             return Status::kOk;
           }
           bool done, dup;
-          std::vector<std::pair<uint64_t, Bytes>> ready;
+          std::vector<Received> ready;
           Status s = re.add(h, p, &done, &ready, &dup);
-          for (auto& r : ready) got = std::move(r.second);
+          for (auto& r : ready) got = std::move(r.data);
           return s;
         });
     size_t pos = 0;
@@ -205,12 +205,12 @@ TEST(frame_reassembly_shuffled_and_duplicated) {
   size_t dups = 0;
   for (auto& [h, p] : all) {
     bool done, dup;
-    std::vector<std::pair<uint64_t, Bytes>> ready;
+    std::vector<Received> ready;
     CHECK(re.add(h, p.data(), &done, &ready, &dup) == Status::kOk);
     dups += dup;
-    for (auto& [id, m] : ready) {
-      CHECK(test::same_bytes(m, msgs[id]));
-      order.push_back(id);
+    for (auto& r : ready) {
+      CHECK(test::same_bytes(r.data, msgs[r.id]));
+      order.push_back(r.id);
     }
   }
   CHECK_EQ(order.size(), 20u);
@@ -228,7 +228,7 @@ TEST(frame_reassembly_limits) {
   auto c1 = chunks_of(big, 0, 12), c2 = chunks_of(big2, 1, 12);
   ChunkHeader h;
   bool done, dup;
-  std::vector<std::pair<uint64_t, Bytes>> m;
+  std::vector<Received> m;
   CHECK(parse_chunk_header(c1[0].data(), Limits{}, &h) == Status::kOk);
   CHECK(re.add(h, c1[0].data() + kChunkHeaderSize, &done, &m, &dup) == Status::kOk);
   CHECK(parse_chunk_header(c2[0].data(), Limits{}, &h) == Status::kOk);
@@ -258,9 +258,9 @@ TEST(frame_reader_places_payloads_in_their_message) {
       Limits{}, false, [](const Hello&) { return Status::kProtocol; },
       [&](const ChunkHeader& h, const uint8_t* p) {
         bool done, dup;
-        std::vector<std::pair<uint64_t, Bytes>> ready;
+        std::vector<Received> ready;
         Status s = re.add(h, p, &done, &ready, &dup);
-        for (auto& r : ready) got.push_back(std::move(r.second));
+        for (auto& r : ready) got.push_back(std::move(r.data));
         return s;
       },
       [&](const ChunkHeader& h, uint8_t** dst) {
@@ -316,9 +316,9 @@ TEST(frame_reader_detaches_from_a_message_completed_elsewhere) {
   std::vector<Bytes> got;
   auto on_chunk = [&](const ChunkHeader& h, const uint8_t* p) {
     bool done, dup;
-    std::vector<std::pair<uint64_t, Bytes>> ready;
+    std::vector<Received> ready;
     Status s = re.add(h, p, &done, &ready, &dup);
-    for (auto& r : ready) got.push_back(std::move(r.second));
+    for (auto& r : ready) got.push_back(std::move(r.data));
     return s;
   };
   auto place = [&](const ChunkHeader& h, uint8_t** dst) { return re.reserve(h, dst); };
@@ -338,4 +338,131 @@ TEST(frame_reader_detaches_from_a_message_completed_elsewhere) {
   got.clear();  // the delivered message is gone
   CHECK(a.feed(chunks[0].data() + kChunkHeaderSize + 1000, chunks[0].size() - kChunkHeaderSize - 1000) == Status::kOk);
   CHECK(got.empty());  // a duplicate of a delivered message
+}
+
+TEST(buffer_pool_reuses_and_bounds) {
+  // Size classes: exact below the pooled minimum, else an eighth of the power of two.
+  CHECK_EQ(BufferPool::size_class(1000), 1000u);
+  CHECK_EQ(BufferPool::size_class(64 * 1024), 64u * 1024);
+  CHECK_EQ(BufferPool::size_class(64 * 1024 + 1), 72u * 1024);
+  CHECK_EQ(BufferPool::size_class(4u << 20), 4u << 20);
+  CHECK_EQ(BufferPool::size_class((4u << 20) + 1), (4u << 20) + (512u << 10));
+  for (size_t n = BufferPool::kMinSize; n < (64u << 20); n = n * 9 / 8 + 7) {
+    const size_t c = BufferPool::size_class(n);
+    CHECK(c >= n && c - n <= n / 8);
+  }
+
+  BufferPool pool(10u << 20);
+  Bytes a = pool.take(4u << 20);
+  CHECK_EQ(a.size(), 4u << 20);
+  a[0] = 7;
+  const uint8_t* where = a.data();
+  pool.give(std::move(a));
+  CHECK_EQ(pool.pooled_bytes(), 4u << 20);
+  Bytes b = pool.take((4u << 20) - 100);  // same class: the same memory comes back
+  CHECK(b.data() == where);
+  CHECK_EQ(b.size(), (4u << 20) - 100);
+  CHECK_EQ(pool.pooled_bytes(), 0u);
+  // Beyond its budget the pool frees instead of keeping.
+  Bytes c = pool.take(4u << 20), d = pool.take(4u << 20), e = pool.take(4u << 20);
+  pool.give(std::move(b));
+  pool.give(std::move(c));
+  pool.give(std::move(d));
+  CHECK_EQ(pool.pooled_bytes(), 8u << 20);
+  pool.give(std::move(e));
+  CHECK_EQ(pool.pooled_bytes(), 8u << 20);
+  // Small buffers and foreign capacities are not kept.
+  pool.give(Bytes(1000));
+  Bytes odd;
+  odd.reserve((4u << 20) + 1);
+  pool.give(std::move(odd));
+  CHECK_EQ(pool.pooled_bytes(), 8u << 20);
+}
+
+TEST(frame_packed_flag_and_layout) {
+  // The flag is DATA-only, one bit, and bounds the message to kPackMax.
+  ChunkHeader h;
+  h.type = ChunkType::kData;
+  h.chunk_shift = 12;
+  h.flags = kFlagPacked;
+  h.message_len = 100;
+  h.payload_len = 100;
+  uint8_t buf[kChunkHeaderSize];
+  write_chunk_header(h, buf);
+  ChunkHeader r;
+  CHECK(parse_chunk_header(buf, Limits{}, &r) == Status::kOk);
+  CHECK_EQ(r.flags, kFlagPacked);
+  const auto sealed = [&](uint8_t byte2, uint8_t byte3) {
+    write_chunk_header(h, buf);
+    buf[2] = byte2;
+    buf[3] = byte3;
+    const uint32_t c = crc32c(0, buf, 36);
+    std::memcpy(buf + 36, &c, 4);
+    return parse_chunk_header(buf, Limits{}, &r);
+  };
+  CHECK(sealed(kFlagPacked, 0) == Status::kOk);
+  CHECK(sealed(2, 0) == Status::kCorrupt);            // unknown flag
+  CHECK(sealed(kFlagPacked, 1) == Status::kCorrupt);  // reserved byte
+  h.type = ChunkType::kClose;
+  h.message_len = 0;
+  h.payload_len = 0;
+  h.chunk_shift = 0;
+  CHECK(sealed(kFlagPacked, 0) == Status::kCorrupt);  // flags on a control chunk
+  h.type = ChunkType::kData;
+  h.chunk_shift = 12;
+  h.message_len = kPackMax + 1;
+  h.payload_len = 4096;
+  CHECK(sealed(kFlagPacked, 0) == Status::kCorrupt);  // a pack over the limit
+  CHECK(sealed(0, 0) == Status::kOk);                 // the same message unpacked is fine
+
+  // Layouts: [u32 count] then [u32 len][bytes] x count, nothing left over.
+  const auto pack_of = [](std::vector<std::vector<uint8_t>> msgs, size_t extra = 0) {
+    std::vector<uint8_t> p(4);
+    const auto n = static_cast<uint32_t>(msgs.size());
+    std::memcpy(p.data(), &n, 4);
+    for (auto& m : msgs) {
+      const auto l = static_cast<uint32_t>(m.size());
+      p.insert(p.end(), reinterpret_cast<const uint8_t*>(&l), reinterpret_cast<const uint8_t*>(&l) + 4);
+      p.insert(p.end(), m.begin(), m.end());
+    }
+    p.resize(p.size() + extra);
+    return p;
+  };
+  uint32_t count = 0;
+  auto ok = pack_of({{1, 2}, {}, {3}});
+  CHECK(check_pack(ok.data(), ok.size(), &count) == Status::kOk);
+  CHECK_EQ(count, 3u);
+  auto trailing = pack_of({{1}}, 1);
+  CHECK(check_pack(trailing.data(), trailing.size(), &count) == Status::kCorrupt);
+  auto empty = pack_of({});
+  CHECK(check_pack(empty.data(), empty.size(), &count) == Status::kCorrupt);
+  CHECK(check_pack(ok.data(), 3, &count) == Status::kCorrupt);
+  for (size_t cut = 4; cut < ok.size(); cut++) CHECK(check_pack(ok.data(), cut, &count) == Status::kCorrupt);
+  auto huge = pack_of({{1, 2, 3}});
+  huge[4] = 0xff;  // a length far past the end
+  huge[7] = 0xff;
+  CHECK(check_pack(huge.data(), huge.size(), &count) == Status::kCorrupt);
+  auto many = pack_of({{1}});
+  many[0] = 0xff;  // more messages claimed than present
+  many[3] = 0xff;
+  CHECK(check_pack(many.data(), many.size(), &count) == Status::kCorrupt);
+
+  // Chunks of one message must agree on the flag; the flag comes out with it.
+  Reassembler re(Limits{});
+  std::vector<uint8_t> msg = pack_of({std::vector<uint8_t>(3000, 7), std::vector<uint8_t>(3000, 8)});
+  auto cs = chunks_of(msg, 0, 12);
+  CHECK_EQ(cs.size(), 2u);
+  bool done, dup;
+  std::vector<Received> ready;
+  ChunkHeader c0, c1;
+  CHECK(parse_chunk_header(cs[0].data(), Limits{}, &c0) == Status::kOk);
+  CHECK(parse_chunk_header(cs[1].data(), Limits{}, &c1) == Status::kOk);
+  c0.flags = kFlagPacked;
+  CHECK(re.add(c0, cs[0].data() + kChunkHeaderSize, &done, &ready, &dup) == Status::kOk);
+  CHECK(re.add(c1, cs[1].data() + kChunkHeaderSize, &done, &ready, &dup) == Status::kCorrupt);  // flag missing
+  c1.flags = kFlagPacked;
+  CHECK(re.add(c1, cs[1].data() + kChunkHeaderSize, &done, &ready, &dup) == Status::kOk);
+  CHECK(done && ready.size() == 1);
+  CHECK_EQ(ready[0].flags, kFlagPacked);
+  CHECK(check_pack(ready[0].data.data(), ready[0].data.size(), &count) == Status::kOk && count == 2);
 }

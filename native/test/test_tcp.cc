@@ -437,6 +437,8 @@ TEST(tcp_close_while_the_peer_sends) {
     p.engine.close(p.server);
     for (; next < 80; next++) p.engine.send(p.client, next, m.data(), m.size());
     CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1; }));
+    // Sends the engine took after the connection was gone fail after its kClosed.
+    CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) + p.sink.count_locked(Type::kSendFailed, p.client) == next; }));
     const size_t done = p.sink.count(Type::kSendDone, p.client), failed = p.sink.count(Type::kSendFailed, p.client);
     CHECK_EQ(done + failed, next);
     CHECK_EQ(p.sink.count(Type::kMessage, p.server), done);  // acknowledged = delivered
@@ -537,4 +539,30 @@ TEST(tcp_set_streams_while_dialling) {
   p.engine.close(p.client);
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1; }));
   CHECK(p.sink.first(Type::kClosed, p.client).status == Status::kOk);
+}
+
+TEST(tcp_packed_messages) {
+  // send_many with packs: one id each, counted as their messages at both
+  // ends; a pack whose layout is wrong fails at the sender, before the wire.
+  Pair p(2, 12);
+  std::vector<uint8_t> pack = {3, 0, 0, 0, 1, 0, 0, 0, 'a', 2, 0, 0, 0, 'b', 'c', 0, 0, 0, 0};
+  std::vector<uint8_t> plain(100000, 9);
+  std::vector<uint8_t> broken = {2, 0, 0, 0, 1, 0, 0, 0, 'a'};
+  std::vector<uint8_t> oversize(kPackMax + 8, 0);
+  p.engine.send_many(p.client, 0, {{pack.data(), pack.size(), kFlagPacked}, {plain.data(), plain.size(), 0}, {pack.data(), pack.size(), kFlagPacked}});
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 3; }));
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) == 3; }));
+  auto got = p.sink.all(Type::kMessage, p.server);
+  CHECK_EQ(got[0].extra, 3u);
+  CHECK(test::same_bytes(*got[0].data, pack));
+  CHECK_EQ(got[1].extra, 0u);
+  CHECK(test::same_bytes(*got[1].data, plain));
+  CHECK_EQ(got[2].extra, 3u);
+  ConnectionStats cs, ss;
+  CHECK(p.engine.stats(p.client, &cs) && p.engine.stats(p.server, &ss));
+  CHECK_EQ(cs.messages_sent, 7u);
+  CHECK_EQ(ss.messages_received, 7u);
+  p.engine.send_many(p.client, 3, {{broken.data(), broken.size(), kFlagPacked}, {oversize.data(), oversize.size(), kFlagPacked}});
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendFailed, p.client) == 2; }));
+  for (auto& e : p.sink.all(Type::kSendFailed, p.client)) CHECK(e.status == Status::kInvalidArgument);
 }

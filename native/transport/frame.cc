@@ -68,7 +68,8 @@ Status parse_hello(const uint8_t in[kHelloSize], Hello* h) {
 void write_chunk_header(const ChunkHeader& h, uint8_t out[kChunkHeaderSize]) {
   out[0] = static_cast<uint8_t>(h.type);
   out[1] = h.type == ChunkType::kData ? h.chunk_shift : 0;
-  put16(out + 2, 0);
+  out[2] = h.type == ChunkType::kData ? h.flags : 0;
+  out[3] = 0;
   put32(out + 4, h.payload_len);
   put64(out + 8, h.message_id);
   put64(out + 16, h.offset);
@@ -79,10 +80,12 @@ void write_chunk_header(const ChunkHeader& h, uint8_t out[kChunkHeaderSize]) {
 
 Status parse_chunk_header(const uint8_t in[kChunkHeaderSize], const Limits& limits, ChunkHeader* h) {
   if (get32(in + 36) != crc32c(0, in, 36)) return Status::kHeaderChecksum;
-  if (get16(in + 2) != 0) return Status::kCorrupt;
+  if (in[3] != 0) return Status::kCorrupt;
   ChunkHeader r;
   r.type = static_cast<ChunkType>(in[0]);
   r.chunk_shift = in[1];
+  r.flags = in[2];
+  if ((r.flags & ~kFlagPacked) != 0 || (r.flags != 0 && r.type != ChunkType::kData)) return Status::kCorrupt;
   r.payload_len = get32(in + 4);
   r.message_id = get64(in + 8);
   r.offset = get64(in + 16);
@@ -93,6 +96,7 @@ Status parse_chunk_header(const uint8_t in[kChunkHeaderSize], const Limits& limi
       if (r.chunk_shift < kMinChunkShift || r.chunk_shift > kMaxChunkShift) return Status::kCorrupt;
       if (r.message_len == 0) return Status::kCorrupt;
       if (r.message_len > limits.max_message) return Status::kLimitExceeded;
+      if ((r.flags & kFlagPacked) && r.message_len > kPackMax) return Status::kCorrupt;
       const uint64_t chunk = 1ull << r.chunk_shift;
       // Chunks sit on the message's chunk grid and are full but for the last.
       if (r.offset % chunk != 0 || r.offset >= r.message_len) return Status::kCorrupt;
@@ -211,21 +215,87 @@ Status StreamReader::feed(const uint8_t* data, size_t len) {
   return error_;
 }
 
+Status check_pack(const uint8_t* data, size_t len, uint32_t* count) {
+  if (len < 4) return Status::kCorrupt;
+  const uint32_t n = get32(data);
+  size_t at = 4;
+  for (uint32_t i = 0; i < n; i++) {
+    if (len - at < 4) return Status::kCorrupt;
+    const uint32_t m = get32(data + at);
+    at += 4;
+    if (m > len - at) return Status::kCorrupt;
+    at += m;
+  }
+  if (n == 0 || at != len) return Status::kCorrupt;
+  *count = n;
+  return Status::kOk;
+}
+
+BufferPool& BufferPool::shared() {
+  static BufferPool* pool = new BufferPool(128u << 20);
+  return *pool;
+}
+
+size_t BufferPool::size_class(size_t n) {
+  if (n < kMinSize) return n;
+  const unsigned top = 63 - static_cast<unsigned>(__builtin_clzll(n));
+  const size_t step = size_t{1} << (top - 3);
+  return (n + step - 1) & ~(step - 1);
+}
+
+Bytes BufferPool::take(size_t n) {
+  Bytes b;
+  if (n >= kMinSize) {
+    const size_t cls = size_class(n);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(cls);
+      if (it != free_.end() && !it->second.empty()) {
+        b = std::move(it->second.back());
+        it->second.pop_back();
+        pooled_ -= cls;
+      }
+    }
+    if (b.capacity() < cls) b.reserve(cls);
+  }
+  b.resize(n);
+  return b;
+}
+
+void BufferPool::give(Bytes&& b) {
+  const size_t cls = b.capacity();
+  if (cls < kMinSize || size_class(cls) != cls) return;  // not one of ours: freed with `b`
+  Bytes keep = std::move(b);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pooled_ + cls > max_bytes_) return;  // `keep` is freed after the lock is released
+  keep.clear();
+  pooled_ += cls;
+  free_[cls].push_back(std::move(keep));
+}
+
+size_t BufferPool::pooled_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pooled_;
+}
+
 Status Reassembler::find_or_start(const ChunkHeader& h, Partial** out) {
   const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
   auto it = partial_.find(h.message_id);
   if (it == partial_.end()) {
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
     Partial p;
-    p.data.resize(h.message_len);
+    p.data = BufferPool::shared().take(h.message_len);
     p.have.assign((chunks + 63) / 64, 0);
     p.chunks = chunks;
     p.chunk_shift = h.chunk_shift;
+    p.flags = h.flags;
     pending_bytes_ += h.message_len;
     it = partial_.emplace(h.message_id, std::move(p)).first;
   }
   // Every chunk of one message must agree on its shape.
-  if (it->second.chunk_shift != h.chunk_shift || it->second.data.size() != h.message_len) return Status::kCorrupt;
+  if (it->second.chunk_shift != h.chunk_shift || it->second.data.size() != h.message_len || it->second.flags != h.flags) {
+    return Status::kCorrupt;
+  }
   *out = &it->second;
   return Status::kOk;
 }
@@ -247,7 +317,7 @@ std::pair<const uint8_t*, size_t> Reassembler::partial_buffer(uint64_t id) const
 }
 
 Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
-                        std::vector<std::pair<uint64_t, Bytes>>* ready, bool* duplicate,
+                        std::vector<Received>* ready, bool* duplicate,
                         uint64_t* progress) {
   *completed = false;
   *duplicate = false;
@@ -262,7 +332,8 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
   if (chunks == 1) {
     // The common small message: no partial state at all.
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
-    whole.assign(payload, payload + h.payload_len);
+    whole = BufferPool::shared().take(h.payload_len);
+    if (h.payload_len) std::memcpy(whole.data(), payload, h.payload_len);
   } else {
     Partial* pp;
     if (Status st = find_or_start(h, &pp); st != Status::kOk) return st;
@@ -293,13 +364,13 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
   if (h.message_id != next_) {
     if (held_.size() >= limits_.max_out_of_order) return Status::kLimitExceeded;
     pending_bytes_ += whole.size();
-    held_.emplace(h.message_id, std::move(whole));
+    held_.emplace(h.message_id, Held{std::move(whole), h.flags});
     return Status::kOk;
   }
-  ready->emplace_back(next_++, std::move(whole));
+  ready->push_back(Received{next_++, std::move(whole), h.flags});
   for (auto it = held_.begin(); it != held_.end() && it->first == next_; it = held_.erase(it)) {
-    pending_bytes_ -= it->second.size();
-    ready->emplace_back(next_++, std::move(it->second));
+    pending_bytes_ -= it->second.data.size();
+    ready->push_back(Received{next_++, std::move(it->second.data), it->second.flags});
   }
   return Status::kOk;
 }

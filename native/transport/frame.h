@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -22,7 +23,7 @@
 namespace dwcp::transport {
 
 constexpr uint32_t kHelloMagic = 0x31534d41u;  // "AMS1"
-constexpr uint8_t kWireVersion = 2;
+constexpr uint8_t kWireVersion = 3;
 constexpr size_t kHelloSize = 40;
 constexpr size_t kChunkHeaderSize = 40;
 constexpr unsigned kMinChunkShift = 12;  // 4 KiB
@@ -37,6 +38,18 @@ enum class ChunkType : uint8_t {
   kProgress = 6,  // the peer holds `offset` of the `message_len` bytes of message `message_id`
   kRetire = 7,    // this stream carries nothing more; its end is not a failure
 };
+
+// DATA flags (byte 2 of the header; every chunk of a message carries the same).
+// kFlagPacked: the message is many small messages in one, laid out as
+// [u32 count] then count x ([u32 length][bytes]), at most kPackMax bytes.
+// Packing gives a burst of small messages one id, one chunk, one ACK and one
+// CRC between them instead of one each.
+constexpr uint8_t kFlagPacked = 1;
+constexpr size_t kPackMax = 64 * 1024;
+
+// Checks the layout of a packed message (every length inside, nothing left
+// over, at least one message) and gives the message count.
+[[nodiscard]] Status check_pack(const uint8_t* data, size_t len, uint32_t* count);
 
 // ACK ranges are bounded so one forged ACK cannot make a sender walk 2^64 ids.
 constexpr uint64_t kMaxAckRange = 1u << 20;
@@ -66,6 +79,34 @@ struct NoInitAllocator : std::allocator<T> {
 // A received message.
 using Bytes = std::vector<uint8_t, NoInitAllocator<uint8_t>>;
 
+// Storage for large received messages, reused. A fresh multi-MiB buffer
+// costs a page fault and a kernel zero-fill per 4 KiB page before the socket
+// data is even copied in, a third of the receiver's CPU time in a bulk
+// transfer; a buffer handed back once its message is consumed costs none.
+// Thread-safe: filled on I/O threads, given back from wherever the message
+// was freed (a Buffer finalizer on a JS thread).
+class BufferPool {
+ public:
+  static constexpr size_t kMinSize = 64 * 1024;  // smaller messages are allocated as usual
+  explicit BufferPool(size_t max_bytes) : max_bytes_(max_bytes) {}
+  // The process's pool (never destroyed: buffers may come back late).
+  static BufferPool& shared();
+  // A buffer of `n` bytes, contents unspecified.
+  Bytes take(size_t n);
+  // Keeps `b` for reuse when there is room, else frees it.
+  void give(Bytes&& b);
+  size_t pooled_bytes() const;
+  // Capacity `take(n)` allocates: `n` rounded up to an eighth of its power
+  // of two, so buffers of similar sizes share a class (at most 12.5 % unused).
+  static size_t size_class(size_t n);
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<size_t, std::vector<Bytes>> free_;  // by capacity
+  size_t pooled_ = 0;
+  const size_t max_bytes_;
+};
+
 struct Hello {
   uint16_t stream_index = 0;
   uint16_t stream_count = 1;
@@ -76,6 +117,7 @@ struct Hello {
 struct ChunkHeader {
   ChunkType type = ChunkType::kData;
   uint8_t chunk_shift = 18;  // DATA: chunk size of this message, log2
+  uint8_t flags = 0;         // DATA: kFlag*
   uint32_t payload_len = 0;
   uint64_t message_id = 0;
   uint64_t offset = 0;       // DATA: byte offset of the payload in the message
@@ -151,6 +193,13 @@ class StreamReader {
   Status error_ = Status::kOk;
 };
 
+// A message put back together, with the flags its chunks carried.
+struct Received {
+  uint64_t id = 0;
+  Bytes data;
+  uint8_t flags = 0;
+};
+
 // Rebuilds messages from DATA chunks arriving in any order, possibly twice,
 // and releases them in message-id order (senders number messages 0, 1, 2...).
 class Reassembler {
@@ -159,12 +208,12 @@ class Reassembler {
 
   // Copies the chunk in. `*completed` tells whether this chunk finished its
   // message; every message now deliverable in order is appended to `*ready`
-  // as (id, bytes). A chunk of a message already complete sets `*duplicate`.
+  // A chunk of a message already complete sets `*duplicate`.
   // When `progress` is given and this chunk took a partly received message
   // past another sixteenth of its length, `*progress` is set to the bytes
   // held (else 0): the cue for a PROGRESS report to the sender.
   [[nodiscard]] Status add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
-                           std::vector<std::pair<uint64_t, Bytes>>* ready, bool* duplicate,
+                           std::vector<Received>* ready, bool* duplicate,
                            uint64_t* progress = nullptr);
   // Where the payload of DATA chunk `h` belongs, for reading it in place:
   // inside the partly received message (made now if it is the first chunk),
@@ -187,11 +236,16 @@ class Reassembler {
     uint64_t bytes = 0;
     uint64_t reported = 0;
     uint8_t chunk_shift = 0;
+    uint8_t flags = 0;
+  };
+  struct Held {
+    Bytes data;
+    uint8_t flags;
   };
 
   Limits limits_;
   std::unordered_map<uint64_t, Partial> partial_;
-  std::map<uint64_t, Bytes> held_;  // complete, waiting for an earlier id
+  std::map<uint64_t, Held> held_;  // complete, waiting for an earlier id
   uint64_t next_ = 0;                              // every id below it was delivered
   uint64_t pending_bytes_ = 0;                     // partial and held bytes
 

@@ -35,6 +35,8 @@ struct Engine::OutMessage {
   uint64_t id = 0;
   const uint8_t* data = nullptr;
   uint64_t len = 0;
+  uint8_t flags = 0;
+  uint32_t count = 1;  // messages in it (more than one when packed)
   unsigned shift = 18;
   uint64_t chunks = 0;
   uint64_t next_chunk = 0;         // first chunk never sent
@@ -266,12 +268,12 @@ void Engine::send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_
   post(std::move(c));
 }
 
-void Engine::send_many(uint64_t conn, uint64_t first_id, std::vector<std::pair<const uint8_t*, size_t>> messages) {
+void Engine::send_many(uint64_t conn, uint64_t first_id, std::vector<SendItem> messages) {
   Command c;
   c.type = Command::Type::kSendMany;
   c.id = conn;
   c.message_id = first_id;
-  c.many = std::make_unique<std::vector<std::pair<const uint8_t*, size_t>>>(std::move(messages));
+  c.many = std::make_unique<std::vector<SendItem>>(std::move(messages));
   post(std::move(c));
 }
 
@@ -433,7 +435,10 @@ void Engine::handle(Command& c) {
       enqueue_send(c.id, c.message_id, c.data, c.len);
       return;
     case Command::Type::kSendMany:
-      for (size_t i = 0; i < c.many->size(); i++) enqueue_send(c.id, c.message_id + i, (*c.many)[i].first, (*c.many)[i].second);
+      for (size_t i = 0; i < c.many->size(); i++) {
+        const SendItem& m = (*c.many)[i];
+        enqueue_send(c.id, c.message_id + i, m.data, m.len, m.flags);
+      }
       return;
     case Command::Type::kClose: {
       if (auto l = listeners_.find(c.id); l != listeners_.end()) {
@@ -651,10 +656,12 @@ void Engine::retired(Stream* s) {
   maybe_finish_graceful(c);
 }
 
-void Engine::enqueue_send(uint64_t conn_id, uint64_t message_id, const uint8_t* data, size_t len) {
+void Engine::enqueue_send(uint64_t conn_id, uint64_t message_id, const uint8_t* data, size_t len, uint8_t flags) {
   auto it = conns_.find(conn_id);
-  if (it == conns_.end() || it->second->closing || len == 0) {
-    emit(Event{Event::Type::kSendFailed, conn_id, 0, message_id, len == 0 ? Status::kInvalidArgument : Status::kClosed, 0, nullptr});
+  uint32_t packed = 0;
+  const bool bad = len == 0 || ((flags & kFlagPacked) && (len > kPackMax || check_pack(data, len, &packed) != Status::kOk));
+  if (it == conns_.end() || it->second->closing || bad) {
+    emit(Event{Event::Type::kSendFailed, conn_id, 0, message_id, bad ? Status::kInvalidArgument : Status::kClosed, 0, nullptr});
     return;
   }
   Connection* conn = it->second.get();
@@ -662,6 +669,8 @@ void Engine::enqueue_send(uint64_t conn_id, uint64_t message_id, const uint8_t* 
   m->id = message_id;
   m->data = data;
   m->len = len;
+  m->flags = flags;
+  m->count = packed ? packed : 1;
   m->shift = conn->shift;
   m->chunks = (len + (1ull << m->shift) - 1) >> m->shift;
   m->sent_on.assign(m->chunks, -1);
@@ -839,7 +848,7 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
     case ChunkType::kData: {
       bool completed = false, dup = false;
       uint64_t progress = 0;
-      std::vector<std::pair<uint64_t, Bytes>> ready;
+      std::vector<Received> ready;
       const auto [base, base_len] = c->reasm.partial_buffer(h.message_id);
       Status st = c->reasm.add(h, payload, &completed, &ready, &dup, &progress);
       if (st != Status::kOk) return st;
@@ -850,11 +859,15 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
           if (t.get() != s && t->reader) t->reader->detach_if_within(base, base_len);
         }
       }
-      for (auto& [id, msg] : ready) {
-        c->messages_received++;
-        c->bytes_received += msg.size();
-        if (limits_.max_undelivered_bytes) undelivered_ += static_cast<int64_t>(msg.size());
-        emit(Event{Event::Type::kMessage, c->id, 0, id, Status::kOk, 0, new Bytes(std::move(msg))});
+      for (auto& r : ready) {
+        uint32_t count = 0;
+        if (r.flags & kFlagPacked) {
+          if (Status ps = check_pack(r.data.data(), r.data.size(), &count); ps != Status::kOk) return ps;
+        }
+        c->messages_received += count ? count : 1;
+        c->bytes_received += r.data.size();
+        if (limits_.max_undelivered_bytes) undelivered_ += static_cast<int64_t>(r.data.size());
+        emit(Event{Event::Type::kMessage, c->id, 0, r.id, Status::kOk, 0, new Bytes(std::move(r.data)), count});
       }
       // Acknowledge a message once it is whole here, and again whenever a
       // resent chunk of it shows the sender has not heard (its ACK may have
@@ -1000,6 +1013,7 @@ void Engine::pump(Connection* c) {
       ChunkHeader h;
       h.type = ChunkType::kData;
       h.chunk_shift = static_cast<uint8_t>(m->shift);
+      h.flags = m->flags;
       h.message_id = m->id;
       h.offset = off;
       h.message_len = m->len;
@@ -1335,7 +1349,7 @@ void Engine::stream_failed(Stream* s, int err) {
 
 void Engine::maybe_complete(Connection* c, OutMessage* m) {
   if (!c || c->finished || !m->acked || m->inflight > 0 || m->zc_pending > 0) return;
-  c->messages_sent++;
+  c->messages_sent += m->count;
   c->bytes_sent += m->len;
   emit(Event{Event::Type::kSendDone, c->id, 0, m->id, Status::kOk, 0, nullptr});
   c->unacked.erase(m->id);

@@ -37,7 +37,7 @@ struct Event {
     kListening,   // listener `id` bound; `value` = port
     kIncoming,    // new connection `id` accepted by listener `listener`; `value` = streams announced
     kConnected,   // outgoing connection `id` is up; `value` = streams connected
-    kMessage,     // connection `id` received `data` (owned by the receiver of the event)
+    kMessage,     // connection `id` received `data` (owned by the receiver of the event); `extra` > 0: a pack of that many messages
     kSendDone,    // message `value` of connection `id` is held by the peer
     kSendProgress,  // the peer holds `extra` bytes of message `value` of connection `id` (large messages)
     kSendFailed,  // message `value` of connection `id` will not be delivered (`status`)
@@ -99,6 +99,14 @@ struct ConnectionStats {
   std::vector<StreamStats> streams;
 };
 
+// One message of send_many(). `flags` kFlagPacked: `data` is a pack (see
+// frame.h) the caller built.
+struct SendItem {
+  const uint8_t* data = nullptr;
+  size_t len = 0;
+  uint8_t flags = 0;
+};
+
 // A request from the owner thread to the I/O thread.
 struct EngineCommand {
   enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kSendMany, kClose, kDestroy, kKillStream, kResume, kSetStreams } type = Type::kNone;
@@ -107,7 +115,7 @@ struct EngineCommand {
   const uint8_t* data = nullptr;
   size_t len = 0;
   std::unique_ptr<ConnectOptions> connect;
-  std::unique_ptr<std::vector<std::pair<const uint8_t*, size_t>>> many;  // kSendMany
+  std::unique_ptr<std::vector<SendItem>> many;  // kSendMany
   std::string host;
   uint16_t port = 0;
 };
@@ -139,7 +147,7 @@ class Engine {
   void send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_t len);
   // Queues messages first_id, first_id + 1, ... in one command: one ring
   // slot and one wake-up for the lot. Same rules as send().
-  void send_many(uint64_t conn, uint64_t first_id, std::vector<std::pair<const uint8_t*, size_t>> messages);
+  void send_many(uint64_t conn, uint64_t first_id, std::vector<SendItem> messages);
   // Sends what is queued, then closes; destroy() closes now and fails sends.
   void close(uint64_t id);
   void destroy(uint64_t id);
@@ -174,7 +182,7 @@ class Engine {
   void on_listener(Listener* l);
   void on_stream(Stream* s, uint32_t events);
   void start_connect(uint64_t id, const ConnectOptions& opts);
-  void enqueue_send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_t len);
+  void enqueue_send(uint64_t conn, uint64_t message_id, const uint8_t* data, size_t len, uint8_t flags = 0);
   Stream* dial_stream(Connection* c, int32_t index, int attempt);
   void schedule_redial(Connection* c, int32_t index, int attempt);
   void run_timers();

@@ -208,9 +208,86 @@ export interface SendOptions {
   onProgress?: (bytesAcknowledged: number, total: number) => void;
 }
 
+// Small messages travel in packs (native/transport/frame.h, kFlagPacked):
+// [u32 count] then count x ([u32 length][bytes]), little-endian, at most
+// PACK_MAX bytes, one message id for the lot.
+const PACK_ITEM_MAX = 2048;
+const PACK_MAX = 64 * 1024;
+
+// The wire messages for `messages`: runs of two or more small ones copied
+// into packs, the rest as they are; and which of them are packs.
+function pack(messages: readonly Uint8Array[]): [Uint8Array[], Uint8Array | undefined] {
+  const wire: Uint8Array[] = [];
+  let flags: Uint8Array | undefined;
+  const n = messages.length;
+  for (let i = 0; i < n; ) {
+    let j = i;
+    let len = 4;
+    while (j < n && messages[j]!.length <= PACK_ITEM_MAX && len + 4 + messages[j]!.length <= PACK_MAX) len += 4 + messages[j++]!.length;
+    if (j - i < 2) {
+      wire.push(messages[i++]!);
+      continue;
+    }
+    const p = Buffer.allocUnsafeSlow(len);
+    p.writeUInt32LE(j - i, 0);
+    for (let off = 4; i < j; i++) {
+      const m = messages[i]!;
+      p.writeUInt32LE(m.length, off);
+      p.set(m, off + 4);
+      off += 4 + m.length;
+    }
+    (flags ??= new Uint8Array(n))[wire.length] = 1;
+    wire.push(p);
+  }
+  return [wire, flags];
+}
+
+/**
+ * Messages that arrived together: the small messages of one pack (see
+ * `sendMany`), or a single message. For receivers of millions of small
+ * messages a second, which then make no object per message until asked.
+ */
+export class MessageBatch implements Iterable<Buffer> {
+  /** Messages in the batch. */
+  readonly count: number;
+  #data: Buffer;
+  #packed: boolean;
+
+  /** @internal */
+  constructor(data: Buffer, packed: number) {
+    this.#data = data;
+    this.#packed = packed > 0;
+    this.count = packed > 0 ? packed : 1;
+  }
+
+  /** Payload bytes of all its messages. */
+  get byteLength(): number {
+    return this.#packed ? this.#data.length - 4 - 4 * this.count : this.#data.length;
+  }
+
+  /** Each message, in order, as a view of the received bytes. */
+  *[Symbol.iterator](): IterableIterator<Buffer> {
+    if (!this.#packed) {
+      yield this.#data;
+      return;
+    }
+    for (let i = 0, off = 4; i < this.count; i++) {
+      const len = this.#data.readUInt32LE(off);
+      yield this.#data.subarray(off + 4, off + 4 + len);
+      off += 4 + len;
+    }
+  }
+
+  toArray(): Buffer[] {
+    return [...this];
+  }
+}
+
 /**
  * One connection: an ordered, message-oriented flow over N TCP streams.
- * Events: `message` (Buffer), `streamLost` (index, errno name), `streamUp`
+ * Events: `message` (Buffer) or, while anyone listens for it, `batch`
+ * (MessageBatch: every message arrives in one then, and `message` is not
+ * emitted), `streamLost` (index, errno name), `streamUp`
  * (index: re-dialled or added), `streamRetired` (index: removed by
  * setStreams at either end), `close` (error or undefined).
  */
@@ -267,9 +344,12 @@ export class AmstConnection extends EventEmitter implements Handler {
 
   /**
    * Sends many messages at once, in order: one promise, one native call and
-   * one wake-up of the I/O thread for all of them, which is what makes small
-   * messages fast. Resolves when the peer holds every one; rejects on the
-   * first that cannot be delivered. The buffers are not copied.
+   * one wake-up of the I/O thread for all of them. Runs of small messages (up
+   * to 2 KiB each) are copied into packs of up to 64 KiB that travel as one
+   * message each, which is what makes small messages fast; larger buffers
+   * are not copied. The peer still receives every message on its own (or in
+   * `batch` events). Resolves when the peer holds every one; rejects on the
+   * first that cannot be delivered.
    */
   sendMany(messages: readonly Uint8Array[]): Promise<void> {
     if (!Array.isArray(messages)) return Promise.reject(new InvalidArgumentError('messages must be an array of Buffers or Uint8Arrays'));
@@ -279,11 +359,12 @@ export class AmstConnection extends EventEmitter implements Handler {
     if (this.#closed) return Promise.reject(new TransportError('ERR_AMST_CLOSED', 'send: connection is closed'));
     if (messages.length === 0) return Promise.resolve();
     const first = this.#nextMessage;
-    this.#nextMessage += messages.length;
+    const [wire, packed] = pack(messages);
+    this.#nextMessage += wire.length;
     return new Promise<void>((resolve, reject) => {
-      const batch: PendingBatch = { buffers: messages, remaining: messages.length, resolve, reject, failed: false };
-      for (let i = 0; i < messages.length; i++) this.#batches.set(first + i, batch);
-      this.#router.engine.sendMany(this.id, first, messages);
+      const batch: PendingBatch = { buffers: wire, remaining: wire.length, resolve, reject, failed: false };
+      for (let i = 0; i < wire.length; i++) this.#batches.set(first + i, batch);
+      this.#router.engine.sendMany(this.id, first, wire, packed);
     });
   }
 
@@ -361,9 +442,24 @@ export class AmstConnection extends EventEmitter implements Handler {
         this.#connectWaiter?.reject(eventError(e, 'connect'));
         this.#connectWaiter = undefined;
         return;
-      case 'message':
-        this.emit('message', e.data);
+      case 'message': {
+        const data = e.data!;
+        if (this.listenerCount('batch') > 0) {
+          this.emit('batch', new MessageBatch(data, e.value));
+          return;
+        }
+        if (e.value === 0) {
+          this.emit('message', data);
+          return;
+        }
+        // A pack (its layout checked natively): [u32 count] then [u32 length][bytes]...
+        for (let i = 0, off = 4; i < e.value; i++) {
+          const len = data.readUInt32LE(off);
+          this.emit('message', data.subarray(off + 4, off + 4 + len));
+          off += 4 + len;
+        }
         return;
+      }
       case 'sendDone': {
         const p = this.#pending.get(e.value);
         if (!p) {

@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { listen, connect, TransportError, InvalidArgumentError } from '../../../src/index.js';
-import type { AmstConnection, AmstServer, IoMode } from '../../../src/index.js';
+import type { AmstConnection, AmstServer, IoMode, MessageBatch } from '../../../src/index.js';
 import { randomBytes } from '../../helpers.js';
 
 async function pair(
@@ -199,6 +199,54 @@ t.test('sendMany: batches of small messages, mixed with single sends, in order',
   await server.close();
 });
 
+t.test('sendMany packs small messages: every size around the limits, message and batch events, counts', async (t) => {
+  // 4 KiB chunks: a 64 KiB pack travels in 16 chunks over 3 streams.
+  const { server, client, peer } = await pair(3, 4096);
+  const rand = (n: number): Buffer => randomBytes(n);
+  // Runs that fill packs exactly, cross them, a lone small one between
+  // large ones, sizes at and over the 2 KiB item limit, 1-byte messages.
+  const sizes = [1, 1, 2048, 2049, 2048, 7, 100000, 5, 300000, ...Array.from({ length: 3000 }, (_, i) => 1 + ((i * 37) % 700)), 2047, 65536, 3, 4];
+  const msgs = sizes.map(rand);
+  const got = collect(peer);
+  await client.sendMany(msgs);
+  await until(() => got.length === msgs.length);
+  t.ok(msgs.every((m, i) => m.equals(got[i]!)), `${msgs.length} messages intact and in order`);
+  t.equal(peer.stats()!.messagesReceived, msgs.length, 'the receiver counts messages, not packs');
+  await until(() => client.stats()!.messagesSent === msgs.length);
+  t.equal(client.stats()!.messagesSent, msgs.length);
+
+  // With a batch listener the same messages come in batches, none as 'message'.
+  peer.removeAllListeners('message');
+  const batches: number[] = [];
+  const viaBatch: Buffer[] = [];
+  let stray = 0;
+  peer.on('message', () => stray++);
+  peer.on('batch', (b: MessageBatch) => {
+    batches.push(b.count);
+    t.equal(b.byteLength, b.toArray().reduce((a, m) => a + m.length, 0));
+    for (const m of b) viaBatch.push(Buffer.from(m));
+  });
+  await client.sendMany(msgs);
+  await client.send(Buffer.from('alone'));
+  await until(() => viaBatch.length === msgs.length + 1);
+  t.equal(stray, 0, "no 'message' events while someone takes batches");
+  t.ok(msgs.every((m, i) => m.equals(viaBatch[i]!)));
+  t.equal(viaBatch.at(-1)!.toString(), 'alone');
+  t.ok(batches.some((n) => n > 50), `small messages arrived packed (largest batch ${Math.max(...batches)})`);
+  t.equal(batches.at(-1), 1, 'a single send is a batch of one');
+
+  // A stream lost mid-burst: packs in flight are resent on the others.
+  const burst = Array.from({ length: 20000 }, (_, i) => Buffer.from(`m${i}`));
+  const before = viaBatch.length;
+  const sending = client.sendMany(burst);
+  client.killStream(0);
+  await sending;
+  await until(() => viaBatch.length === before + burst.length);
+  t.ok(burst.every((m, i) => m.equals(viaBatch[before + i]!)), 'nothing lost or reordered');
+  await client.close();
+  await server.close();
+});
+
 t.test('MSG_ZEROCOPY sends arrive intact; loopback reports them copied', async (t) => {
   const server = await listen({ port: 0 });
   const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
@@ -255,7 +303,7 @@ t.test('hostile peers are dropped', async (t) => {
   const { native } = await import('../../../src/native.js');
   const hello = Buffer.alloc(40);
   hello.writeUInt32LE(0x31534d41, 0);
-  hello[4] = 2; // wire version
+  hello[4] = 3; // wire version
   hello.writeUInt16LE(0, 6);
   hello.writeUInt16LE(1, 8);
   hello[10] = 16;
@@ -276,6 +324,39 @@ t.test('hostile peers are dropped', async (t) => {
   await until(() => closes.length === 1);
   t.equal((closes[0] as TransportError).code, 'ERR_AMST_PROTOCOL');
   liar.destroy();
+  // A hand-made pack is taken apart; one whose lengths run past its end
+  // (checksums fine, layout not) ends the connection.
+  const packChunk = (id: bigint, body: Buffer): Buffer => {
+    const h = Buffer.alloc(40);
+    h[0] = 1;
+    h[1] = 12;
+    h[2] = 1; // packed
+    h.writeUInt32LE(body.length, 4);
+    h.writeBigUInt64LE(id, 8);
+    h.writeBigUInt64LE(BigInt(body.length), 24);
+    h.writeUInt32LE(native.crc32c(body), 32);
+    h.writeUInt32LE(native.crc32c(h.subarray(0, 36)), 36);
+    return Buffer.concat([h, body]);
+  };
+  const good = Buffer.from([2, 0, 0, 0, 2, 0, 0, 0, 0x61, 0x62, 1, 0, 0, 0, 0x63]);
+  const bad = Buffer.alloc(12);
+  bad.writeUInt32LE(2, 0); // two messages...
+  bad.writeUInt32LE(4, 4); // ...the first of 4 bytes, and no room for the second
+  const packer = net.connect(server.port, '127.0.0.1');
+  await once(packer, 'connect');
+  hello.fill(8, 16, 32);
+  hello.writeUInt32LE(native.crc32c(hello.subarray(0, 36)), 36);
+  const fromPacker: string[] = [];
+  server.once('connection', (c: AmstConnection) => c.on('message', (m: Buffer) => fromPacker.push(m.toString())));
+  packer.write(hello);
+  await until(() => connections === 2);
+  packer.write(packChunk(0n, good));
+  await until(() => fromPacker.length === 2);
+  t.same(fromPacker, ['ab', 'c']);
+  packer.write(packChunk(1n, bad));
+  await until(() => closes.length === 2);
+  t.equal((closes[1] as TransportError).code, 'ERR_AMST_PROTOCOL');
+  packer.destroy();
   await server.close();
 });
 
