@@ -193,6 +193,8 @@ interface PendingSend {
 
 interface PendingBatch {
   buffers: readonly Uint8Array[];
+  /** Pack buffers to reuse once every id of the batch has an outcome (the engine reads them until then). */
+  packs: Buffer[];
   remaining: number;
   resolve: () => void;
   reject: (err: Error) => void;
@@ -214,9 +216,21 @@ export interface SendOptions {
 const PACK_ITEM_MAX = 2048;
 const PACK_MAX = 64 * 1024;
 
+// Pack buffers (PACK_MAX bytes each) back from completed batches: a steady
+// stream of small messages then allocates nothing, which spares V8 the major
+// collections that megabytes of short-lived buffers a second bring on.
+const packPool: Buffer[] = [];
+const PACK_POOL_MAX = 256;
+
+function recyclePacks(packs: Buffer[]): void {
+  for (const p of packs) if (packPool.length < PACK_POOL_MAX) packPool.push(p);
+  packs.length = 0;
+}
+
 // The wire messages for `messages`: runs of two or more small ones copied
-// into packs, the rest as they are; and which of them are packs.
-function pack(messages: readonly Uint8Array[]): [Uint8Array[], Uint8Array | undefined] {
+// into packs (whose full buffers go to `packs`), the rest as they are; and
+// which of them are packs.
+function pack(messages: readonly Uint8Array[], packs: Buffer[]): [Uint8Array[], Uint8Array | undefined] {
   const wire: Uint8Array[] = [];
   let flags: Uint8Array | undefined;
   const n = messages.length;
@@ -228,7 +242,9 @@ function pack(messages: readonly Uint8Array[]): [Uint8Array[], Uint8Array | unde
       wire.push(messages[i++]!);
       continue;
     }
-    const p = Buffer.allocUnsafeSlow(len);
+    const whole = packPool.pop() ?? Buffer.allocUnsafeSlow(PACK_MAX);
+    packs.push(whole);
+    const p = whole.subarray(0, len);
     p.writeUInt32LE(j - i, 0);
     for (let off = 4; i < j; i++) {
       const m = messages[i]!;
@@ -359,10 +375,11 @@ export class AmstConnection extends EventEmitter implements Handler {
     if (this.#closed) return Promise.reject(new TransportError('ERR_AMST_CLOSED', 'send: connection is closed'));
     if (messages.length === 0) return Promise.resolve();
     const first = this.#nextMessage;
-    const [wire, packed] = pack(messages);
+    const packs: Buffer[] = [];
+    const [wire, packed] = pack(messages, packs);
     this.#nextMessage += wire.length;
     return new Promise<void>((resolve, reject) => {
-      const batch: PendingBatch = { buffers: wire, remaining: wire.length, resolve, reject, failed: false };
+      const batch: PendingBatch = { buffers: wire, packs, remaining: wire.length, resolve, reject, failed: false };
       for (let i = 0; i < wire.length; i++) this.#batches.set(first + i, batch);
       this.#router.engine.sendMany(this.id, first, wire, packed);
     });
@@ -466,7 +483,10 @@ export class AmstConnection extends EventEmitter implements Handler {
           const b = this.#batches.get(e.value);
           if (!b) return;
           this.#batches.delete(e.value);
-          if (--b.remaining === 0 && !b.failed) b.resolve();
+          if (--b.remaining === 0) {
+            recyclePacks(b.packs);
+            if (!b.failed) b.resolve();
+          }
           return;
         }
         this.#pending.delete(e.value);
@@ -486,7 +506,7 @@ export class AmstConnection extends EventEmitter implements Handler {
         const b = this.#batches.get(e.value);
         if (b) {
           this.#batches.delete(e.value);
-          b.remaining--;
+          if (--b.remaining === 0) recyclePacks(b.packs);
           if (!b.failed) {
             b.failed = true;
             b.reject(eventError(e, 'send'));
