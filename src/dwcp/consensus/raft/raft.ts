@@ -145,6 +145,11 @@ export class Raft {
     return this.#ents[i - this.#snapIndex - 1]!.term;
   }
 
+  /** Entries from `lo` to the end of the log (for inspection; the log keeps them). */
+  entriesFrom(lo: number): readonly Entry[] {
+    return this.#entriesFrom(Math.max(lo, this.firstIndex()), Infinity);
+  }
+
   #lastTerm(): number {
     return this.termAt(this.lastIndex())!;
   }
@@ -177,11 +182,13 @@ export class Raft {
 
   #commitTo(index: number): void {
     if (index <= this.committed) return;
-    for (let i = this.committed + 1; i <= index; i++) {
+    const from = this.committed + 1;
+    // Set first: applying a change may commit further (a smaller quorum).
+    this.committed = index;
+    for (let i = from; i <= index; i++) {
       const e = this.#ents[i - this.#snapIndex - 1];
       if (e?.type === 'conf') this.#applyConf(decodeConfChange(e.data));
     }
-    this.committed = index;
   }
 
   #applyConf(c: ConfChange): void {
