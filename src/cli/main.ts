@@ -44,6 +44,9 @@ commands:
       --host ADDR           address to bind (default 0.0.0.0)
       --keep                keep receiving after the first file
       --json                one JSON line per file
+  consensus node [options]  one member of a Raft key-value cluster (foreground)
+      --id N --peers 1=HOST:PORT,2=...,3=... --client-port P --data-dir DIR
+  bench consensus           a 3-node Raft cluster on loopback (3 processes, fsync on): put latency and throughput
   help                      this text
   --version                 the package version
 `;
@@ -72,12 +75,17 @@ async function cmdBench(args: string[]): Promise<void> {
   const [suite, ...rest] = args;
   if (suite === 'transport') return benchTransport(rest);
   if (suite === 'veth') return benchVeth(rest);
+  if (suite === 'consensus') {
+    const { values } = parseArgs({ args: rest, options: { sequential: { type: 'string' }, concurrent: { type: 'string' }, clients: { type: 'string' } }, strict: true });
+    const mod = (await import(pathToFileURL(join(root, 'bench', 'consensus.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
+    return mod.run({ sequential: positive(values.sequential, 'sequential'), concurrent: positive(values.concurrent, 'concurrent'), clients: positive(values.clients, 'clients') });
+  }
   if (suite === 'boot') {
     const { values } = parseArgs({ args: rest, options: { runs: { type: 'string' } }, strict: true });
     const mod = (await import(pathToFileURL(join(root, 'bench', 'boot.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
     return mod.run({ runs: positive(values.runs, 'runs') });
   }
-  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\`, \`transport\`, \`veth\` or \`boot\``);
+  if (suite !== 'encode') throw new UsageError(`unknown benchmark suite: ${suite ?? '(none)'}; try \`novacron bench encode\`, \`transport\`, \`veth\`, \`boot\` or \`consensus\``);
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -137,6 +145,8 @@ async function main(argv: string[]): Promise<void> {
       return (await import('./transfer.js')).cmdSend(args);
     case 'receive':
       return (await import('./transfer.js')).cmdReceive(args);
+    case 'consensus':
+      return (await import('./consensus.js')).cmdConsensus(args);
     case '--version':
     case 'version': {
       const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };

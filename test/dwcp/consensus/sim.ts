@@ -5,7 +5,7 @@
 // unsynced tail of a node's writes lost, clock skew and leader transfers.
 // Every run's client history is checked for linearizability; a failing seed
 // replays exactly.
-import { Raft } from '../../../src/dwcp/consensus/raft/raft.js';
+import { Raft, sendableBeforePersist } from '../../../src/dwcp/consensus/raft/raft.js';
 import type { Entry, HardState, Message, NodeId, Ready, Snapshot } from '../../../src/dwcp/consensus/raft/types.js';
 import type { KvInput, KvOutput, Operation } from './linearizability.js';
 
@@ -187,10 +187,16 @@ export class Sim {
     if (rd.soft?.role === 'leader') this.stats.elections++;
     n.inflight = rd;
     const inc = n.incarnation;
-    this.#at(0.2 + this.rnd() * 1.8, () => {
+    // A leader's appends go out while it writes; the rest wait for the fsync.
+    for (const m of rd.messages) if (sendableBeforePersist(m)) this.#send(m);
+    const fsyncMs = 0.2 + this.rnd() * 1.8;
+    // Crashes aimed at the moment that matters most: mid-fsync, with some
+    // of the Ready's messages already out.
+    if (this.#o.crashes && this.rnd() < 0.001 && this.nodes.filter((x) => x.up).length > 1) this.#at(this.rnd() * fsyncMs, () => n.up && n.incarnation === inc && this.#crash(n));
+    this.#at(fsyncMs, () => {
       if (!n.up || n.incarnation !== inc) return; // crashed before the fsync finished: nothing of it is on disk
       this.#persist(n, rd);
-      for (const m of rd.messages) this.#send(m);
+      for (const m of rd.messages) if (!sendableBeforePersist(m)) this.#send(m);
       this.#apply(n, rd);
       n.raft.advance(rd);
       n.inflight = undefined;

@@ -8,6 +8,16 @@
 // before it serves reads; appends are pipelined per follower up to a window;
 // membership changes one voter at a time; leader transfer via timeoutNow.
 import type { ConfChange, Entry, HardState, Message, NodeId, ReadState, Ready, Role, Snapshot, StoredState } from './types.js';
+
+/**
+ * Whether the driver may send `m` before persisting the Ready it came in:
+ * a leader's appends and heartbeats may go out while it writes the same
+ * entries to its own disk (it counts them toward a quorum only once they are
+ * persisted); votes and acknowledgements must wait for the fsync.
+ */
+export function sendableBeforePersist(m: Message): boolean {
+  return m.type === 'app' || m.type === 'heartbeat' || m.type === 'snap' || m.type === 'timeoutNow';
+}
 import { message } from './types.js';
 
 export interface RaftOptions {
@@ -346,6 +356,11 @@ export class Raft {
     }
     const lastEnt = rd.entries.at(-1);
     if (lastEnt && this.termAt(lastEnt.index) === lastEnt.term) this.#stabled = Math.max(this.#stabled, lastEnt.index);
+    const self = this.role === 'leader' ? this.#progress.get(this.id) : undefined;
+    if (self && this.#stabled > self.match) {
+      self.match = this.#stabled;
+      if (this.#maybeCommit()) this.#broadcastAppend();
+    }
     const lastApplied = rd.committed.at(-1);
     if (lastApplied) this.applied = Math.max(this.applied, lastApplied.index);
   }
@@ -618,7 +633,8 @@ export class Raft {
     this.role = 'leader';
     this.leader = this.id;
     for (const v of this.voters) this.#progress.set(v, this.#newProgress());
-    this.#progress.get(this.id)!.match = this.lastIndex();
+    // The leader counts toward a quorum only what it has on disk.
+    this.#progress.get(this.id)!.match = this.#stabled;
     // Conf entries not yet committed may still be pending.
     this.#pendingConfIndex = this.lastIndex();
     // An entry of its own term: committing it commits everything before it
@@ -636,16 +652,13 @@ export class Raft {
       this.#ents.push(e);
     }
     const self = this.#progress.get(this.id);
-    if (self) {
-      self.match = this.lastIndex();
-      self.next = self.match + 1;
-    }
+    if (self) self.next = this.lastIndex() + 1;
     this.#maybeCommit();
     this.#broadcastAppend();
   }
 
   #maybeCommit(): boolean {
-    const matches = [...this.voters].map((v) => (v === this.id ? this.lastIndex() : (this.#progress.get(v)?.match ?? 0))).sort((a, b) => b - a);
+    const matches = [...this.voters].map((v) => this.#progress.get(v)?.match ?? 0).sort((a, b) => b - a);
     const idx = matches[this.#quorum() - 1] ?? 0;
     // Only entries of the leader's own term are committed by counting.
     if (idx > this.committed && this.termAt(idx) === this.term) {

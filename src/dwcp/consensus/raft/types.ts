@@ -84,9 +84,10 @@ export type Role = 'follower' | 'preCandidate' | 'candidate' | 'leader';
 
 /**
  * What the driver does next, in this order: persist `hardState`, `snapshot`
- * and `entries` (fsync); send `messages`; apply `snapshot` then `committed`
- * to the state machine; serve `readStates` once applied; then call
- * `advance(ready)`.
+ * and `entries` (fsync); send `messages` (those for which
+ * `sendableBeforePersist` holds may go before the fsync); apply `snapshot`
+ * then `committed` to the state machine; serve `readStates` once applied;
+ * then call `advance(ready)`.
  */
 export interface Ready {
   hardState: HardState | undefined;

@@ -1,0 +1,146 @@
+// A real 3-node Raft cluster on loopback: three processes (`novacron
+// consensus node`), each with its log in a temp directory and fsync on.
+// (1) 2,000 sequential puts from one client, (2) 10,000 puts from 16
+// concurrent clients; 256-byte values. Prints a table, then one JSON line:
+// {"bench":"consensus","seq_p50_ms":..,"seq_p99_ms":..,"conc16_puts_per_s":..,"conc16_p50_ms":..,"conc16_p99_ms":..}
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { freePort } from './ports.js';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const cli = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+
+// A client connection: requests and responses as [u32 length][JSON] frames.
+class Client {
+  constructor(port) {
+    this.port = port;
+    this.next = 1;
+    this.waiting = new Map();
+    this.buf = Buffer.alloc(0);
+  }
+  open() {
+    return new Promise((resolve, reject) => {
+      this.sock = connect(this.port, '127.0.0.1', resolve);
+      this.sock.setNoDelay(true);
+      this.sock.once('error', reject);
+      this.sock.on('data', (d) => {
+        this.buf = Buffer.concat([this.buf, d]);
+        while (this.buf.length >= 4) {
+          const len = this.buf.readUInt32LE(0);
+          if (this.buf.length < 4 + len) break;
+          const r = JSON.parse(this.buf.subarray(4, 4 + len).toString());
+          this.buf = this.buf.subarray(4 + len);
+          this.waiting.get(r.id)?.(r);
+          this.waiting.delete(r.id);
+        }
+      });
+    });
+  }
+  call(q) {
+    const id = this.next++;
+    const body = Buffer.from(JSON.stringify({ ...q, id }));
+    const head = Buffer.allocUnsafe(4);
+    head.writeUInt32LE(body.length, 0);
+    return new Promise((resolve) => {
+      this.waiting.set(id, resolve);
+      this.sock.write(Buffer.concat([head, body]));
+    });
+  }
+  close() {
+    this.sock?.destroy();
+  }
+}
+
+const pct = (xs, q) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+};
+
+async function startCluster(dir) {
+  const raftPorts = [await freePort(), await freePort(), await freePort()];
+  const clientPorts = [await freePort(), await freePort(), await freePort()];
+  const peers = raftPorts.map((p, i) => `${i + 1}=127.0.0.1:${p}`).join(',');
+  const procs = [];
+  for (let i = 0; i < 3; i++) {
+    const child = spawn(process.execPath, [cli, 'consensus', 'node', '--id', String(i + 1), '--peers', peers, '--client-port', String(clientPorts[i]), '--data-dir', join(dir, `n${i + 1}`)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    procs.push(child);
+    await new Promise((resolve, reject) => {
+      child.stdout.once('data', resolve);
+      child.once('exit', (code) => reject(new Error(`raft node ${i + 1} exited with ${code}`)));
+    });
+  }
+  // Wait for a leader.
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    for (const port of clientPorts) {
+      const c = new Client(port);
+      await c.open();
+      const s = await c.call({ op: 'status' });
+      c.close();
+      if (s.role === 'leader') return { procs, leaderPort: port };
+    }
+    if (Date.now() > deadline) throw new Error('no leader within 20 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export async function run(opts = {}) {
+  const log = (s) => process.stdout.write(`${s}\n`);
+  const sequential = opts.sequential ?? 2000;
+  const concurrent = opts.concurrent ?? 10000;
+  const clients = opts.clients ?? 16;
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-raft-'));
+  let cluster;
+  try {
+    cluster = await startCluster(dir);
+    const value = 'v'.repeat(256);
+    const put = async (c, key) => {
+      const t0 = process.hrtime.bigint();
+      const r = await c.call({ op: 'put', key, value });
+      if (!r.ok) throw new Error(`put failed: ${r.error}`);
+      return Number(process.hrtime.bigint() - t0) / 1e6;
+    };
+    // Warm up connections and the leader's first entries.
+    const one = new Client(cluster.leaderPort);
+    await one.open();
+    for (let i = 0; i < 50; i++) await put(one, `warm${i}`);
+    const seq = [];
+    for (let i = 0; i < sequential; i++) seq.push(await put(one, `seq${i}`));
+    one.close();
+    log(`${sequential} sequential puts (256-byte values): p50 ${pct(seq, 0.5).toFixed(2)} ms, p99 ${pct(seq, 0.99).toFixed(2)} ms`);
+
+    const conns = await Promise.all(Array.from({ length: clients }, async () => {
+      const c = new Client(cluster.leaderPort);
+      await c.open();
+      return c;
+    }));
+    const lat = [];
+    let issued = 0;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(conns.map(async (c, ci) => {
+      while (issued < concurrent) {
+        issued++;
+        lat.push(await put(c, `c${ci}-${issued}`));
+      }
+    }));
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    for (const c of conns) c.close();
+    const rate = concurrent / secs;
+    log(`${concurrent} puts from ${clients} concurrent clients: ${rate.toFixed(0)} puts/s, p50 ${pct(lat, 0.5).toFixed(2)} ms, p99 ${pct(lat, 0.99).toFixed(2)} ms`);
+    log(JSON.stringify({
+      bench: 'consensus',
+      seq_p50_ms: Number(pct(seq, 0.5).toFixed(2)),
+      seq_p99_ms: Number(pct(seq, 0.99).toFixed(2)),
+      conc16_puts_per_s: Math.round(rate),
+      conc16_p50_ms: Number(pct(lat, 0.5).toFixed(2)),
+      conc16_p99_ms: Number(pct(lat, 0.99).toFixed(2)),
+    }));
+  } finally {
+    for (const p of cluster?.procs ?? []) p.kill('SIGTERM');
+    await Promise.all((cluster?.procs ?? []).map((p) => new Promise((r) => (p.exitCode !== null ? r() : p.once('exit', r)))));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,45 @@
+// `novacron consensus node`: one member of a Raft key-value cluster, in the
+// foreground (the consensus benchmark starts three).
+import { parseArgs } from 'node:util';
+import { NovacronError } from '../errors.js';
+import { RaftKvNode } from '../dwcp/consensus/raft/kv-node.js';
+import type { PeerAddress } from '../dwcp/consensus/raft/transport.js';
+
+/** `1=127.0.0.1:7801,2=127.0.0.1:7802` -> map. */
+export function parsePeers(s: string): Map<number, PeerAddress> {
+  const out = new Map<number, PeerAddress>();
+  for (const part of s.split(',').filter(Boolean)) {
+    const m = /^(\d+)=([^:]+):(\d+)$/.exec(part.trim());
+    if (!m || Number(m[1]) <= 0 || Number(m[3]) > 65535) throw new NovacronError('ERR_USAGE', `--peers: expected id=host:port, got ${part}`);
+    out.set(Number(m[1]), { host: m[2]!, port: Number(m[3]) });
+  }
+  if (out.size === 0) throw new NovacronError('ERR_USAGE', '--peers is required');
+  return out;
+}
+
+export async function cmdConsensus(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  if (sub !== 'node') throw new NovacronError('ERR_USAGE', `unknown consensus command: ${sub ?? '(none)'}; try \`novacron consensus node\``);
+  const { values } = parseArgs({
+    args: rest,
+    options: { id: { type: 'string' }, peers: { type: 'string' }, 'client-port': { type: 'string' }, 'data-dir': { type: 'string' }, 'tick-ms': { type: 'string' } },
+    strict: true,
+  });
+  const id = Number(values.id);
+  if (!Number.isInteger(id) || id <= 0) throw new NovacronError('ERR_USAGE', '--id must be a positive integer');
+  if (!values['data-dir']) throw new NovacronError('ERR_USAGE', '--data-dir is required');
+  const node = new RaftKvNode({
+    id,
+    peers: parsePeers(values.peers ?? ''),
+    dir: values['data-dir'],
+    clientPort: Number(values['client-port'] ?? 0),
+    ...(values['tick-ms'] ? { tickMs: Number(values['tick-ms']) } : {}),
+  });
+  await node.start();
+  process.stdout.write(`raft node ${id} client port ${node.clientPort}\n`);
+  const stop = (): void => {
+    void node.close().then(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}

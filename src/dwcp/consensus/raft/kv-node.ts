@@ -1,0 +1,262 @@
+// A replicated key-value store on Raft, in one process per node: the
+// driver (persist with fsync, then send, then apply, then advance), the
+// state machine, and a client port speaking [u32 length][JSON] frames:
+//   {"id":1,"op":"put","key":"k","value":"v"}  -> {"id":1,"ok":true}
+//   {"id":2,"op":"get","key":"k"}              -> {"id":2,"ok":true,"value":"v"}  (read-index: linearizable)
+//   {"id":3,"op":"delete","key":"k"}           -> {"id":3,"ok":true}
+//   {"id":4,"op":"cas","key":"k","expect":"v","value":"w"} -> {"id":4,"ok":true,"swapped":true}
+//   {"id":5,"op":"status"}                     -> {"id":5,"ok":true,"role":"leader","leader":1,"term":2,...}
+// A node that does not lead answers {"error":"ERR_RAFT_NOT_LEADER","leader":n}.
+import { createServer, type Server, type Socket } from 'node:net';
+import { NovacronError } from '../../../errors.js';
+import { Raft, sendableBeforePersist } from './raft.js';
+import { corked, FrameReader, RaftTransport, type PeerAddress } from './transport.js';
+import type { NodeId, Ready } from './types.js';
+import { RaftWal } from './wal.js';
+
+export interface KvNodeOptions {
+  id: NodeId;
+  /** Every voter's Raft address, this node's included. */
+  peers: ReadonlyMap<NodeId, PeerAddress>;
+  dir: string;
+  clientPort: number;
+  host?: string;
+  /** Milliseconds per Raft tick. Default 20 (heartbeat every 2 ticks, election after 10 to 20). */
+  tickMs?: number;
+  /** Compact the log every this many applied entries. Default 10,000. */
+  snapshotEvery?: number;
+}
+
+export type KvRequest =
+  | { id: number; op: 'put'; key: string; value: string }
+  | { id: number; op: 'get'; key: string }
+  | { id: number; op: 'delete'; key: string }
+  | { id: number; op: 'cas'; key: string; expect: string | null; value: string }
+  | { id: number; op: 'status' };
+
+export type KvResponse = { id: number; ok: true; value?: string | null; swapped?: boolean; [k: string]: unknown } | { id: number; error: string; message?: string; leader?: NodeId };
+
+interface Command {
+  /** Proposer and its sequence: how the proposer knows its command applied. */
+  from: NodeId;
+  seq: number;
+  op: 'put' | 'delete' | 'cas';
+  key: string;
+  value?: string;
+  expect?: string | null;
+}
+
+const NOT_LEADER = 'ERR_RAFT_NOT_LEADER';
+
+export class RaftKvNode {
+  readonly id: NodeId;
+  raft!: Raft;
+  #o: KvNodeOptions;
+  #wal!: RaftWal;
+  #transport: RaftTransport;
+  #clients: Server | undefined;
+  #sockets = new Set<Socket>();
+  #kv = new Map<string, string>();
+  #applied = 0;
+  #seq = 0;
+  #waiting = new Map<number, (r: { ok: true; swapped?: boolean } | { error: string }) => void>();
+  #reads = new Map<string, { index: number; done: (index: number) => void; fail: (e: string) => void }>();
+  #timer: NodeJS.Timeout | undefined;
+  #busy = false;
+  #again = false;
+  #closed = false;
+  #readSeq = 0;
+  #wasLeader = false;
+
+  constructor(o: KvNodeOptions) {
+    this.id = o.id;
+    this.#o = o;
+    this.#transport = new RaftTransport(o.id, o.peers, (m) => {
+      if (this.#closed) return;
+      this.raft.step(m);
+      this.#kick();
+    });
+  }
+
+  async start(): Promise<void> {
+    const { wal, stored } = await RaftWal.open(this.#o.dir);
+    this.#wal = wal;
+    if (stored.snapshot) this.#restore(stored.snapshot.data, stored.snapshot.meta.index);
+    this.raft = new Raft({ id: this.id, voters: [...this.#o.peers.keys()], stored, electionTicks: 10, heartbeatTicks: 2, maxEntriesPerMessage: 256, maxInflight: 64, random: Math.random });
+    const self = this.#o.peers.get(this.id);
+    if (!self) throw new NovacronError('ERR_RAFT_CONFIG', `node ${this.id} is not among the peers`);
+    await this.#transport.listen(self.port, self.host);
+    this.#clients = createServer((s) => this.#serveClient(s));
+    await new Promise<void>((resolve, reject) => {
+      this.#clients!.once('error', reject);
+      this.#clients!.listen(this.#o.clientPort, this.#o.host ?? '127.0.0.1', () => resolve());
+    });
+    this.#timer = setInterval(() => {
+      this.raft.tick();
+      this.#kick();
+    }, this.#o.tickMs ?? 20);
+  }
+
+  get clientPort(): number {
+    const a = this.#clients?.address();
+    return typeof a === 'object' && a ? a.port : 0;
+  }
+
+  #restore(data: Uint8Array, index: number): void {
+    this.#kv = new Map(JSON.parse(Buffer.from(data).toString()) as Array<[string, string]>);
+    this.#applied = index;
+  }
+
+  #kick(): void {
+    if (this.#busy) {
+      this.#again = true;
+      return;
+    }
+    void this.#process();
+  }
+
+  // The driver. One Ready at a time; what arrives meanwhile waits in the
+  // core and goes out with the next one, so one fsync covers many proposals.
+  async #process(): Promise<void> {
+    this.#busy = true;
+    try {
+      do {
+        this.#again = false;
+        while (!this.#closed && this.raft.hasReady()) {
+          const rd = this.raft.ready();
+          for (const m of rd.messages) if (sendableBeforePersist(m)) this.#transport.send(m);
+          await this.#wal.save(rd);
+          if (this.#closed) return;
+          for (const m of rd.messages) if (!sendableBeforePersist(m)) this.#transport.send(m);
+          this.#apply(rd);
+          this.raft.advance(rd);
+          if (this.#wasLeader && this.raft.role !== 'leader') this.#failPending();
+          this.#wasLeader = this.raft.role === 'leader';
+          await this.#maybeCompact();
+        }
+      } while (this.#again && !this.#closed);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #apply(rd: Ready): void {
+    if (rd.snapshot) this.#restore(rd.snapshot.data, rd.snapshot.meta.index);
+    for (const e of rd.committed) {
+      if (e.index <= this.#applied) continue;
+      this.#applied = e.index;
+      if (e.type !== 'normal' || e.data.length === 0) continue;
+      const c = JSON.parse(Buffer.from(e.data).toString()) as Command;
+      let swapped: boolean | undefined;
+      if (c.op === 'put') this.#kv.set(c.key, c.value!);
+      else if (c.op === 'delete') this.#kv.delete(c.key);
+      else {
+        swapped = (this.#kv.get(c.key) ?? null) === c.expect;
+        if (swapped) this.#kv.set(c.key, c.value!);
+      }
+      if (c.from === this.id) {
+        const w = this.#waiting.get(c.seq);
+        this.#waiting.delete(c.seq);
+        w?.(swapped === undefined ? { ok: true } : { ok: true, swapped });
+      }
+    }
+    for (const r of rd.readStates) {
+      const w = this.#reads.get(r.context);
+      if (w) w.index = r.index;
+    }
+    for (const [ctx, r] of this.#reads) {
+      if (r.index >= 0 && r.index <= this.#applied) {
+        this.#reads.delete(ctx);
+        r.done(r.index);
+      }
+    }
+  }
+
+  // Lost leadership: what was proposed here may or may not commit; the
+  // client is told it does not know, rather than left waiting.
+  #failPending(): void {
+    for (const w of this.#waiting.values()) w({ error: 'ERR_RAFT_OUTCOME_UNKNOWN' });
+    this.#waiting.clear();
+    for (const r of this.#reads.values()) r.fail(NOT_LEADER);
+    this.#reads.clear();
+  }
+
+  async #maybeCompact(): Promise<void> {
+    const every = this.#o.snapshotEvery ?? 10_000;
+    const since = this.raft.applied - (this.raft.snapshot?.meta.index ?? 0);
+    if (since < every) return;
+    const snap = this.raft.compact(this.raft.applied, Buffer.from(JSON.stringify([...this.#kv])));
+    await this.#wal.compact(snap);
+  }
+
+  /** Runs one client request at this node. */
+  async request(q: KvRequest): Promise<KvResponse> {
+    if (q.op === 'status') {
+      return { id: q.id, ok: true, role: this.raft.role, leader: this.raft.leader, term: this.raft.term, commit: this.raft.committed, applied: this.#applied, walBytes: this.#wal.size };
+    }
+    if (this.raft.role !== 'leader') return { id: q.id, error: NOT_LEADER, leader: this.raft.leader };
+    if (q.op === 'get') {
+      const ctx = `${this.id}:${++this.#readSeq}`;
+      const wait = new Promise<{ ok: true } | { error: string }>((resolve) => {
+        this.#reads.set(ctx, { index: -1, done: () => resolve({ ok: true }), fail: (e) => resolve({ error: e }) });
+      });
+      this.raft.readIndex(ctx);
+      this.#kick();
+      const r = await wait;
+      return 'error' in r ? { id: q.id, error: r.error } : { id: q.id, ok: true, value: this.#kv.get(q.key) ?? null };
+    }
+    const seq = ++this.#seq;
+    const cmd: Command = { from: this.id, seq, op: q.op, key: q.key, ...(q.op !== 'delete' ? { value: q.value } : {}), ...(q.op === 'cas' ? { expect: q.expect } : {}) };
+    const done = new Promise<{ ok: true; swapped?: boolean } | { error: string }>((resolve) => this.#waiting.set(seq, resolve));
+    if (!this.raft.propose(Buffer.from(JSON.stringify(cmd)))) {
+      this.#waiting.delete(seq);
+      return { id: q.id, error: NOT_LEADER, leader: this.raft.leader };
+    }
+    this.#kick();
+    const r = await done;
+    return 'error' in r ? { id: q.id, error: r.error } : { id: q.id, ...r };
+  }
+
+  #serveClient(sock: Socket): void {
+    this.#sockets.add(sock);
+    sock.setNoDelay(true);
+    const reply = (r: KvResponse): void => {
+      const body = Buffer.from(JSON.stringify(r));
+      const head = Buffer.allocUnsafe(4);
+      head.writeUInt32LE(body.length, 0);
+      corked(sock).write(Buffer.concat([head, body]));
+    };
+    const reader = new FrameReader((body) => {
+      let q: KvRequest;
+      try {
+        q = JSON.parse(body.toString()) as KvRequest;
+        if (typeof q !== 'object' || q === null || typeof q.id !== 'number' || !['put', 'get', 'delete', 'cas', 'status'].includes(q.op)) throw new Error('not a request');
+        if (q.op !== 'status' && (typeof q.key !== 'string' || ((q.op === 'put' || q.op === 'cas') && typeof q.value !== 'string'))) throw new Error('key and value must be strings');
+      } catch (err) {
+        reply({ id: -1, error: 'ERR_RAFT_BAD_REQUEST', message: (err as Error).message });
+        return;
+      }
+      void this.request(q).then(reply);
+    }, 1 << 20);
+    sock.on('data', (d: Buffer) => {
+      try {
+        reader.push(d);
+      } catch (err) {
+        reply({ id: -1, error: 'ERR_RAFT_BAD_REQUEST', message: (err as Error).message });
+        sock.destroy();
+      }
+    });
+    sock.on('error', () => undefined);
+    sock.on('close', () => this.#sockets.delete(sock));
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    for (const s of this.#sockets) s.destroy();
+    await new Promise<void>((r) => (this.#clients ? this.#clients.close(() => r()) : r()));
+    await this.#transport.close();
+    while (this.#busy) await new Promise((r) => setTimeout(r, 1));
+    await this.#wal.close();
+  }
+}
