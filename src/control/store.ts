@@ -164,11 +164,18 @@ export class PostgresStore implements MetadataStore {
     this.#pool.on('error', (err) => o.onError?.(err));
   }
 
+  // Every statement here is idempotent (upserts, reads, deletes), so one
+  // that fails on a connection the server dropped (a restart leaves the
+  // pool's idle connections dead until used) is sent once more, on a fresh one.
   async #query<R extends pg.QueryResultRow>(what: string, text: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
-    try {
-      return await this.#pool.query<R>(text, values);
-    } catch (err) {
-      throw postgresError(err, what);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#pool.query<R>(text, values);
+      } catch (err) {
+        const e = postgresError(err, what);
+        const dropped = /terminat|ECONNRESET|EPIPE|57P0[123]|Connection ended/i.test(`${(err as { code?: string }).code ?? ''} ${(err as Error).message}`);
+        if (attempt >= 2 || !dropped) throw e;
+      }
     }
   }
 
