@@ -13,6 +13,8 @@
 // Every mutation returns a delta: a small state holding just that change,
 // which merges like a full one (so it can be sent instead of the state).
 
+import { canonical } from '../canonical.js';
+
 export type ReplicaId = string;
 
 /** replica -> highest counter seen. */
@@ -43,17 +45,7 @@ export const VClock = {
   },
 };
 
-/** A deterministic serialisation (sorted keys): equal states give equal strings. */
-export function canonical(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
-  if (v && typeof v === 'object') {
-    return `{${Object.keys(v)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
-      .join(',')}}`;
-  }
-  return JSON.stringify(v) ?? 'null';
-}
+export { canonical };
 
 // --- counters ---------------------------------------------------------------
 
