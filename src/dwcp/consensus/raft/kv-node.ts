@@ -34,7 +34,9 @@ export type KvRequest =
   | { id: number; op: 'cas'; key: string; expect: string | null; value: string }
   | { id: number; op: 'status' };
 
-export type KvResponse = { id: number; ok: true; value?: string | null; swapped?: boolean; [k: string]: unknown } | { id: number; error: string; message?: string; leader?: NodeId };
+export type KvOk = { id: number; ok: true; value?: string | null; swapped?: boolean; [k: string]: unknown };
+export type KvError = { id: number; error: string; message?: string; leader?: NodeId };
+export type KvResponse = KvOk | KvError;
 
 interface Command {
   /** Proposer and its sequence: how the proposer knows its command applied. */
@@ -67,6 +69,7 @@ export class RaftKvNode {
   #closed = false;
   #readSeq = 0;
   #wasLeader = false;
+  #watchers = new Set<(key: string, value: string | undefined) => void>();
 
   constructor(o: KvNodeOptions) {
     this.id = o.id;
@@ -103,8 +106,26 @@ export class RaftKvNode {
   }
 
   #restore(data: Uint8Array, index: number): void {
+    const before = this.#kv;
     this.#kv = new Map(JSON.parse(Buffer.from(data).toString()) as Array<[string, string]>);
     this.#applied = index;
+    for (const k of new Set([...before.keys(), ...this.#kv.keys()])) if (before.get(k) !== this.#kv.get(k)) this.#changed(k);
+  }
+
+  /** Calls `cb` with every change this node applies (any node: every node applies every entry). */
+  subscribe(cb: (key: string, value: string | undefined) => void): () => void {
+    this.#watchers.add(cb);
+    return () => this.#watchers.delete(cb);
+  }
+
+  #changed(key: string): void {
+    const v = this.#kv.get(key);
+    for (const w of this.#watchers) w(key, v);
+  }
+
+  /** This node's applied value of `key` (not linearizable: see request({op: 'get'})). */
+  localGet(key: string): string | undefined {
+    return this.#kv.get(key);
   }
 
   #kick(): void {
@@ -148,12 +169,14 @@ export class RaftKvNode {
       if (e.type !== 'normal' || e.data.length === 0) continue;
       const c = JSON.parse(Buffer.from(e.data).toString()) as Command;
       let swapped: boolean | undefined;
+      const before = this.#kv.get(c.key);
       if (c.op === 'put') this.#kv.set(c.key, c.value!);
       else if (c.op === 'delete') this.#kv.delete(c.key);
       else {
-        swapped = (this.#kv.get(c.key) ?? null) === c.expect;
+        swapped = (before ?? null) === c.expect;
         if (swapped) this.#kv.set(c.key, c.value!);
       }
+      if (this.#kv.get(c.key) !== before) this.#changed(c.key);
       if (c.from === this.id) {
         const w = this.#waiting.get(c.seq);
         this.#waiting.delete(c.seq);

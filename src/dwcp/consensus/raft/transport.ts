@@ -55,6 +55,19 @@ export class FrameReader {
   }
 }
 
+/** Reads frames from `sock` into `onFrame`; a frame over the limit (or a throwing handler) ends the connection. */
+export function readFrames(sock: Socket, onFrame: (body: Buffer) => void, maxFrame?: number): void {
+  const reader = new FrameReader(onFrame, maxFrame);
+  sock.on('data', (d: Buffer) => {
+    try {
+      reader.push(d);
+    } catch {
+      sock.destroy();
+    }
+  });
+  sock.on('error', () => undefined);
+}
+
 export interface PeerAddress {
   host: string;
   port: number;
@@ -94,7 +107,7 @@ export class RaftTransport {
     this.#server = createServer((sock) => {
       this.#inbound.add(sock);
       sock.setNoDelay(true);
-      const reader = new FrameReader((body) => {
+      readFrames(sock, (body) => {
         let m: Message;
         try {
           m = decodeMessage(body);
@@ -104,14 +117,6 @@ export class RaftTransport {
         }
         this.onMessage(m);
       });
-      sock.on('data', (d: Buffer) => {
-        try {
-          reader.push(d);
-        } catch {
-          sock.destroy();
-        }
-      });
-      sock.on('error', () => undefined);
       sock.on('close', () => this.#inbound.delete(sock));
     });
     await new Promise<void>((resolve, reject) => {

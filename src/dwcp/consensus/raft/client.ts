@@ -1,0 +1,94 @@
+// A client of a Raft key-value cluster's client ports: it finds the leader
+// (following ERR_RAFT_NOT_LEADER hints, trying the others when a node is
+// down) and retries there until its deadline.
+import { connect, type Socket } from 'node:net';
+import { NovacronError } from '../../../errors.js';
+import type { KvOk, KvRequest, KvResponse } from './kv-node.js';
+import { FrameReader, type PeerAddress } from './transport.js';
+
+type Op = KvRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
+
+export class RaftKvClient {
+  #addrs: ReadonlyMap<number, PeerAddress>;
+  #leader: number;
+  #conns = new Map<number, { sock: Socket; waiting: Map<number, (r: KvResponse) => void> }>();
+  #next = 1;
+  #timeoutMs: number;
+
+  /** `clientAddrs`: each node's client port. */
+  constructor(clientAddrs: ReadonlyMap<number, PeerAddress>, options: { timeoutMs?: number } = {}) {
+    this.#addrs = clientAddrs;
+    this.#leader = [...clientAddrs.keys()][0]!;
+    this.#timeoutMs = options.timeoutMs ?? 5000;
+  }
+
+  #conn(id: number): Promise<{ sock: Socket; waiting: Map<number, (r: KvResponse) => void> }> {
+    const have = this.#conns.get(id);
+    if (have && !have.sock.destroyed) return Promise.resolve(have);
+    const a = this.#addrs.get(id)!;
+    return new Promise((resolve, reject) => {
+      const sock = connect(a.port, a.host);
+      const c = { sock, waiting: new Map<number, (r: KvResponse) => void>() };
+      const reader = new FrameReader((body) => {
+        const r = JSON.parse(body.toString()) as KvResponse;
+        c.waiting.get(r.id)?.(r);
+        c.waiting.delete(r.id);
+      });
+      sock.setNoDelay(true);
+      sock.on('data', (d: Buffer) => reader.push(d));
+      sock.once('connect', () => {
+        this.#conns.set(id, c);
+        resolve(c);
+      });
+      sock.on('error', (err) => reject(err));
+      sock.on('close', () => {
+        for (const w of c.waiting.values()) w({ id: -1, error: 'ERR_RAFT_CONNECTION_LOST' });
+        c.waiting.clear();
+        if (this.#conns.get(id) === c) this.#conns.delete(id);
+      });
+    });
+  }
+
+  async #once(id: number, op: Op): Promise<KvResponse> {
+    const c = await this.#conn(id);
+    const rid = this.#next++;
+    const body = Buffer.from(JSON.stringify({ ...op, id: rid }));
+    const head = Buffer.allocUnsafe(4);
+    head.writeUInt32LE(body.length, 0);
+    return new Promise((resolve) => {
+      c.waiting.set(rid, resolve);
+      c.sock.write(Buffer.concat([head, body]));
+    });
+  }
+
+  /** Runs `op` at the leader; rejects with the cluster's error code, or ERR_RAFT_UNAVAILABLE after the timeout. */
+  async call(op: Op): Promise<KvOk> {
+    const deadline = Date.now() + this.#timeoutMs;
+    let last = 'no node answered';
+    for (let attempt = 0; Date.now() < deadline; attempt++) {
+      let r: KvResponse;
+      try {
+        r = await this.#once(this.#leader, op);
+      } catch (err) {
+        last = (err as Error).message;
+        r = { id: -1, error: 'ERR_RAFT_CONNECTION_LOST' };
+      }
+      if ('ok' in r) return r as KvOk;
+      if (r.error === 'ERR_RAFT_BAD_REQUEST' || r.error === 'ERR_RAFT_OUTCOME_UNKNOWN') throw new NovacronError(r.error, r.message ?? r.error);
+      last = r.error;
+      const ids = [...this.#addrs.keys()];
+      // Follow the hint; with none (an election under way) try the next node after a pause.
+      if (r.error === 'ERR_RAFT_NOT_LEADER' && r.leader && r.leader !== this.#leader) this.#leader = r.leader;
+      else {
+        this.#leader = ids[(ids.indexOf(this.#leader) + 1) % ids.length]!;
+        await new Promise((res) => setTimeout(res, Math.min(200, 10 * 2 ** Math.min(attempt, 5))));
+      }
+    }
+    throw new NovacronError('ERR_RAFT_UNAVAILABLE', `no leader answered within ${this.#timeoutMs} ms (${last})`);
+  }
+
+  close(): void {
+    for (const c of this.#conns.values()) c.sock.destroy();
+    this.#conns.clear();
+  }
+}
