@@ -18,6 +18,7 @@ import type { RaftKvNode } from '../consensus/raft/kv-node.js';
 import { ORMap, canonical, type ORMapState } from './crdt.js';
 
 export interface StateStore {
+  /** The protocol answering now. */
   readonly protocol: 'raft' | 'crdt';
   get(key: string): Promise<string | undefined>;
   put(key: string, value: string): Promise<void>;
@@ -37,17 +38,17 @@ export class RaftStateStore implements StateStore {
     private readonly client: RaftKvClient,
   ) {}
 
-  async get(key: string): Promise<string | undefined> {
-    return (await this.client.call({ op: 'get', key })).value ?? undefined;
+  async get(key: string, timeoutMs?: number): Promise<string | undefined> {
+    return (await this.client.call({ op: 'get', key }, timeoutMs)).value ?? undefined;
   }
-  async put(key: string, value: string): Promise<void> {
-    await this.client.call({ op: 'put', key, value });
+  async put(key: string, value: string, timeoutMs?: number): Promise<void> {
+    await this.client.call({ op: 'put', key, value }, timeoutMs);
   }
-  async delete(key: string): Promise<void> {
-    await this.client.call({ op: 'delete', key });
+  async delete(key: string, timeoutMs?: number): Promise<void> {
+    await this.client.call({ op: 'delete', key }, timeoutMs);
   }
-  async cas(key: string, expect: string | undefined, value: string): Promise<boolean> {
-    return (await this.client.call({ op: 'cas', key, expect: expect ?? null, value })).swapped === true;
+  async cas(key: string, expect: string | undefined, value: string, timeoutMs?: number): Promise<boolean> {
+    return (await this.client.call({ op: 'cas', key, expect: expect ?? null, value }, timeoutMs)).swapped === true;
   }
   watch(prefix: string, cb: (key: string, value: string | undefined) => void): () => void {
     return this.node.subscribe((k, v) => k.startsWith(prefix) && cb(k, v));
@@ -259,15 +260,158 @@ export class CrdtStateStore implements StateStore {
   }
 }
 
+export interface HybridOptions {
+  raft: RaftStateStore;
+  crdt: CrdtStateStore;
+  /** How long Raft may fail to answer before the store falls back to CRDTs. Default 2,000 ms. */
+  raftTimeoutMs?: number;
+  /** Reads in fallback fail with ERR_SYNC_STALE once the last state confirmed by Raft is older. Default 30,000 ms. */
+  maxStalenessMs?: number;
+  /** How often, in fallback, Raft is tried again. Default 500 ms. */
+  probeMs?: number;
+  now?: () => number;
+}
+
+/**
+ * Hybrid mode: Raft while a quorum answers; when it does not, CRDTs with
+ * bounded staleness, and back when it returns. Every change Raft applies is
+ * mirrored into the CRDT replica, so the fallback starts from the last
+ * agreed state. In fallback, writes go to the CRDTs (and to every replica
+ * still reachable), reads answer from the local replica as long as the last
+ * state Raft confirmed is at most `maxStalenessMs` old, and
+ * compare-and-set is refused (ERR_SYNC_DEGRADED: nothing can make it
+ * atomic without a quorum). When Raft answers again, each replica writes
+ * its own fallback writes through Raft, in the order it made them; from
+ * then on Raft's order decides, and its changes overwrite the CRDT copies.
+ */
+export class HybridStateStore implements StateStore {
+  #o: Required<Omit<HybridOptions, 'raft' | 'crdt'>>;
+  #raft: RaftStateStore;
+  #crdt: CrdtStateStore;
+  #fallback = false;
+  #lastConfirmed: number;
+  #outage: Array<{ key: string; value: string | undefined }> = [];
+  #probe: NodeJS.Timeout | undefined;
+  #unmirror: () => void;
+  #reconciling: Promise<void> | undefined;
+
+  constructor(o: HybridOptions) {
+    this.#raft = o.raft;
+    this.#crdt = o.crdt;
+    this.#o = { raftTimeoutMs: o.raftTimeoutMs ?? 2000, maxStalenessMs: o.maxStalenessMs ?? 30_000, probeMs: o.probeMs ?? 500, now: o.now ?? Date.now };
+    this.#lastConfirmed = this.#o.now();
+    this.#unmirror = this.#raft.watch('', (k, v) => {
+      this.#lastConfirmed = this.#o.now();
+      void (v === undefined ? this.#crdt.delete(k) : this.#crdt.put(k, v));
+    });
+  }
+
+  /** The protocol answering now. */
+  get protocol(): 'raft' | 'crdt' {
+    return this.#fallback ? 'crdt' : 'raft';
+  }
+
+  /** Milliseconds since Raft last confirmed the state (0 while it answers). */
+  get staleness(): number {
+    return this.#fallback ? this.#o.now() - this.#lastConfirmed : 0;
+  }
+
+  #enterFallback(): void {
+    if (this.#fallback) return;
+    this.#fallback = true;
+    this.#probe = setInterval(() => void this.#tryRaft(), this.#o.probeMs);
+    this.#probe.unref();
+  }
+
+  async #tryRaft(): Promise<void> {
+    if (this.#reconciling) return this.#reconciling;
+    this.#reconciling = (async () => {
+      try {
+        await this.#raft.get('\u0000probe', this.#o.probeMs);
+        // Back: this replica's fallback writes go through Raft, in order.
+        while (this.#outage.length) {
+          const w = this.#outage[0]!;
+          if (w.value === undefined) await this.#raft.delete(w.key, this.#o.raftTimeoutMs);
+          else await this.#raft.put(w.key, w.value, this.#o.raftTimeoutMs);
+          this.#outage.shift();
+        }
+        this.#fallback = false;
+        this.#lastConfirmed = this.#o.now();
+        clearInterval(this.#probe);
+      } catch {
+        // Still no quorum; the next probe tries again.
+      } finally {
+        this.#reconciling = undefined;
+      }
+    })();
+    return this.#reconciling;
+  }
+
+  // Runs `op` on Raft; false when Raft could not answer (now in fallback).
+  // A leader lost with the write in flight (outcome unknown) counts as no
+  // answer for idempotent operations: they are simply written again later.
+  async #viaRaft<T>(op: () => Promise<T>, idempotent = true): Promise<{ ok: true; v: T } | { ok: false }> {
+    if (this.#fallback) return { ok: false };
+    try {
+      const v = await op();
+      this.#lastConfirmed = this.#o.now();
+      return { ok: true, v };
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code !== 'ERR_RAFT_UNAVAILABLE' && !(idempotent && code === 'ERR_RAFT_OUTCOME_UNKNOWN')) throw err;
+      this.#enterFallback();
+      return { ok: false };
+    }
+  }
+
+  async get(key: string): Promise<string | undefined> {
+    const r = await this.#viaRaft(() => this.#raft.get(key, this.#o.raftTimeoutMs));
+    if (r.ok) return r.v;
+    if (this.staleness > this.#o.maxStalenessMs) throw new NovacronError('ERR_SYNC_STALE', `no Raft quorum for ${this.staleness} ms, over the ${this.#o.maxStalenessMs} ms allowed`);
+    return this.#crdt.get(key);
+  }
+
+  async put(key: string, value: string): Promise<void> {
+    const r = await this.#viaRaft(() => this.#raft.put(key, value, this.#o.raftTimeoutMs));
+    if (r.ok) return;
+    await this.#crdt.put(key, value);
+    this.#outage.push({ key, value });
+  }
+
+  async delete(key: string): Promise<void> {
+    const r = await this.#viaRaft(() => this.#raft.delete(key, this.#o.raftTimeoutMs));
+    if (r.ok) return;
+    await this.#crdt.delete(key);
+    this.#outage.push({ key, value: undefined });
+  }
+
+  async cas(key: string, expect: string | undefined, value: string): Promise<boolean> {
+    const r = await this.#viaRaft(() => this.#raft.cas(key, expect, value, this.#o.raftTimeoutMs), false);
+    if (r.ok) return r.v;
+    throw new NovacronError('ERR_SYNC_DEGRADED', 'compare-and-set needs a Raft quorum, and there is none now');
+  }
+
+  watch(prefix: string, cb: (key: string, value: string | undefined) => void): () => void {
+    // The CRDT replica sees both: Raft's changes (mirrored) and fallback writes.
+    return this.#crdt.watch(prefix, cb);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#probe);
+    this.#unmirror();
+  }
+}
+
 export type LinkMode = 'datacenter' | 'internet' | 'hybrid';
 
 /**
  * The protocol ACP uses for a mode: Raft where a quorum is near
- * (datacenter), CRDTs where it is not (internet, and hybrid, which this
- * version treats as internet: see the README).
+ * (datacenter), CRDTs where it is not (internet), Raft with a CRDT
+ * fallback in between (hybrid: HybridStateStore).
  */
-export function protocolFor(mode: LinkMode): StateStore['protocol'] {
+export function protocolFor(mode: LinkMode): 'raft' | 'crdt' | 'raft+crdt' {
   if (mode === 'datacenter') return 'raft';
-  if (mode === 'internet' || mode === 'hybrid') return 'crdt';
+  if (mode === 'internet') return 'crdt';
+  if (mode === 'hybrid') return 'raft+crdt';
   throw new NovacronError('ERR_INVALID_ARGUMENT', `unknown link mode ${String(mode)}`);
 }

@@ -6,7 +6,7 @@ import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CrdtStateStore, LocalGossipHub, RaftStateStore, TcpGossipTransport, protocolFor } from '../../../src/dwcp/sync/state-store.js';
+import { CrdtStateStore, HybridStateStore, LocalGossipHub, RaftStateStore, TcpGossipTransport, protocolFor } from '../../../src/dwcp/sync/state-store.js';
 import { RaftKvNode } from '../../../src/dwcp/consensus/raft/kv-node.js';
 import { RaftKvClient } from '../../../src/dwcp/consensus/raft/client.js';
 import { freePort } from '../../services.js';
@@ -130,9 +130,62 @@ t.test('CRDT replicas over TCP', async (t) => {
   t.equal(await x.get('placement/vm8'), 'node-1');
 });
 
+t.test('hybrid: Raft while there is a quorum, CRDTs with bounded staleness without, reconciled when it returns', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-hybrid-'));
+  const raftPorts = [await freePort(), await freePort(), await freePort()];
+  const clientPorts = [await freePort(), await freePort(), await freePort()];
+  const peers = new Map(raftPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }]));
+  const clientAddrs = new Map(clientPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }]));
+  const startNode = async (i: number): Promise<RaftKvNode> => {
+    const n = new RaftKvNode({ id: i + 1, peers, dir: join(dir, `n${i}`), clientPort: clientPorts[i]!, tickMs: 10 });
+    await n.start();
+    return n;
+  };
+  const nodes = await Promise.all([0, 1, 2].map(startNode));
+  const hub = new LocalGossipHub();
+  const ids = ['r0', 'r1', 'r2'];
+  const crdts = ids.map((id) => new CrdtStateStore({ replica: id, transport: hub.transport(id, ids.filter((x) => x !== id)), gossipMs: 10 }));
+  const stores = nodes.map((n, i) => new HybridStateStore({ raft: new RaftStateStore(n, new RaftKvClient(clientAddrs)), crdt: crdts[i]!, raftTimeoutMs: 600, maxStalenessMs: 2500, probeMs: 200 }));
+  t.teardown(async () => {
+    for (const s of stores) await s.close();
+    for (const c of crdts) await c.close();
+    for (const n of nodes) await n.close().catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const [s0, s1, s2] = stores as [HybridStateStore, HybridStateStore, HybridStateStore];
+  await s0.put('vm/1', 'raft-era');
+  t.equal(s0.protocol, 'raft');
+  t.equal(await s2.cas('vm/1', 'raft-era', 'swapped'), true);
+  await settle(100);
+  t.equal(await crdts[1]!.get('vm/1'), 'swapped', 'Raft changes are mirrored into every CRDT replica');
+
+  // Two of three Raft members go: no quorum.
+  await nodes[1]!.close();
+  await nodes[2]!.close();
+  await s0.put('vm/2', 'written-without-quorum');
+  t.equal(s0.protocol, 'crdt', 'fell back');
+  await settle(100);
+  t.equal(await s1.get('vm/2'), 'written-without-quorum', 'other replicas read it through the CRDTs');
+  t.equal(s1.protocol, 'crdt');
+  await t.rejects(s0.cas('vm/1', 'swapped', 'x'), { code: 'ERR_SYNC_DEGRADED' });
+  await settle(2600);
+  await t.rejects(s1.get('vm/1'), { code: 'ERR_SYNC_STALE' }, 'reads refuse once the state is older than allowed');
+
+  // The quorum returns: s0's fallback write goes through Raft, and Raft is back in charge.
+  nodes[1] = await startNode(1);
+  nodes[2] = await startNode(2);
+  const deadline = Date.now() + 15000;
+  while (s0.protocol !== 'raft' && Date.now() < deadline) await settle(50);
+  t.equal(s0.protocol, 'raft', 'reconciled');
+  const direct = new RaftStateStore(nodes[1]!, new RaftKvClient(clientAddrs));
+  t.equal(await direct.get('vm/2'), 'written-without-quorum', 'the fallback write is in Raft now');
+  await direct.close();
+  t.equal(await s0.get('vm/1'), 'swapped');
+});
+
 t.test('the protocol follows the link mode', async (t) => {
   t.equal(protocolFor('datacenter'), 'raft');
   t.equal(protocolFor('internet'), 'crdt');
-  t.equal(protocolFor('hybrid'), 'crdt');
+  t.equal(protocolFor('hybrid'), 'raft+crdt');
   t.throws(() => protocolFor('space' as never), { code: 'ERR_INVALID_ARGUMENT' });
 });

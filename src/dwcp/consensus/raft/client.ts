@@ -62,13 +62,13 @@ export class RaftKvClient {
   }
 
   /** Runs `op` at the leader; rejects with the cluster's error code, or ERR_RAFT_UNAVAILABLE after the timeout. */
-  async call(op: Op): Promise<KvOk> {
-    const deadline = Date.now() + this.#timeoutMs;
+  async call(op: Op, timeoutMs = this.#timeoutMs): Promise<KvOk> {
+    const deadline = Date.now() + timeoutMs;
     let last = 'no node answered';
     for (let attempt = 0; Date.now() < deadline; attempt++) {
       let r: KvResponse;
       try {
-        r = await this.#once(this.#leader, op);
+        r = await Promise.race([this.#once(this.#leader, op), new Promise<KvResponse>((res) => setTimeout(() => res({ id: -1, error: 'ERR_RAFT_TIMEOUT' }), Math.max(1, deadline - Date.now())).unref())]);
       } catch (err) {
         last = (err as Error).message;
         r = { id: -1, error: 'ERR_RAFT_CONNECTION_LOST' };
@@ -84,7 +84,7 @@ export class RaftKvClient {
         await new Promise((res) => setTimeout(res, Math.min(200, 10 * 2 ** Math.min(attempt, 5))));
       }
     }
-    throw new NovacronError('ERR_RAFT_UNAVAILABLE', `no leader answered within ${this.#timeoutMs} ms (${last})`);
+    throw new NovacronError('ERR_RAFT_UNAVAILABLE', `no leader answered within ${timeoutMs} ms (${last})`);
   }
 
   close(): void {
