@@ -4,7 +4,8 @@
 // tests skip (`.ci/run` installs both from Debian).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { connect } from 'node:net';
+import { freePort } from '../src/control/ports.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -16,14 +17,7 @@ export interface Service {
   stop(): Promise<void>;
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
+export { freePort };
 
 function accepting(port: number): Promise<boolean> {
   return new Promise((resolve) => {

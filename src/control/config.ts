@@ -75,6 +75,14 @@ export const SCHEMA = {
     ttlMs: f({ kind: 'integer', default: 30000, min: 0, max: 86400000, unit: 'ms', reloadable: true, doc: 'How long a cached record is served before it is read again; 0: no caching' }),
     keyPrefix: f({ kind: 'string', default: 'novacron:', doc: 'Prefix of every key this node writes to Redis' }),
   },
+  cluster: {
+    protocol: f({ kind: 'enum', default: 'auto', values: ['auto', 'raft', 'crdt', 'hybrid'], doc: 'Cluster state protocol; auto: by dwcp.mode (datacenter raft, internet crdt, hybrid hybrid), else hybrid with Raft peers, crdt with only gossip peers, raft for a lone node' }),
+    raftId: f({ kind: 'integer', default: 1, min: 1, max: 65535, doc: "This node's id among cluster.raftPeers" }),
+    raftPeers: f({ kind: 'list', default: [], doc: "Every Raft member's id=host:port, this node's included; empty: a one-member cluster on this node" }),
+    raftClientPeers: f({ kind: 'list', default: [], doc: "Every Raft member's id=host:port client port, matching raftPeers" }),
+    gossipPeers: f({ kind: 'list', default: [], doc: 'Every CRDT replica name=host:port, this node\'s included' }),
+    replica: f({ kind: 'string', default: '', doc: 'This node\'s CRDT replica name; empty: the node id' }),
+  },
   security: {
     tlsCert: f({ kind: 'string', default: '', doc: 'PEM certificate of this node; empty: generated into the data directory' }),
     tlsKey: f({ kind: 'string', default: '', doc: 'PEM private key matching tlsCert' }),
@@ -232,6 +240,25 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     if (!url || !(schemes as readonly string[]).includes(url.protocol) || url.hostname === '') {
       throw new ConfigError('ERR_CONFIG_INVALID', `${name} = ${JSON.stringify(redactUrl(raw))} from ${sources[name]}: expected a URL like ${schemes[0]}//host:port/...`, name, sources[name]);
     }
+  }
+  // Peer lists: id=host:port, ids unique, Raft and client lists matching.
+  const peerList = (name: string, numeric: boolean): Map<string, { host: string; port: number }> => {
+    const out = new Map<string, { host: string; port: number }>();
+    for (const item of values.get(name) as string[]) {
+      const m = /^([^=]+)=(.+):(\d+)$/.exec(item);
+      const port = m ? Number(m[3]) : NaN;
+      if (!m || (numeric && !/^\d+$/.test(m[1]!)) || port < 1 || port > 65535 || out.has(m[1]!)) {
+        throw new ConfigError('ERR_CONFIG_INVALID', `${name} from ${sources[name]}: ${JSON.stringify(item)} is not ${numeric ? 'id' : 'name'}=host:port (or repeats one)`, name, sources[name]);
+      }
+      out.set(m[1]!, { host: m[2]!, port });
+    }
+    return out;
+  };
+  const raftPeers = peerList('cluster.raftPeers', true);
+  const clientPeers = peerList('cluster.raftClientPeers', true);
+  peerList('cluster.gossipPeers', false);
+  if (raftPeers.size && (!raftPeers.has(String(values.get('cluster.raftId'))) || [...raftPeers.keys()].sort().join() !== [...clientPeers.keys()].sort().join())) {
+    throw new ConfigError('ERR_CONFIG_INVALID', `cluster.raftPeers must include cluster.raftId (${String(values.get('cluster.raftId'))}) and cluster.raftClientPeers must name the same members`, 'cluster.raftPeers', sources['cluster.raftPeers']);
   }
   const dataDir = values.get('node.dataDir') as string;
   values.set('node.dataDir', resolve(dataDir.startsWith('~') ? homedir() + dataDir.slice(1) : dataDir));

@@ -17,6 +17,10 @@ import { diffConfig, loadConfig, redactConfig, redactUrl, type Config, type Load
 import { MemoryCache, RedisCache, type Cache } from './cache.js';
 import { LATEST_SCHEMA, PostgresStore, SqliteStore, type MetadataStore } from './store.js';
 import { VmApi } from './vm-api.js';
+import { RaftKvNode } from '../dwcp/consensus/raft/kv-node.js';
+import { RaftKvClient } from '../dwcp/consensus/raft/client.js';
+import type { PeerAddress } from '../dwcp/consensus/raft/transport.js';
+import { CrdtStateStore, HybridStateStore, RaftStateStore, TcpGossipTransport, protocolFor, type StateStore } from '../dwcp/sync/state-store.js';
 import { Initializer, RetriableError, type Component, type ComponentHealth, type ComponentReport } from './initializer.js';
 
 /** Files a node keeps in its data directory. */
@@ -58,6 +62,9 @@ export class NovacronNode {
   #store: MetadataStore | undefined;
   #cache: Cache | undefined;
   #vmApi: VmApi;
+  /** The cluster state store (ASS), once the `state` component runs. */
+  state: StateStore | undefined;
+  #stateParts: { raft?: RaftKvNode; crdt?: CrdtStateStore; gossip?: TcpGossipTransport } = {};
   #sampler: NodeJS.Timeout | undefined;
   #watchers: FSWatcher[] = [];
   #tls: { ok: boolean; certificate: string; fingerprint?: string } = { ok: false, certificate: 'none' };
@@ -99,6 +106,7 @@ export class NovacronNode {
       { name: 'network', dependsOn: ['environment'], start: () => this.#startNetwork(), stop: () => this.#stopNetwork(), health: () => ({ ok: true, detail: { port: this.dataPort, connections: this.#conns.size } }) },
       { name: 'dwcp', dependsOn: ['network'], start: async () => this.#startDwcp(), stop: async () => clearInterval(this.#sampler), health: () => this.#dwcpHealth() },
       { name: 'monitoring', critical: false, dependsOn: ['api'], start: async () => void collectDefaultMetrics({ register: this.registry }) },
+      { name: 'state', critical: false, dependsOn: ['security'], start: () => this.#startState(), stop: () => this.#stopState(), health: () => this.#stateHealth() },
       ...(options.components ?? []),
     ];
     this.#init = new Initializer(components, {
@@ -351,6 +359,79 @@ export class NovacronNode {
     const c = this.#cache;
     this.#cache = undefined;
     await c?.close();
+  }
+
+  /** The state protocol for this node's config (see cluster.protocol). */
+  stateProtocol(): 'raft' | 'crdt' | 'hybrid' {
+    const c = this.config.cluster;
+    if (c.protocol !== 'auto') return c.protocol;
+    if (this.config.dwcp.mode !== 'auto') {
+      const p = protocolFor(this.config.dwcp.mode);
+      return p === 'raft+crdt' ? 'hybrid' : p;
+    }
+    if (c.raftPeers.length) return 'hybrid';
+    return c.gossipPeers.length ? 'crdt' : 'raft';
+  }
+
+  async #startState(): Promise<void> {
+    const c = this.config.cluster;
+    const protocol = this.stateProtocol();
+    const parse = (items: readonly string[]): Map<string, PeerAddress> =>
+      new Map(items.map((i) => {
+        const m = /^([^=]+)=(.+):(\d+)$/.exec(i)!;
+        return [m[1]!, { host: m[2]!, port: Number(m[3]) }];
+      }));
+    const numeric = (m: Map<string, PeerAddress>): Map<number, PeerAddress> => new Map([...m].map(([k, v]) => [Number(k), v]));
+    let raft: RaftStateStore | undefined;
+    if (protocol !== 'crdt') {
+      let peers = numeric(parse(c.raftPeers));
+      let clients = numeric(parse(c.raftClientPeers));
+      if (peers.size === 0) {
+        // A lone node: a one-member cluster on loopback, ports from the kernel.
+        const { freePort } = await import('./ports.js');
+        peers = new Map([[c.raftId, { host: '127.0.0.1', port: await freePort() }]]);
+        clients = new Map([[c.raftId, { host: '127.0.0.1', port: await freePort() }]]);
+      }
+      const self = clients.get(c.raftId)!;
+      const node = new RaftKvNode({ id: c.raftId, peers, dir: join(this.config.node.dataDir, 'raft'), clientPort: self.port, host: self.host });
+      await node.start();
+      this.#stateParts.raft = node;
+      if (peers.size === 1) await node.waitForLeader();
+      raft = new RaftStateStore(node, new RaftKvClient(clients));
+    }
+    let crdt: CrdtStateStore | undefined;
+    if (protocol !== 'raft') {
+      const replica = c.replica || this.nodeId;
+      const addrs = parse(c.gossipPeers);
+      if (!addrs.has(replica)) addrs.set(replica, { host: '127.0.0.1', port: 0 });
+      const gossip = await TcpGossipTransport.listen(replica, addrs);
+      this.#stateParts.gossip = gossip;
+      crdt = new CrdtStateStore({ replica, transport: gossip });
+      this.#stateParts.crdt = crdt;
+    }
+    this.state = protocol === 'raft' ? raft! : protocol === 'crdt' ? crdt! : new HybridStateStore({ raft: raft!, crdt: crdt! });
+    this.log.info({ protocol, raftId: raft ? c.raftId : undefined, replica: crdt?.replica }, 'cluster state store started');
+  }
+
+  async #stopState(): Promise<void> {
+    await this.state?.close();
+    this.state = undefined;
+    const { raft, crdt, gossip } = this.#stateParts;
+    this.#stateParts = {};
+    await crdt?.close();
+    await gossip?.close();
+    await raft?.close();
+  }
+
+  #stateHealth(): ComponentHealth {
+    const s = this.state;
+    if (!s) return { ok: false };
+    const raft = this.#stateParts.raft?.raft;
+    const staleness = s instanceof HybridStateStore ? s.staleness : 0;
+    return {
+      ok: !raft || raft.leader !== 0 || s.protocol === 'crdt',
+      detail: { protocol: s.protocol, configured: this.stateProtocol(), ...(raft ? { raft: { role: raft.role, leader: raft.leader, term: raft.term, commit: raft.committed } } : {}), ...(staleness ? { stalenessMs: staleness } : {}) },
+    };
   }
 
   async #startNetwork(): Promise<void> {

@@ -60,7 +60,7 @@ t.test('a node starts, serves health and metrics, carries data, and stops', asyn
   t.equal(health.status, 200);
   const h = JSON.parse(health.body) as { status: string; components: Array<{ name: string; ok: boolean; state: string }> };
   t.equal(h.status, 'ok');
-  t.same(h.components.map((c) => c.name).sort(), ['api', 'cache', 'database', 'dwcp', 'environment', 'monitoring', 'network', 'security']);
+  t.same(h.components.map((c) => c.name).sort(), ['api', 'cache', 'database', 'dwcp', 'environment', 'monitoring', 'network', 'security', 'state']);
   t.ok(h.components.every((c) => c.ok && c.state === 'running'));
   // The data plane takes AMST connections.
   const conn = await connect({ host: '127.0.0.1', port: node.dataPort, streams: 2 });
@@ -80,7 +80,7 @@ t.test('a node starts, serves health and metrics, carries data, and stops', asyn
   t.equal((await http(node.apiPort, '/nope')).status, 404);
   // Structured logs: one line per component, with its duration.
   const started = lines.filter((l) => l.msg === 'component started');
-  t.equal(started.length, 8);
+  t.equal(started.length, 9);
   t.ok(started.every((l) => typeof l.ms === 'number'));
   t.ok(lines.some((l) => l.msg === 'ready'));
   const port = node.apiPort;

@@ -98,6 +98,20 @@ export class RaftKvNode {
       this.raft.tick();
       this.#kick();
     }, this.#o.tickMs ?? 20);
+    // Alone, there is nobody to wait for: lead at once.
+    if (this.#o.peers.size === 1) {
+      this.raft.campaign();
+      this.#kick();
+    }
+  }
+
+  /** Resolves once this node knows a leader (rejects after `ms`). */
+  async waitForLeader(ms = 10_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (this.raft.leader === 0 || this.#busy) {
+      if (Date.now() > end) throw new NovacronError('ERR_RAFT_UNAVAILABLE', `no leader within ${ms} ms`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
   }
 
   get clientPort(): number {

@@ -251,6 +251,11 @@ export class Raft {
     }
   }
 
+  /** Starts an election now rather than at the next timeout (a lone member at start, an operator's request). */
+  campaign(): void {
+    if (this.voters.has(this.id) && this.role !== 'leader') this.#campaign('pre', false);
+  }
+
   /** Appends a command (leader only). False when this node cannot take proposals now. */
   propose(data: Uint8Array): boolean {
     if (this.role !== 'leader' || this.#leadTransferee) return false;

@@ -1,0 +1,64 @@
+// The node's cluster state component: the protocol its config picks, a lone
+// node's one-member Raft store, CRDT replicas gossiping between nodes, and
+// the peer lists' validation.
+import t from 'tap';
+import { Writable } from 'node:stream';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NovacronNode } from '../../src/control/node.js';
+import { loadConfig } from '../../src/control/config.js';
+import { freePort } from '../services.js';
+
+const quiet = (): Writable => new Writable({ write: (_c, _e, cb) => cb() });
+const flags = (more: Record<string, string> = {}): Record<string, string> => ({ 'node.dataDir': mkdtempSync(join(tmpdir(), 'novacron-state-node-')), 'api.port': '0', 'data.port': '0', 'data.host': '127.0.0.1', ...more });
+
+t.test('a lone node keeps its cluster state in a one-member Raft cluster on disk', async (t) => {
+  const f = flags();
+  let node = new NovacronNode({ env: {}, flags: f, logStream: quiet() });
+  await node.start();
+  t.equal(node.stateProtocol(), 'raft');
+  await node.state!.put('vm/1', 'here');
+  t.equal(await node.state!.get('vm/1'), 'here');
+  t.equal(await node.state!.cas('vm/1', 'here', 'moved'), true);
+  const h = (await node.health()).components.find((c) => c.name === 'state');
+  t.match(h, { ok: true, detail: { protocol: 'raft', raft: { role: 'leader' } } });
+  await node.stop();
+  // Restarted on the same data directory, the state is still there.
+  node = new NovacronNode({ env: {}, flags: f, logStream: quiet() });
+  await node.start();
+  t.equal(await node.state!.get('vm/1'), 'moved');
+  await node.stop();
+});
+
+t.test('nodes with gossip peers share CRDT state', async (t) => {
+  const [pa, pb] = [await freePort(), await freePort()];
+  const gossip = `a=127.0.0.1:${pa},b=127.0.0.1:${pb}`;
+  const a = new NovacronNode({ env: {}, flags: flags({ 'cluster.gossipPeers': gossip, 'cluster.replica': 'a' }), logStream: quiet() });
+  const b = new NovacronNode({ env: {}, flags: flags({ 'cluster.gossipPeers': gossip, 'cluster.replica': 'b', 'dwcp.mode': 'internet' }), logStream: quiet() });
+  await Promise.all([a.start(), b.start()]);
+  t.teardown(() => Promise.all([a.stop(), b.stop()]));
+  t.equal(a.stateProtocol(), 'crdt', 'gossip peers only: CRDTs');
+  t.equal(b.stateProtocol(), 'crdt', 'internet mode: CRDTs');
+  await a.state!.put('placement/vm9', 'node-b');
+  const deadline = Date.now() + 5000;
+  while ((await b.state!.get('placement/vm9')) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.equal(await b.state!.get('placement/vm9'), 'node-b');
+});
+
+t.test('protocol choice and peer-list validation', async (t) => {
+  const proto = (f: Record<string, string>): string => new NovacronNode({ env: {}, flags: flags(f), logStream: quiet() }).stateProtocol();
+  t.equal(proto({ 'dwcp.mode': 'datacenter' }), 'raft');
+  t.equal(proto({ 'dwcp.mode': 'hybrid' }), 'hybrid');
+  t.equal(proto({ 'cluster.raftPeers': '1=10.0.0.1:7801,2=10.0.0.2:7801,3=10.0.0.3:7801', 'cluster.raftClientPeers': '1=10.0.0.1:7901,2=10.0.0.2:7901,3=10.0.0.3:7901' }), 'hybrid');
+  t.equal(proto({ 'cluster.protocol': 'crdt' }), 'crdt', 'config wins');
+  for (const [f, field, msg] of [
+    [{ 'cluster.raftPeers': 'one=h:1' }, 'cluster.raftPeers', /is not id=host:port/],
+    [{ 'cluster.raftPeers': '1=h:1,1=h:2' }, 'cluster.raftPeers', /repeats/],
+    [{ 'cluster.raftPeers': '2=h:1', 'cluster.raftClientPeers': '2=h:2' }, 'cluster.raftPeers', /must include cluster.raftId/],
+    [{ 'cluster.raftPeers': '1=h:1,2=h:1', 'cluster.raftClientPeers': '1=h:2' }, 'cluster.raftPeers', /name the same members/],
+    [{ 'cluster.gossipPeers': 'a=h:99999' }, 'cluster.gossipPeers', /is not name=host:port/],
+  ] as const) {
+    t.throws(() => loadConfig({ env: {}, flags: f }), { code: 'ERR_CONFIG_INVALID', field, message: msg });
+  }
+});
