@@ -14,8 +14,8 @@ import { listen, type AmstConnection, type AmstServer } from '../dwcp/transport/
 import { ModeController, type AppliedModeChange } from '../dwcp/mode-controller.js';
 import { native } from '../native.js';
 import { diffConfig, loadConfig, redactConfig, redactUrl, type Config, type LoadOptions } from './config.js';
-import { MemoryCache, RedisCache, type Cache } from './cache.js';
-import { LATEST_SCHEMA, PostgresStore, SqliteStore, type MetadataStore } from './store.js';
+import { MemoryCache, type Cache } from './cache.js';
+import { LATEST_SCHEMA, SqliteStore, type MetadataStore } from './store.js';
 import { VmApi } from './vm-api.js';
 import { RaftKvNode } from '../dwcp/consensus/raft/kv-node.js';
 import { RaftKvClient } from '../dwcp/consensus/raft/client.js';
@@ -319,7 +319,7 @@ export class NovacronNode {
   async #startDatabase(): Promise<void> {
     const { url, poolSize, connectTimeoutMs } = this.config.database;
     const store = url
-      ? new PostgresStore({ url, poolSize, connectTimeoutMs, onError: (err) => this.log.warn({ err: err.message }, 'PostgreSQL connection lost; the pool reconnects') })
+      ? new (await import('./store-postgres.js')).PostgresStore({ url, poolSize, connectTimeoutMs, onError: (err) => this.log.warn({ err: err.message }, 'PostgreSQL connection lost; the pool reconnects') })
       : new SqliteStore(join(this.config.node.dataDir, 'novacron.db'));
     try {
       for (const version of await store.migrate()) this.log.info({ backend: store.backend, migration: version }, 'database migrated');
@@ -351,7 +351,7 @@ export class NovacronNode {
   async #startCache(): Promise<void> {
     const { redisUrl, keyPrefix, maxEntries } = this.config.cache;
     this.#cache = redisUrl
-      ? await RedisCache.connect({ url: redisUrl, keyPrefix, connectTimeoutMs: this.config.database.connectTimeoutMs, onError: (err) => this.log.warn({ err: err.message }, 'Redis connection error; API reads go to the database') })
+      ? await (await import('./cache-redis.js')).RedisCache.connect({ url: redisUrl, keyPrefix, connectTimeoutMs: this.config.database.connectTimeoutMs, onError: (err) => this.log.warn({ err: err.message }, 'Redis connection error; API reads go to the database') })
       : new MemoryCache(maxEntries);
   }
 

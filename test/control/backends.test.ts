@@ -8,8 +8,10 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NovacronNode } from '../../src/control/node.js';
-import { MemoryCache, RedisCache } from '../../src/control/cache.js';
-import { LATEST_SCHEMA, PostgresStore, SqliteStore } from '../../src/control/store.js';
+import { MemoryCache } from '../../src/control/cache.js';
+import { RedisCache } from '../../src/control/cache-redis.js';
+import { LATEST_SCHEMA, SqliteStore } from '../../src/control/store.js';
+import { PostgresStore } from '../../src/control/store-postgres.js';
 import { freePort, postgresMissing, redisMissing, startPostgres, startRedis, PG_PASSWORD, REDIS_PASSWORD } from '../services.js';
 
 const quiet = (): Writable => new Writable({ write: (_c, _e, cb) => cb() });
