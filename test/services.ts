@@ -127,3 +127,14 @@ export async function startRedis(): Promise<Service> {
   await start();
   return service(`redis://:${REDIS_PASSWORD}@127.0.0.1:${port}`, port, dir, start, () => child, 'SIGTERM');
 }
+
+/** Loopback addresses for an n-member Raft cluster: Raft ports and client ports by member id (1..n). */
+export async function clusterAddresses(n: number): Promise<{ peers: Map<number, { host: string; port: number }>; clientAddrs: Map<number, { host: string; port: number }>; clientPorts: number[] }> {
+  const raftPorts = await Promise.all(Array.from({ length: n }, () => freePort()));
+  const clientPorts = await Promise.all(Array.from({ length: n }, () => freePort()));
+  return {
+    peers: new Map(raftPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }])),
+    clientAddrs: new Map(clientPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }])),
+    clientPorts,
+  };
+}

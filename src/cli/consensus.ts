@@ -1,5 +1,6 @@
 // `novacron consensus node`: one member of a Raft key-value cluster, in the
 // foreground (the consensus benchmark starts three).
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { NovacronError } from '../errors.js';
 import { RaftKvNode } from '../dwcp/consensus/raft/kv-node.js';
@@ -22,13 +23,17 @@ export async function cmdConsensus(args: string[]): Promise<void> {
   if (sub !== 'node') throw new NovacronError('ERR_USAGE', `unknown consensus command: ${sub ?? '(none)'}; try \`novacron consensus node\``);
   const { values } = parseArgs({
     args: rest,
-    options: { id: { type: 'string' }, peers: { type: 'string' }, 'client-port': { type: 'string' }, 'data-dir': { type: 'string' }, 'tick-ms': { type: 'string' } },
+    options: { id: { type: 'string' }, peers: { type: 'string' }, 'client-port': { type: 'string' }, 'data-dir': { type: 'string' }, 'tick-ms': { type: 'string' }, 'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' } },
     strict: true,
   });
   const id = Number(values.id);
   if (!Number.isInteger(id) || id <= 0) throw new NovacronError('ERR_USAGE', '--id must be a positive integer');
   if (!values['data-dir']) throw new NovacronError('ERR_USAGE', '--data-dir is required');
+  const tlsFiles = [values['tls-ca'], values['tls-cert'], values['tls-key']];
+  if (tlsFiles.some(Boolean) && !tlsFiles.every(Boolean)) throw new NovacronError('ERR_USAGE', '--tls-ca, --tls-cert and --tls-key go together');
+  const tls = values['tls-ca'] ? { ca: readFileSync(values['tls-ca']), cert: readFileSync(values['tls-cert']!), key: readFileSync(values['tls-key']!) } : undefined;
   const node = new RaftKvNode({
+    ...(tls ? { tls } : {}),
     id,
     peers: parsePeers(values.peers ?? ''),
     dir: values['data-dir'],

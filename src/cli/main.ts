@@ -46,6 +46,7 @@ commands:
       --json                one JSON line per file
   consensus node [options]  one member of a Raft key-value cluster (foreground)
       --id N --peers 1=HOST:PORT,2=...,3=... --client-port P --data-dir DIR
+      --tls-ca F --tls-cert F --tls-key F   mutual TLS for the Raft and client ports
   bench consensus           a 3-node Raft cluster on loopback (3 processes, fsync on): put latency and throughput
   help                      this text
   --version                 the package version

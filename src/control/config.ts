@@ -86,6 +86,7 @@ export const SCHEMA = {
   security: {
     tlsCert: f({ kind: 'string', default: '', doc: 'PEM certificate of this node; empty: generated into the data directory' }),
     tlsKey: f({ kind: 'string', default: '', doc: 'PEM private key matching tlsCert' }),
+    tlsCa: f({ kind: 'string', default: '', doc: 'PEM CA that signed every member\'s certificate; set (with tlsCert/tlsKey): cluster traffic uses mutual TLS' }),
     apiTokens: f({ kind: 'list', default: [], reloadable: true, doc: 'Bearer tokens accepted by the API besides the generated one (comma-separated in env and flags)' }),
   },
   init: {
@@ -240,6 +241,9 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     if (!url || !(schemes as readonly string[]).includes(url.protocol) || url.hostname === '') {
       throw new ConfigError('ERR_CONFIG_INVALID', `${name} = ${JSON.stringify(redactUrl(raw))} from ${sources[name]}: expected a URL like ${schemes[0]}//host:port/...`, name, sources[name]);
     }
+  }
+  if (values.get('security.tlsCa') !== '' && values.get('security.tlsCert') === '') {
+    throw new ConfigError('ERR_CONFIG_INVALID', 'security.tlsCa needs security.tlsCert and security.tlsKey (this node\'s certificate, signed by that CA)', 'security.tlsCa', sources['security.tlsCa']);
   }
   // Peer lists: id=host:port, ids unique, Raft and client lists matching.
   const peerList = (name: string, numeric: boolean): Map<string, { host: string; port: number }> => {

@@ -382,6 +382,8 @@ export class NovacronNode {
         return [m[1]!, { host: m[2]!, port: Number(m[3]) }];
       }));
     const numeric = (m: Map<string, PeerAddress>): Map<number, PeerAddress> => new Map([...m].map(([k, v]) => [Number(k), v]));
+    const sec = this.config.security;
+    const tls = sec.tlsCa ? { key: readFileSync(sec.tlsKey), cert: readFileSync(sec.tlsCert), ca: readFileSync(sec.tlsCa) } : undefined;
     let raft: RaftStateStore | undefined;
     if (protocol !== 'crdt') {
       let peers = numeric(parse(c.raftPeers));
@@ -393,18 +395,18 @@ export class NovacronNode {
         clients = new Map([[c.raftId, { host: '127.0.0.1', port: await freePort() }]]);
       }
       const self = clients.get(c.raftId)!;
-      const node = new RaftKvNode({ id: c.raftId, peers, dir: join(this.config.node.dataDir, 'raft'), clientPort: self.port, host: self.host });
+      const node = new RaftKvNode({ id: c.raftId, peers, dir: join(this.config.node.dataDir, 'raft'), clientPort: self.port, host: self.host, ...(tls ? { tls } : {}) });
       await node.start();
       this.#stateParts.raft = node;
       if (peers.size === 1) await node.waitForLeader();
-      raft = new RaftStateStore(node, new RaftKvClient(clients));
+      raft = new RaftStateStore(node, new RaftKvClient(clients, tls ? { tls } : {}));
     }
     let crdt: CrdtStateStore | undefined;
     if (protocol !== 'raft') {
       const replica = c.replica || this.nodeId;
       const addrs = parse(c.gossipPeers);
       if (!addrs.has(replica)) addrs.set(replica, { host: '127.0.0.1', port: 0 });
-      const gossip = await TcpGossipTransport.listen(replica, addrs);
+      const gossip = await TcpGossipTransport.listen(replica, addrs, tls);
       this.#stateParts.gossip = gossip;
       crdt = new CrdtStateStore({ replica, transport: gossip });
       this.#stateParts.crdt = crdt;

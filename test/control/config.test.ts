@@ -75,6 +75,7 @@ t.test('every validation error names field, value and source', async (t) => {
     [{ env: {}, flags: { 'database.url': 'localhost:5432' } }, 'ERR_CONFIG_INVALID', 'database.url', /expected a URL/],
     [{ env: {}, flags: { 'cache.redisUrl': 'http://cache:6379' } }, 'ERR_CONFIG_INVALID', 'cache.redisUrl', /expected a URL like redis:/],
     [{ env: {}, flags: { 'cache.redisUrl': 'redis://' } }, 'ERR_CONFIG_INVALID', 'cache.redisUrl', /expected a URL/],
+    [{ env: {}, flags: { 'security.tlsCa': '/ca.pem' } }, 'ERR_CONFIG_INVALID', 'security.tlsCa', /needs security.tlsCert/],
   ];
   for (const [opts, code, field, message] of bad) {
     const err = (() => {

@@ -10,7 +10,8 @@
 //   value (add wins). compare-and-set compares against this replica's copy
 //   only: two replicas may both succeed, and the later write then wins.
 import { EventEmitter } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import { clusterConnect, clusterServer, type ClusterTls } from '../consensus/secure.js';
 import { corked, readFrames, type PeerAddress } from '../consensus/raft/transport.js';
 import { NovacronError } from '../../errors.js';
 import type { RaftKvClient } from '../consensus/raft/client.js';
@@ -99,17 +100,18 @@ export class TcpGossipTransport implements GossipTransport {
     readonly id: string,
     private readonly addrs: ReadonlyMap<string, PeerAddress>,
     server: Server,
+    private readonly tls: ClusterTls | undefined,
   ) {
     this.peers = [...addrs.keys()].filter((p) => p !== id);
     this.#server = server;
   }
 
-  /** Listens at this replica's address in `addrs` (port 0: any) and returns the transport. */
-  static async listen(id: string, addrs: ReadonlyMap<string, PeerAddress>): Promise<TcpGossipTransport> {
+  /** Listens at this replica's address in `addrs` (port 0: any) and returns the transport; mutual TLS with `tls`. */
+  static async listen(id: string, addrs: ReadonlyMap<string, PeerAddress>, tls?: ClusterTls): Promise<TcpGossipTransport> {
     const me = addrs.get(id);
     if (!me) throw new NovacronError('ERR_INVALID_ARGUMENT', `replica ${id} has no address`);
     let t: TcpGossipTransport | undefined;
-    const server = createServer((sock) => {
+    const server = clusterServer(tls, (sock) => {
       t!.#inbound.add(sock);
       readFrames(sock, (body) => {
         const n = body[0]!;
@@ -117,7 +119,7 @@ export class TcpGossipTransport implements GossipTransport {
       });
       sock.on('close', () => t!.#inbound.delete(sock));
     });
-    t = new TcpGossipTransport(id, addrs, server);
+    t = new TcpGossipTransport(id, addrs, server, tls);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(me.port, me.host, () => resolve());
@@ -135,7 +137,7 @@ export class TcpGossipTransport implements GossipTransport {
     if (!sock || sock.destroyed) {
       const a = this.addrs.get(peer);
       if (!a) return;
-      sock = connect(a.port, a.host);
+      sock = clusterConnect(a, this.tls);
       sock.on('error', () => undefined);
       sock.on('close', () => this.#out.get(peer) === sock && this.#out.delete(peer));
       this.#out.set(peer, sock);

@@ -5,13 +5,23 @@ import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileS
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { RaftWal } from '../../../src/dwcp/consensus/raft/wal.js';
 import { RaftKvNode, type KvResponse } from '../../../src/dwcp/consensus/raft/kv-node.js';
+import { RaftKvClient } from '../../../src/dwcp/consensus/raft/client.js';
 import type { Entry, Ready } from '../../../src/dwcp/consensus/raft/types.js';
-import { freePort } from '../../services.js';
+import { clusterAddresses, freePort } from '../../services.js';
+
+function hasOpenssl(): boolean {
+  try {
+    execFileSync('openssl', ['version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 const entry = (index: number, term: number, text: string): Entry => ({ index, term, type: 'normal', data: new Uint8Array(Buffer.from(text)) });
 const ready = (fields: Partial<Ready>): Ready => ({ hardState: undefined, entries: [], snapshot: undefined, committed: [], messages: [], readStates: [], soft: undefined, ...fields });
@@ -179,4 +189,44 @@ t.test('bench consensus prints its JSON line', async (t) => {
   const s = JSON.parse(stdout.trim().split('\n').at(-1)!) as Record<string, number>;
   t.equal(s.bench as unknown as string, 'consensus');
   for (const k of ['seq_p50_ms', 'seq_p99_ms', 'conc16_puts_per_s', 'conc16_p50_ms', 'conc16_p99_ms']) t.ok(s[k]! > 0, k);
+});
+
+// A CA and certificates it signed (and one it did not), made with openssl.
+function pki(dir: string): { ca: string; member: (name: string) => { key: string; cert: string }; stranger: { key: string; cert: string } } {
+  const run = (args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  const make = (name: string, caName: string): { key: string; cert: string } => {
+    run(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`]);
+    run(['x509', '-req', '-in', `${name}.csr`, '-CA', `${caName}.crt`, '-CAkey', `${caName}.key`, '-CAcreateserial', '-days', '1', '-out', `${name}.crt`]);
+    return { key: readFileSync(join(dir, `${name}.key`), 'utf8'), cert: readFileSync(join(dir, `${name}.crt`), 'utf8') };
+  };
+  for (const ca of ['ca', 'other-ca']) run(['req', '-x509', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${ca}.key`, '-out', `${ca}.crt`, '-days', '1', '-subj', `/CN=${ca}`]);
+  return { ca: readFileSync(join(dir, 'ca.crt'), 'utf8'), member: (name) => make(name, 'ca'), stranger: make('stranger', 'other-ca') };
+}
+
+t.test('mutual TLS between members and for clients; strangers get nowhere', { skip: hasOpenssl() ? false : 'openssl is not installed' }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-raft-tls-'));
+  const p = pki(dir);
+  const { peers, clientAddrs, clientPorts } = await clusterAddresses(3);
+  const nodes = await Promise.all(
+    [0, 1, 2].map(async (i) => {
+      const n = new RaftKvNode({ id: i + 1, peers, dir: join(dir, `n${i}`), clientPort: clientPorts[i]!, tickMs: 10, tls: { ...p.member(`node${i + 1}`), ca: p.ca } });
+      await n.start();
+      return n;
+    }),
+  );
+  const client = new RaftKvClient(clientAddrs, { tls: { ...p.member('client'), ca: p.ca } });
+  t.teardown(async () => {
+    client.close();
+    for (const n of nodes) await n.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  t.match(await client.call({ op: 'put', key: 'k', value: 'over tls' }), { ok: true });
+  t.match(await client.call({ op: 'get', key: 'k' }), { ok: true, value: 'over tls' });
+  // Plain TCP and a certificate from another CA: no answer.
+  const plain = new RaftKvClient(clientAddrs, { timeoutMs: 800 });
+  await t.rejects(plain.call({ op: 'get', key: 'k' }), { code: 'ERR_RAFT_UNAVAILABLE' });
+  plain.close();
+  const stranger = new RaftKvClient(clientAddrs, { timeoutMs: 800, tls: { ...p.stranger, ca: p.ca } });
+  await t.rejects(stranger.call({ op: 'get', key: 'k' }), { code: 'ERR_RAFT_UNAVAILABLE' });
+  stranger.close();
 });

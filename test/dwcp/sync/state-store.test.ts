@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { CrdtStateStore, HybridStateStore, LocalGossipHub, RaftStateStore, TcpGossipTransport, protocolFor } from '../../../src/dwcp/sync/state-store.js';
 import { RaftKvNode } from '../../../src/dwcp/consensus/raft/kv-node.js';
 import { RaftKvClient } from '../../../src/dwcp/consensus/raft/client.js';
-import { freePort } from '../../services.js';
+import { clusterAddresses, freePort } from '../../services.js';
 
 const settle = (ms = 200): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -65,10 +65,7 @@ t.test('CRDT replicas converge, through a partition, with last-writer-wins and a
 
 t.test('Raft members: linearizable operations through a client that finds the leader, watches everywhere, failover', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'novacron-state-'));
-  const raftPorts = [await freePort(), await freePort(), await freePort()];
-  const clientPorts = [await freePort(), await freePort(), await freePort()];
-  const peers = new Map(raftPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }]));
-  const clientAddrs = new Map(clientPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }]));
+  const { peers, clientAddrs, clientPorts } = await clusterAddresses(3);
   const nodes = await Promise.all(
     [0, 1, 2].map(async (i) => {
       const n = new RaftKvNode({ id: i + 1, peers, dir: join(dir, `n${i}`), clientPort: clientPorts[i]!, tickMs: 10 });
@@ -132,10 +129,7 @@ t.test('CRDT replicas over TCP', async (t) => {
 
 t.test('hybrid: Raft while there is a quorum, CRDTs with bounded staleness without, reconciled when it returns', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'novacron-hybrid-'));
-  const raftPorts = [await freePort(), await freePort(), await freePort()];
-  const clientPorts = [await freePort(), await freePort(), await freePort()];
-  const peers = new Map(raftPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }]));
-  const clientAddrs = new Map(clientPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }]));
+  const { peers, clientAddrs, clientPorts } = await clusterAddresses(3);
   const startNode = async (i: number): Promise<RaftKvNode> => {
     const n = new RaftKvNode({ id: i + 1, peers, dir: join(dir, `n${i}`), clientPort: clientPorts[i]!, tickMs: 10 });
     await n.start();

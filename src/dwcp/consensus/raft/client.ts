@@ -1,7 +1,8 @@
 // A client of a Raft key-value cluster's client ports: it finds the leader
 // (following ERR_RAFT_NOT_LEADER hints, trying the others when a node is
 // down) and retries there until its deadline.
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { clusterConnect, type ClusterTls } from '../secure.js';
 import { NovacronError } from '../../../errors.js';
 import type { KvOk, KvRequest, KvResponse } from './kv-node.js';
 import { FrameReader, type PeerAddress } from './transport.js';
@@ -16,8 +17,11 @@ export class RaftKvClient {
   #timeoutMs: number;
 
   /** `clientAddrs`: each node's client port. */
-  constructor(clientAddrs: ReadonlyMap<number, PeerAddress>, options: { timeoutMs?: number } = {}) {
+  #tls: ClusterTls | undefined;
+
+  constructor(clientAddrs: ReadonlyMap<number, PeerAddress>, options: { timeoutMs?: number; tls?: ClusterTls } = {}) {
     this.#addrs = clientAddrs;
+    this.#tls = options.tls;
     this.#leader = [...clientAddrs.keys()][0]!;
     this.#timeoutMs = options.timeoutMs ?? 5000;
   }
@@ -27,7 +31,10 @@ export class RaftKvClient {
     if (have && !have.sock.destroyed) return Promise.resolve(have);
     const a = this.#addrs.get(id)!;
     return new Promise((resolve, reject) => {
-      const sock = connect(a.port, a.host);
+      const sock = clusterConnect(a, this.#tls, () => {
+        this.#conns.set(id, c);
+        resolve(c);
+      });
       const c = { sock, waiting: new Map<number, (r: KvResponse) => void>() };
       const reader = new FrameReader((body) => {
         const r = JSON.parse(body.toString()) as KvResponse;
@@ -36,10 +43,6 @@ export class RaftKvClient {
       });
       sock.setNoDelay(true);
       sock.on('data', (d: Buffer) => reader.push(d));
-      sock.once('connect', () => {
-        this.#conns.set(id, c);
-        resolve(c);
-      });
       sock.on('error', (err) => reject(err));
       sock.on('close', () => {
         for (const w of c.waiting.values()) w({ id: -1, error: 'ERR_RAFT_CONNECTION_LOST' });

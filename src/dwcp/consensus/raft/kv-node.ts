@@ -7,7 +7,8 @@
 //   {"id":4,"op":"cas","key":"k","expect":"v","value":"w"} -> {"id":4,"ok":true,"swapped":true}
 //   {"id":5,"op":"status"}                     -> {"id":5,"ok":true,"role":"leader","leader":1,"term":2,...}
 // A node that does not lead answers {"error":"ERR_RAFT_NOT_LEADER","leader":n}.
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import { clusterServer, type ClusterTls } from '../secure.js';
 import { NovacronError } from '../../../errors.js';
 import { Raft, sendableBeforePersist } from './raft.js';
 import { corked, FrameReader, RaftTransport, type PeerAddress } from './transport.js';
@@ -25,6 +26,8 @@ export interface KvNodeOptions {
   tickMs?: number;
   /** Compact the log every this many applied entries. Default 10,000. */
   snapshotEvery?: number;
+  /** Mutual TLS for the Raft and client ports; plain TCP without. */
+  tls?: ClusterTls;
 }
 
 export type KvRequest =
@@ -74,11 +77,16 @@ export class RaftKvNode {
   constructor(o: KvNodeOptions) {
     this.id = o.id;
     this.#o = o;
-    this.#transport = new RaftTransport(o.id, o.peers, (m) => {
-      if (this.#closed) return;
-      this.raft.step(m);
-      this.#kick();
-    });
+    this.#transport = new RaftTransport(
+      o.id,
+      o.peers,
+      (m) => {
+        if (this.#closed) return;
+        this.raft.step(m);
+        this.#kick();
+      },
+      o.tls,
+    );
   }
 
   async start(): Promise<void> {
@@ -89,7 +97,7 @@ export class RaftKvNode {
     const self = this.#o.peers.get(this.id);
     if (!self) throw new NovacronError('ERR_RAFT_CONFIG', `node ${this.id} is not among the peers`);
     await this.#transport.listen(self.port, self.host);
-    this.#clients = createServer((s) => this.#serveClient(s));
+    this.#clients = clusterServer(this.#o.tls, (s) => this.#serveClient(s));
     await new Promise<void>((resolve, reject) => {
       this.#clients!.once('error', reject);
       this.#clients!.listen(this.#o.clientPort, this.#o.host ?? '127.0.0.1', () => resolve());

@@ -2,7 +2,8 @@
 // one outgoing connection per peer (re-dialled with back-off), incoming
 // ones only read. Raft tolerates loss, so a message for a peer that is down
 // or too far behind is dropped, never queued without bound.
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import { clusterConnect, clusterServer, type ClusterTls } from '../secure.js';
 import type { Entry, Message, NodeId } from './types.js';
 
 interface WireEntry extends Omit<Entry, 'data'> {
@@ -101,10 +102,12 @@ export class RaftTransport {
     readonly id: NodeId,
     private readonly peers: ReadonlyMap<NodeId, PeerAddress>,
     private readonly onMessage: (m: Message) => void,
+    /** Mutual TLS between members; plain TCP without. */
+    private readonly tls?: ClusterTls,
   ) {}
 
   async listen(port: number, host = '127.0.0.1'): Promise<number> {
-    this.#server = createServer((sock) => {
+    this.#server = clusterServer(this.tls, (sock) => {
       this.#inbound.add(sock);
       sock.setNoDelay(true);
       readFrames(sock, (body) => {
@@ -142,11 +145,10 @@ export class RaftTransport {
     if (now < o.retryAt) return undefined;
     const addr = this.peers.get(to);
     if (!addr) return undefined;
-    const sock = connect(addr.port, addr.host);
+    const entry = o;
+    const sock = clusterConnect(addr, this.tls, () => (entry.backoff = 50));
     sock.setNoDelay(true);
     o.sock = sock;
-    const entry = o;
-    sock.on('connect', () => (entry.backoff = 50));
     sock.on('error', () => undefined);
     sock.on('close', () => {
       if (entry.sock === sock) entry.sock = undefined;
