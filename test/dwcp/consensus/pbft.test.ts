@@ -218,3 +218,29 @@ t.test('signatures: forged, altered and unknown senders are refused', async (t) 
   t.equal(out[0]!.msg.body.type, 'prepare');
   t.throws(() => new PbftReplica({ id: 0, n: 5, privateKey: keys[0]!.privateKey, publicKeys }), RangeError);
 });
+
+t.test('over TCP: four replica drivers and a client, through the primary going down', async (t) => {
+  const { PbftNode, PbftNetClient } = await import('../../../src/dwcp/consensus/pbft/node.js');
+  const { freePort } = await import('../../services.js');
+  const peers = new Map(await Promise.all([0, 1, 2, 3].map(async (i) => [i, { host: '127.0.0.1', port: await freePort() }] as const)));
+  const clientPorts = await Promise.all([0, 1, 2, 3].map(() => freePort()));
+  const nodes = keys.map((k, id) => new PbftNode({ id, peers, clientPort: clientPorts[id]!, privateKey: k.privateKey, publicKeys, tickMs: 10, viewTimeoutTicks: 20, checkpointInterval: 4 }));
+  await Promise.all(nodes.map((n) => n.start()));
+  const client = new PbftNetClient('c0', clientKeys[0]!.privateKey, publicKeys, new Map(clientPorts.map((port, i) => [i, { host: '127.0.0.1', port }])));
+  t.teardown(async () => {
+    client.close();
+    await Promise.all(nodes.map((n) => n.close()));
+  });
+  const results: string[] = [];
+  for (let i = 0; i < 10; i++) results.push(await client.request(`put k${i}`));
+  t.same(results, Array.from({ length: 10 }, (_, i) => `${i + 1}:put k${i}`), 'executed in order, sequence numbers 1..10');
+  // The primary stops: the others change view and carry on.
+  await nodes[0]!.close();
+  for (let i = 10; i < 15; i++) results.push(await client.request(`put k${i}`, { retryMs: 200 }));
+  t.equal(results.length, 15);
+  t.ok(nodes.slice(1).every((n) => n.replica.view >= 1), `view changed (${nodes.map((n) => n.replica.view).join(' ')})`);
+  // f + 1 answers were enough for the client; the third replica gets there too.
+  const until = Date.now() + 5000;
+  while (new Set(nodes.slice(1).map((n) => n.replica.lastExecuted)).size > 1 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+  t.same(new Set(nodes.slice(1).map((n) => n.replica.lastExecuted)).size, 1, 'the three agree on how far they are');
+});
