@@ -9,7 +9,7 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { PbftClient, PbftReplica, digestOf, signBody, type Outbound, type Signed } from '../../../src/dwcp/consensus/pbft/pbft.js';
 import { seeded } from './sim.js';
 
-type Fault = 'none' | 'silent-primary' | 'equivocating-primary' | 'inventing-primary' | 'forging-backup' | 'replaying-backup' | 'forged-digest-primary';
+type Fault = 'none' | 'partitioned-backup' | 'lying-state' | 'silent-primary' | 'equivocating-primary' | 'inventing-primary' | 'forging-backup' | 'replaying-backup' | 'forged-digest-primary';
 
 interface Run {
   executed: Map<number, string>[]; // per replica: seq -> request identity
@@ -19,6 +19,9 @@ interface Run {
   views: number[];
   logSizes: number[];
   rejectedForgeries: number;
+  lastExecuted: number[];
+  /** partitioned-backup: what the others had executed when the cut ended. */
+  gapAt: number;
 }
 
 const N = 4;
@@ -26,9 +29,9 @@ const keys = Array.from({ length: N }, () => generateKeyPairSync('ed25519'));
 const clientKeys = Array.from({ length: 3 }, () => generateKeyPairSync('ed25519'));
 const publicKeys = new Map<number | string, KeyObject>([...keys.map((k, i) => [i, k.publicKey] as const), ...clientKeys.map((k, i) => [`c${i}`, k.publicKey] as const)]);
 
-function simulate(seed: number, fault: Fault, requestsPerClient = 12): Run {
+function simulate(seed: number, fault: Fault, requestsPerClient = fault === 'partitioned-backup' || fault === 'lying-state' ? 80 : 12): Run {
   const rnd = seeded(seed);
-  const bad = fault === 'none' ? -1 : fault.endsWith('primary') ? 0 : 2;
+  const bad = fault === 'none' || fault === 'partitioned-backup' ? -1 : fault.endsWith('primary') ? 0 : 2;
   const replicas = keys.map((k, id) => new PbftReplica({ id, n: N, privateKey: k.privateKey, publicKeys, checkpointInterval: 4, viewTimeoutTicks: 15 }));
   const clients = clientKeys.map((k, i) => new PbftClient(`c${i}`, k.privateKey, publicKeys, N));
   const executed = replicas.map(() => new Map<number, string>());
@@ -63,8 +66,10 @@ function simulate(seed: number, fault: Fault, requestsPerClient = 12): Run {
       }
     });
   };
+  // An honest replica cut off for a while: it misses whole checkpoints and must catch up by state transfer.
+  const cutOff = (x: number | string): boolean => (fault === 'partitioned-backup' || fault === 'lying-state') && x === 3 && now >= 200 && now < 700;
   const route = (from: number | string, o: Outbound): void => {
-    const targets = o.to === 'all' ? [0, 1, 2, 3].filter((x) => x !== from) : typeof o.to === 'number' ? [o.to] : [];
+    const targets = (o.to === 'all' ? [0, 1, 2, 3].filter((x) => x !== from) : typeof o.to === 'number' ? [o.to] : []).filter((to) => !cutOff(to) && !cutOff(from));
     if (typeof o.to === 'string' && o.to !== 'all') return toClient(o.to, o.msg);
     for (const to of targets) deliverTo(to, o.msg);
   };
@@ -106,6 +111,12 @@ function simulate(seed: number, fault: Fault, requestsPerClient = 12): Run {
           rejected += 2;
         }
         return;
+      }
+      case 'lying-state': {
+        // Answers a lagging replica's fetch with made-up results, properly signed by itself.
+        if (b.type !== 'state' || !b.entries) return route(bad, o);
+        const lie = b.entries.map((e) => ({ ...e, result: `${e.result}-lie` }));
+        return route(bad, { to: o.to, msg: signBody({ ...b, entries: lie }, keys[bad]!.privateKey) });
       }
       case 'replaying-backup': {
         route(bad, o);
@@ -152,12 +163,14 @@ function simulate(seed: number, fault: Fault, requestsPerClient = 12): Run {
     };
     at(rnd() * 10, tick);
   }
+  let gapAt = 0;
+  if (fault === 'partitioned-backup' || fault === 'lying-state') at(700, () => (gapAt = replicas[0]!.lastExecuted - replicas[3]!.lastExecuted));
   while (events.length && now < 60_000 && accepted.length < clients.length * requestsPerClient) {
     const e = events.shift()!;
     now = e.at;
     e.run();
   }
-  return { executed, accepted, completed: accepted.length, wanted: clients.length * requestsPerClient, views: replicas.map((r) => r.view), logSizes: replicas.map((r) => r.logSize), rejectedForgeries: rejected };
+  return { executed, accepted, completed: accepted.length, wanted: clients.length * requestsPerClient, views: replicas.map((r) => r.view), logSizes: replicas.map((r) => r.logSize), rejectedForgeries: rejected, lastExecuted: replicas.map((r) => r.lastExecuted), gapAt };
 }
 
 // What is wrong with a run's outcome, if anything.
@@ -183,6 +196,26 @@ function safetyProblems(run: Run, bad: number): string[] {
   for (const w of bySeq.values()) if (w.includes('-evil')) problems.push(`equivocated request executed: ${w}`);
   return problems;
 }
+
+t.test('a replica cut off through several checkpoints catches up by state transfer', async (t) => {
+  for (let seed = 1; seed <= 4; seed++) {
+    const run = simulate(seed, 'partitioned-backup');
+    t.equal(run.completed, run.wanted, `seed ${seed}: every request completed`);
+    t.same(safetyProblems(run, -1), [], `seed ${seed}: all four agree`);
+    const [a, , , behind] = run.lastExecuted as [number, number, number, number];
+    t.ok(behind >= a - 8, `seed ${seed}: the cut-off replica is back within two checkpoints (${run.lastExecuted.join(' ')})`);
+    t.ok(run.gapAt > 0 && behind > run.gapAt + 8, `seed ${seed}: it had missed checkpoints (cut off at ${run.gapAt}) and is past them`);
+  }
+});
+
+t.test('a lying answer to a state fetch is refused', async (t) => {
+  for (let seed = 1; seed <= 3; seed++) {
+    const run = simulate(seed, 'lying-state');
+    t.same(safetyProblems(run, 2), [], `seed ${seed}: the lagging replica took no made-up state`);
+    t.notOk([...run.executed[3]!.values()].some((w) => w.endsWith('-lie')));
+    t.ok(run.lastExecuted[3]! >= run.lastExecuted[0]! - 8, `seed ${seed}: and caught up from the honest ones (${run.lastExecuted.join(' ')})`);
+  }
+});
 
 for (const fault of ['none', 'silent-primary', 'equivocating-primary', 'inventing-primary', 'forged-digest-primary', 'forging-backup', 'replaying-backup'] as const) {
   t.test(`${fault}: safe and live over seeds 1-4`, async (t) => {

@@ -27,7 +27,7 @@ export interface ClientRequest {
 }
 
 interface Body {
-  type: 'request' | 'prePrepare' | 'prepare' | 'commit' | 'reply' | 'checkpoint' | 'viewChange' | 'newView';
+  type: 'request' | 'prePrepare' | 'prepare' | 'commit' | 'reply' | 'checkpoint' | 'viewChange' | 'newView' | 'fetch' | 'state';
   from: ReplicaId | string;
   view?: number;
   seq?: number;
@@ -43,6 +43,8 @@ interface Body {
   stable?: number;
   checkpointProof?: Signed[];
   prepared?: Array<{ prePrepare: Signed; prepares: Signed[] }>;
+  // state: the executed requests from the asker's last one to a stable checkpoint.
+  entries?: Array<{ seq: number; request: ClientRequest; result: string }>;
   // newView: the 2f + 1 view changes and the pre-prepares they imply.
   viewChanges?: Signed[];
   prePrepares?: Signed[];
@@ -78,6 +80,8 @@ export interface PbftOptions {
   viewTimeoutTicks?: number;
   /** The replicated state machine: apply an operation, return its result. Default: an append-only log. */
   execute?: (op: string, seq: number) => string;
+  /** Executed requests kept for replicas that fall behind, in sequence numbers. Default 1,024. */
+  retainLog?: number;
 }
 
 export const digestOf = (r: ClientRequest): string => createHash('sha256').update(canonical(r)).digest('hex');
@@ -147,6 +151,13 @@ export class PbftReplica {
   #out: Outbound[] = [];
   #executed: PbftReady['executed'] = [];
   #committedDigest = new Map<number, string>(); // seq -> digest executed (or committed) there
+  // Executed requests kept for replicas that fall behind (state transfer), a few checkpoints back.
+  #log = new Map<number, { request: ClientRequest; result: string }>();
+  #retain: number;
+  #ticks = 0;
+  #fetchedAt = -Infinity;
+  // A checkpoint 2f + 1 replicas agree on, beyond what this one executed.
+  #behind = 0;
 
   constructor(o: PbftOptions) {
     if (o.n < 4 || (o.n - 1) % 3 !== 0) throw new RangeError('PBFT needs n = 3f + 1 replicas, at least 4');
@@ -158,6 +169,7 @@ export class PbftReplica {
     this.#k = o.checkpointInterval ?? 8;
     this.#window = 2 * this.#k;
     this.#timeout = o.viewTimeoutTicks ?? 20;
+    this.#retain = o.retainLog ?? 1024;
     this.#execute = o.execute ?? ((op, seq) => `${seq}:${op}`);
     this.#stateDigest = this.#state.copy().digest('hex');
   }
@@ -184,6 +196,8 @@ export class PbftReplica {
   }
 
   tick(): void {
+    this.#ticks++;
+    if (this.#behind > this.lastExecuted) this.#fetch();
     // A request known but not executed in time: the primary is faulty or cut off.
     if (this.#pending.size === 0 && !this.changingView) {
       this.#timer = 0;
@@ -215,6 +229,10 @@ export class PbftReplica {
         return this.#onViewChange(m);
       case 'newView':
         return this.#onNewView(m);
+      case 'fetch':
+        return this.#onFetch(m);
+      case 'state':
+        return this.#onState(m);
       default:
         return;
     }
@@ -331,6 +349,7 @@ export class PbftReplica {
         const reply = this.#send(r.client, { type: 'reply', from: this.id, view: this.view, client: r.client, ts: r.ts, result });
         this.#lastReply.set(r.client, { ts: r.ts, msg: reply });
         this.#executed.push({ seq, request: r, result });
+        this.#log.set(seq, { request: r, result });
       }
     }
     if (seq % this.#k === 0) {
@@ -370,6 +389,7 @@ export class PbftReplica {
     let byReplica = this.#checkpoints.get(b.seq!);
     if (!byReplica) this.#checkpoints.set(b.seq!, (byReplica = new Map()));
     byReplica.set(b.from as number, m);
+    if (b.seq! > this.lastExecuted) this.#maybeFetch(byReplica);
     const mine = this.#myCheckpoints.get(b.seq!);
     if (mine === undefined) return;
     const proof = [...byReplica.values()].filter((c) => c.body.stateDigest === mine);
@@ -384,7 +404,83 @@ export class PbftReplica {
     for (const n of this.#checkpoints.keys()) if (n < seq) this.#checkpoints.delete(n);
     for (const n of this.#myCheckpoints.keys()) if (n < seq) this.#myCheckpoints.delete(n);
     for (const n of this.#committedDigest.keys()) if (n <= seq) this.#committedDigest.delete(n);
+    for (const n of this.#log.keys()) if (n <= seq - this.#retain) this.#log.delete(n);
     if (this.primary() === this.id && !this.changingView) this.#orderWaiting();
+  }
+
+  // --- state transfer ------------------------------------------------------------
+  // A replica that sees 2f + 1 replicas agree on a checkpoint it has not
+  // reached (it missed messages, and the log it needs may be collected) asks
+  // for the executed requests up to it. The answer proves itself: the
+  // requests, hashed onto this replica's state, must give the digest 2f + 1
+  // replicas signed. Replicas keep `retainLog` executed requests for this; a
+  // replica further behind than that cannot catch up this way (it would need
+  // the application's state itself, which this state machine does not ship).
+
+  #maybeFetch(byReplica: Map<ReplicaId, Signed>): void {
+    const votes = new Map<string, number>();
+    let seq = 0;
+    for (const c of byReplica.values()) {
+      votes.set(c.body.stateDigest!, (votes.get(c.body.stateDigest!) ?? 0) + 1);
+      seq = c.body.seq!;
+    }
+    if (![...votes.values()].some((n) => n >= 2 * this.f + 1)) return;
+    this.#behind = Math.max(this.#behind, seq);
+    this.#fetch();
+  }
+
+  // Asks for the state up to the checkpoint this replica is behind; again
+  // each timeout (from tick) until it has caught up.
+  #fetch(): void {
+    if (this.#ticks - this.#fetchedAt < this.#timeout / 2) return;
+    this.#fetchedAt = this.#ticks;
+    this.#send('all', { type: 'fetch', from: this.id, seq: this.lastExecuted });
+  }
+
+  #onFetch(m: Signed): void {
+    const b = m.body;
+    if (typeof b.from !== 'number' || b.from === this.id || typeof b.seq !== 'number' || b.seq >= this.stable) return;
+    const entries = [...this.#log].filter(([s]) => s > b.seq! && s <= this.stable).sort((x, y) => x[0] - y[0]).map(([s, e]) => ({ seq: s, request: e.request, result: e.result }));
+    this.#send(b.from, { type: 'state', from: this.id, seq: this.stable, entries, checkpointProof: this.#stableProof });
+  }
+
+  #onState(m: Signed): void {
+    const b = m.body;
+    const target = b.seq;
+    if (typeof target !== 'number' || target <= this.lastExecuted || !Array.isArray(b.entries) || !Array.isArray(b.checkpointProof)) return;
+    // 2f + 1 replicas signed the digest at `target`.
+    const signers = new Map<string, Set<unknown>>();
+    for (const c of b.checkpointProof) {
+      if (!verifySigned(c, this.#keys) || c.body.type !== 'checkpoint' || c.body.seq !== target || typeof c.body.stateDigest !== 'string') continue;
+      const set = signers.get(c.body.stateDigest) ?? new Set<unknown>();
+      set.add(c.body.from);
+      signers.set(c.body.stateDigest, set);
+    }
+    const digest = [...signers].find(([, set]) => set.size >= 2 * this.f + 1)?.[0];
+    if (!digest) return;
+    let prev = this.lastExecuted;
+    const h = this.#state.copy();
+    for (const e of b.entries) {
+      if (typeof e?.seq !== 'number' || e.seq <= prev || e.seq > target || !e.request || typeof e.result !== 'string') return;
+      prev = e.seq;
+      h.update(`${e.seq}|${e.request.client}|${e.request.ts}|${e.request.op}|${e.result}\n`);
+    }
+    if (h.digest('hex') !== digest) return; // not the state the others agreed on
+    for (const e of b.entries) {
+      const r = e.request;
+      this.#execute(r.op!, e.seq);
+      this.#state.update(`${e.seq}|${r.client}|${r.ts}|${r.op}|${e.result}\n`);
+      this.#lastReply.set(r.client, { ts: r.ts, msg: signBody({ type: 'reply', from: this.id, view: this.view, client: r.client, ts: r.ts, result: e.result }, this.#key) });
+      this.#executed.push({ seq: e.seq, request: r, result: e.result });
+      this.#log.set(e.seq, { request: r, result: e.result });
+      this.#pending.delete(digestOf(r));
+    }
+    this.lastExecuted = target;
+    this.#myCheckpoints.set(target, digest);
+    this.#makeStable(target, b.checkpointProof.filter((c) => c.body.stateDigest === digest));
+    this.#nextSeq = Math.max(this.#nextSeq, target + 1);
+    this.#timer = 0;
+    this.#executeReady();
   }
 
   /** Slots kept in the log (for tests of garbage collection). */
