@@ -20,10 +20,11 @@ export function parsePeers(s: string): Map<number, PeerAddress> {
 
 export async function cmdConsensus(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
-  if (sub !== 'node') throw new NovacronError('ERR_USAGE', `unknown consensus command: ${sub ?? '(none)'}; try \`novacron consensus node\``);
+  if (sub === 'member') return cmdMember(rest);
+  if (sub !== 'node') throw new NovacronError('ERR_USAGE', `unknown consensus command: ${sub ?? '(none)'}; try \`novacron consensus node\` or \`member\``);
   const { values } = parseArgs({
     args: rest,
-    options: { id: { type: 'string' }, peers: { type: 'string' }, 'client-port': { type: 'string' }, 'data-dir': { type: 'string' }, 'tick-ms': { type: 'string' }, 'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' } },
+    options: { id: { type: 'string' }, peers: { type: 'string' }, 'client-port': { type: 'string' }, 'data-dir': { type: 'string' }, 'tick-ms': { type: 'string' }, 'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, join: { type: 'boolean', default: false } },
     strict: true,
   });
   const id = Number(values.id);
@@ -38,6 +39,7 @@ export async function cmdConsensus(args: string[]): Promise<void> {
     peers: parsePeers(values.peers ?? ''),
     dir: values['data-dir'],
     clientPort: Number(values['client-port'] ?? 0),
+    join: values.join,
     ...(values['tick-ms'] ? { tickMs: Number(values['tick-ms']) } : {}),
   });
   await node.start();
@@ -47,4 +49,20 @@ export async function cmdConsensus(args: string[]): Promise<void> {
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
+}
+
+/** `novacron consensus member add|remove ID [--address HOST:PORT] --cluster 1=HOST:CLIENTPORT,...` */
+async function cmdMember(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, options: { address: { type: 'string' }, cluster: { type: 'string' } }, allowPositionals: true, strict: true });
+  const [action, id] = positionals;
+  if ((action !== 'add' && action !== 'remove') || !id || !/^\d+$/.test(id)) throw new NovacronError('ERR_USAGE', 'usage: novacron consensus member add|remove ID [--address HOST:PORT] --cluster 1=HOST:CLIENTPORT,...');
+  if (action === 'add' && !values.address) throw new NovacronError('ERR_USAGE', '--address (the new member\'s Raft host:port) is required to add');
+  const { RaftKvClient } = await import('../dwcp/consensus/raft/client.js');
+  const client = new RaftKvClient(parsePeers(values.cluster ?? ''));
+  try {
+    const r = await client.call({ op: 'member', action, node: Number(id), ...(values.address ? { address: values.address } : {}) });
+    process.stdout.write(`voters: ${(r.voters as number[]).join(' ')}\n`);
+  } finally {
+    client.close();
+  }
 }

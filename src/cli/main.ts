@@ -47,6 +47,9 @@ commands:
   consensus node [options]  one member of a Raft key-value cluster (foreground)
       --id N --peers 1=HOST:PORT,2=...,3=... --client-port P --data-dir DIR
       --tls-ca F --tls-cert F --tls-key F   mutual TLS for the Raft and client ports
+      --join                a new member: wait to be added instead of campaigning
+  consensus member add|remove ID [--address HOST:PORT] --cluster 1=HOST:CLIENTPORT,...
+                            change a Raft cluster's membership, one member at a time
   bench consensus           a 3-node Raft cluster on loopback (3 processes, fsync on): put latency and throughput
   help                      this text
   --version                 the package version

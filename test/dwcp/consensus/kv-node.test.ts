@@ -230,3 +230,44 @@ t.test('mutual TLS between members and for clients; strangers get nowhere', { sk
   await t.rejects(stranger.call({ op: 'get', key: 'k' }), { code: 'ERR_RAFT_UNAVAILABLE' });
   stranger.close();
 });
+
+t.test('membership: a fourth member joins, catches up and votes; another leaves', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-raft-member-'));
+  const four = await clusterAddresses(4);
+  const peers3 = new Map([...four.peers].filter(([id]) => id <= 3));
+  const clients3 = new Map([...four.clientAddrs].filter(([id]) => id <= 3));
+  const nodes: RaftKvNode[] = [];
+  for (let i = 1; i <= 3; i++) {
+    const n = new RaftKvNode({ id: i, peers: peers3, dir: join(dir, `n${i}`), clientPort: four.clientPorts[i - 1]!, tickMs: 10, snapshotEvery: 20 });
+    await n.start();
+    nodes.push(n);
+  }
+  const client = new RaftKvClient(clients3, { timeoutMs: 10000 });
+  t.teardown(async () => {
+    client.close();
+    for (const n of nodes) await n.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  for (let i = 0; i < 50; i++) await client.call({ op: 'put', key: `k${i}`, value: `v${i}` });
+  // Node 4 starts knowing everyone, but waits to be added.
+  const joiner = new RaftKvNode({ id: 4, peers: four.peers, dir: join(dir, 'n4'), clientPort: four.clientPorts[3]!, tickMs: 10, join: true });
+  await joiner.start();
+  nodes.push(joiner);
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(joiner.raft.role, 'follower', 'a joiner does not campaign');
+  const addr = `127.0.0.1:${four.peers.get(4)!.port}`;
+  t.match(await client.call({ op: 'member', action: 'add', node: 4, address: addr }), { ok: true, voters: [1, 2, 3, 4] });
+  const leader = nodes.find((n) => n.raft.role === 'leader')!;
+  const deadline = Date.now() + 10000;
+  while (joiner.raft.applied < leader.raft.committed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.ok(joiner.raft.applied >= leader.raft.committed, 'the new member caught up (from a snapshot: the others had compacted)');
+  t.same([...joiner.raft.voters].sort(), [1, 2, 3, 4], 'and knows it votes');
+  t.equal(joiner.localGet('k49'), 'v49');
+  // A follower leaves; the cluster of three carries on.
+  const leaving = nodes.find((n) => n.raft.role !== 'leader' && n !== joiner)!;
+  t.match(await client.call({ op: 'member', action: 'remove', node: leaving.id }), { ok: true });
+  t.notOk(leader.raft.voters.has(leaving.id));
+  await leaving.close();
+  t.match(await client.call({ op: 'put', key: 'after', value: 'change' }), { ok: true });
+  await t.rejects(client.call({ op: 'member', action: 'add', node: 9 }), { code: 'ERR_RAFT_BAD_REQUEST' }, 'adding needs an address');
+});

@@ -10,7 +10,7 @@
 import type { Server, Socket } from 'node:net';
 import { clusterServer, type ClusterTls } from '../secure.js';
 import { NovacronError } from '../../../errors.js';
-import { Raft, sendableBeforePersist } from './raft.js';
+import { decodeConfChange, Raft, sendableBeforePersist } from './raft.js';
 import { corked, FrameReader, RaftTransport, type PeerAddress } from './transport.js';
 import type { NodeId, Ready } from './types.js';
 import { RaftWal } from './wal.js';
@@ -28,6 +28,8 @@ export interface KvNodeOptions {
   snapshotEvery?: number;
   /** Mutual TLS for the Raft and client ports; plain TCP without. */
   tls?: ClusterTls;
+  /** A new member: it waits to be added (a 'member' request at the leader) instead of campaigning. */
+  join?: boolean;
 }
 
 export type KvRequest =
@@ -35,6 +37,7 @@ export type KvRequest =
   | { id: number; op: 'get'; key: string }
   | { id: number; op: 'delete'; key: string }
   | { id: number; op: 'cas'; key: string; expect: string | null; value: string }
+  | { id: number; op: 'member'; action: 'add' | 'remove'; node: NodeId; address?: string }
   | { id: number; op: 'status' };
 
 export type KvOk = { id: number; ok: true; value?: string | null; swapped?: boolean; [k: string]: unknown };
@@ -74,12 +77,16 @@ export class RaftKvNode {
   #wasLeader = false;
   #watchers = new Set<(key: string, value: string | undefined) => void>();
 
+  // Members' Raft addresses; membership changes add and remove them.
+  #peers: Map<NodeId, PeerAddress>;
+
   constructor(o: KvNodeOptions) {
     this.id = o.id;
     this.#o = o;
+    this.#peers = new Map(o.peers);
     this.#transport = new RaftTransport(
       o.id,
-      o.peers,
+      this.#peers,
       (m) => {
         if (this.#closed) return;
         this.raft.step(m);
@@ -93,8 +100,8 @@ export class RaftKvNode {
     const { wal, stored } = await RaftWal.open(this.#o.dir);
     this.#wal = wal;
     if (stored.snapshot) this.#restore(stored.snapshot.data, stored.snapshot.meta.index);
-    this.raft = new Raft({ id: this.id, voters: [...this.#o.peers.keys()], stored, electionTicks: 10, heartbeatTicks: 2, maxEntriesPerMessage: 256, maxInflight: 64, random: Math.random });
-    const self = this.#o.peers.get(this.id);
+    this.raft = new Raft({ id: this.id, voters: this.#o.join ? [] : [...this.#o.peers.keys()], stored, electionTicks: 10, heartbeatTicks: 2, maxEntriesPerMessage: 256, maxInflight: 64, random: Math.random });
+    const self = this.#peers.get(this.id);
     if (!self) throw new NovacronError('ERR_RAFT_CONFIG', `node ${this.id} is not among the peers`);
     await this.#transport.listen(self.port, self.host);
     this.#clients = clusterServer(this.#o.tls, (s) => this.#serveClient(s));
@@ -107,7 +114,7 @@ export class RaftKvNode {
       this.#kick();
     }, this.#o.tickMs ?? 20);
     // Alone, there is nobody to wait for: lead at once.
-    if (this.#o.peers.size === 1) {
+    if (this.#o.peers.size === 1 && !this.#o.join) {
       this.raft.campaign();
       this.#kick();
     }
@@ -188,7 +195,11 @@ export class RaftKvNode {
     for (const e of rd.committed) {
       if (e.index <= this.#applied) continue;
       this.#applied = e.index;
-      if (e.type !== 'normal' || e.data.length === 0) continue;
+      if (e.type === 'conf') {
+        this.#memberChanged(e.data);
+        continue;
+      }
+      if (e.data.length === 0) continue;
       const c = JSON.parse(Buffer.from(e.data).toString()) as Command;
       let swapped: boolean | undefined;
       const before = this.#kv.get(c.key);
@@ -217,6 +228,20 @@ export class RaftKvNode {
     }
   }
 
+  // A membership change committed: dial the new member, forget a removed one.
+  #memberChanged(data: Uint8Array): void {
+    const c = decodeConfChange(data);
+    if (c.type === 'remove') {
+      if (c.node !== this.id) this.#peers.delete(c.node);
+    } else if (c.address) {
+      const m = /^(.+):(\d+)$/.exec(c.address);
+      if (m) this.#peers.set(c.node, { host: m[1]!, port: Number(m[2]) });
+    }
+    for (const w of this.#memberWaits.splice(0)) w();
+  }
+
+  #memberWaits: Array<() => void> = [];
+
   // Lost leadership: what was proposed here may or may not commit; the
   // client is told it does not know, rather than left waiting.
   #failPending(): void {
@@ -240,6 +265,24 @@ export class RaftKvNode {
       return { id: q.id, ok: true, role: this.raft.role, leader: this.raft.leader, term: this.raft.term, commit: this.raft.committed, applied: this.#applied, walBytes: this.#wal.size };
     }
     if (this.raft.role !== 'leader') return { id: q.id, error: NOT_LEADER, leader: this.raft.leader };
+    if (q.op === 'member') {
+      if ((q.action === 'add' && typeof q.address !== 'string') || !Number.isInteger(q.node) || q.node <= 0) return { id: q.id, error: 'ERR_RAFT_BAD_REQUEST', message: 'member: node (a positive integer) and, to add, address (host:port)' };
+      const want = q.action === 'add';
+      if (this.raft.voters.has(q.node) === want) return { id: q.id, ok: true, voters: [...this.raft.voters] };
+      if (!this.raft.proposeConfChange({ type: q.action, node: q.node, ...(want ? { address: q.address! } : {}) })) {
+        return { id: q.id, error: 'ERR_RAFT_CHANGE_PENDING', message: 'another membership change is in progress; try again' };
+      }
+      this.#kick();
+      const deadline = Date.now() + 10_000;
+      while (this.raft.voters.has(q.node) !== want) {
+        if (Date.now() > deadline) return { id: q.id, error: 'ERR_RAFT_OUTCOME_UNKNOWN' };
+        await new Promise<void>((r) => {
+          this.#memberWaits.push(r);
+          setTimeout(r, 100).unref();
+        });
+      }
+      return { id: q.id, ok: true, voters: [...this.raft.voters] };
+    }
     if (q.op === 'get') {
       const ctx = `${this.id}:${++this.#readSeq}`;
       const wait = new Promise<{ ok: true } | { error: string }>((resolve) => {
@@ -275,8 +318,9 @@ export class RaftKvNode {
       let q: KvRequest;
       try {
         q = JSON.parse(body.toString()) as KvRequest;
-        if (typeof q !== 'object' || q === null || typeof q.id !== 'number' || !['put', 'get', 'delete', 'cas', 'status'].includes(q.op)) throw new Error('not a request');
-        if (q.op !== 'status' && (typeof q.key !== 'string' || ((q.op === 'put' || q.op === 'cas') && typeof q.value !== 'string'))) throw new Error('key and value must be strings');
+        if (typeof q !== 'object' || q === null || typeof q.id !== 'number' || !['put', 'get', 'delete', 'cas', 'member', 'status'].includes(q.op)) throw new Error('not a request');
+        if (q.op === 'member' && q.action !== 'add' && q.action !== 'remove') throw new Error('member: action must be add or remove');
+        if (q.op !== 'status' && q.op !== 'member' && (typeof q.key !== 'string' || ((q.op === 'put' || q.op === 'cas') && typeof q.value !== 'string'))) throw new Error('key and value must be strings');
       } catch (err) {
         reply({ id: -1, error: 'ERR_RAFT_BAD_REQUEST', message: (err as Error).message });
         return;

@@ -61,7 +61,7 @@ const dec = new TextDecoder();
 export const encodeConfChange = (c: ConfChange): Uint8Array => enc.encode(JSON.stringify(c));
 export function decodeConfChange(data: Uint8Array): ConfChange {
   const c = JSON.parse(dec.decode(data)) as ConfChange;
-  if ((c.type !== 'add' && c.type !== 'remove') || !Number.isInteger(c.node) || c.node <= 0) throw new Error(`bad conf change ${dec.decode(data)}`);
+  if ((c.type !== 'add' && c.type !== 'remove') || !Number.isInteger(c.node) || c.node <= 0 || (c.address !== undefined && typeof c.address !== 'string')) throw new Error(`bad conf change ${dec.decode(data)}`);
   return c;
 }
 

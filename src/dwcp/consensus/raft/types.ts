@@ -17,6 +17,8 @@ export interface Entry {
 export interface ConfChange {
   type: 'add' | 'remove';
   node: NodeId;
+  /** add: where the new member's Raft port is (host:port), for drivers that dial members. */
+  address?: string;
 }
 
 /** What must be on disk (fsynced) before the messages of the same Ready go out. */
