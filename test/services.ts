@@ -2,7 +2,7 @@
 // temp directory on a free loopback port, password-protected, removed on
 // stop. When the server binaries are absent the helpers say why, and the
 // tests skip (`.ci/run` installs both from Debian).
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { freePort } from '../src/control/ports.js';
@@ -100,6 +100,13 @@ export async function startPostgres(): Promise<Service> {
   const start = async (): Promise<void> => {
     child = spawn(join(bin, 'postgres'), ['-D', join(dir, 'data'), '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1'], { stdio: 'ignore', ...ids });
     await waitFor(port, child, 'postgres');
+    // Accepting connections is not accepting queries ("the database system
+    // is starting up"): wait for pg_isready to say so.
+    const t0 = Date.now();
+    while (spawnSync(join(bin, 'pg_isready'), ['-h', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' }).status !== 0) {
+      if (Date.now() - t0 > 30000) throw new Error('postgres not ready within 30 s');
+      await new Promise((r) => setTimeout(r, 50));
+    }
   };
   await start();
   return service(`postgres://novacron:${PG_PASSWORD}@127.0.0.1:${port}/postgres`, port, dir, start, () => child, 'SIGINT');
