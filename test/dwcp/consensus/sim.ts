@@ -330,13 +330,10 @@ export class Sim {
       const k = Math.max(1, Math.floor(ids.length / 2));
       cutBetween(shuffled.slice(0, k), shuffled.slice(k));
     } else if (kind === 1) {
-      // A bridge: two groups that both reach one node but not each other.
-      const shuffled = [...ids].sort(() => this.rnd() - 0.5);
-      const bridge = shuffled[0]!;
-      const rest = shuffled.slice(1);
+      // A bridge: two groups that both reach one node (the first) but not each other.
+      const rest = [...ids].sort(() => this.rnd() - 0.5).slice(1);
       const half = Math.ceil(rest.length / 2);
       cutBetween(rest.slice(0, half), rest.slice(half));
-      void bridge;
     } else {
       // The leader alone.
       const leader = this.nodes.find((n) => n.up && n.raft.role === 'leader')?.id ?? ids[Math.floor(this.rnd() * ids.length)]!;

@@ -139,7 +139,6 @@ export class PbftReplica {
   #failedViews = 0;
   #execute: (op: string, seq: number) => string;
   #state = createHash('sha256');
-  #stateDigest = '';
   #nextSeq = 1;
   #slots = new Map<string, Slot>(); // `${view}:${seq}`
   #lastReply = new Map<string, { ts: number; msg: Signed }>();
@@ -171,7 +170,6 @@ export class PbftReplica {
     this.#timeout = o.viewTimeoutTicks ?? 20;
     this.#retain = o.retainLog ?? 1024;
     this.#execute = o.execute ?? ((op, seq) => `${seq}:${op}`);
-    this.#stateDigest = this.#state.copy().digest('hex');
   }
 
   primary(view = this.view): ReplicaId {

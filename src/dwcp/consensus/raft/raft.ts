@@ -103,7 +103,6 @@ export class Raft {
   #deferredReads: string[] = [];
   #pendingConfIndex = 0;
   #leadTransferee: NodeId = 0;
-  #transferElapsed = 0;
   #prevHard: HardState;
   #prevSoft: { leader: NodeId; role: Role };
 

@@ -71,7 +71,6 @@ export class RaftWal {
   readonly dir: string;
   #fh: FileHandle;
   #hard: HardState;
-  #snapshot: Snapshot | undefined;
   // Entries on disk after the snapshot: kept for compaction, which rewrites them.
   #entries: Entry[];
   #bytes: number;
@@ -81,7 +80,6 @@ export class RaftWal {
     this.dir = dir;
     this.#fh = fh;
     this.#hard = stored.hardState;
-    this.#snapshot = stored.snapshot;
     this.#entries = stored.entries;
     this.#bytes = bytes;
     this.#capacity = capacity;
@@ -165,14 +163,12 @@ export class RaftWal {
   /** Keeps `snap` and drops the log entries it covers (the log file is rewritten). */
   async compact(snap: Snapshot): Promise<void> {
     this.#writeSnapshotFile(snap);
-    this.#snapshot = snap;
     this.#entries = this.#entries.filter((e) => e.index > snap.meta.index);
     await this.#rewriteLog();
   }
 
   async #installSnapshot(snap: Snapshot): Promise<void> {
     this.#writeSnapshotFile(snap);
-    this.#snapshot = snap;
     this.#entries = [];
     await this.#rewriteLog();
   }
