@@ -6,8 +6,8 @@
 // The log file is zero-filled ahead of the writes (doubling, from 1 MiB up
 // to PREALLOC at a time, so a new log costs little to start):
 // overwriting allocated blocks leaves the file's size and extents alone, so
-// fdatasync flushes data only, not a journal commit (p99 0.3 against 0.8 ms
-// on this VM's disk); a zero length ends the records.
+// fdatasync flushes data only, not a journal commit; a zero length ends the
+// records.
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, ftruncateSync, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
