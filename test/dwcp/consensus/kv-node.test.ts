@@ -271,3 +271,28 @@ t.test('membership: a fourth member joins, catches up and votes; another leaves'
   t.match(await client.call({ op: 'put', key: 'after', value: 'change' }), { ok: true });
   await t.rejects(client.call({ op: 'member', action: 'add', node: 9 }), { code: 'ERR_RAFT_BAD_REQUEST' }, 'adding needs an address');
 });
+
+// A log that cannot be written (a full disk) stops the node, with a code, rather than crash it
+// or let it acknowledge what it could not make durable. Needs root to mount a small tmpfs.
+t.test('a full disk stops the node cleanly', { skip: process.getuid?.() === 0 ? false : 'needs root to mount a small tmpfs' }, async (t) => {
+  const small = mkdtempSync(join(tmpdir(), 'novacron-raft-full-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', small]);
+  } catch {
+    t.comment('mount failed here: skipped');
+    return;
+  }
+  t.teardown(() => {
+    execFileSync('umount', [small]);
+    rmSync(small, { recursive: true, force: true });
+  });
+  const { peers, clientPorts } = await clusterAddresses(1);
+  const node = new RaftKvNode({ id: 1, peers, dir: join(small, 'raft'), clientPort: clientPorts[0]!, tickMs: 10 });
+  await node.start();
+  t.teardown(() => node.close());
+  // The first write zero-fills 1 MiB of log: more than the disk holds.
+  const r = await node.request({ id: 1, op: 'put', key: 'k', value: 'v' });
+  t.match(r, { error: 'ERR_RAFT_STORAGE' });
+  t.match(node.failure, { code: 'ERR_RAFT_STORAGE', message: /could not be written/ });
+  t.match(await node.request({ id: 2, op: 'status' }), { error: 'ERR_RAFT_STORAGE' }, 'and says so to every later request');
+});

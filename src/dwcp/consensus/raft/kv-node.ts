@@ -162,7 +162,7 @@ export class RaftKvNode {
       this.#again = true;
       return;
     }
-    void this.#process();
+    this.#process().catch((err: unknown) => this.#fail(err));
   }
 
   // The driver. One Ready at a time; what arrives meanwhile waits in the
@@ -228,6 +228,22 @@ export class RaftKvNode {
     }
   }
 
+  /** Why this node stopped, when a write to its log failed (it cannot go on safely). */
+  failure: NovacronError | undefined;
+
+  // A failed write or fsync leaves the log in doubt: stop taking part
+  // rather than acknowledge anything more, and tell whoever waits.
+  #fail(err: unknown): void {
+    if (this.failure) return;
+    this.failure = new NovacronError('ERR_RAFT_STORAGE', `raft node ${this.id} stopped: its log could not be written (${(err as Error).message})`, { cause: err });
+    this.#closed = true;
+    clearInterval(this.#timer);
+    for (const w of this.#waiting.values()) w({ error: 'ERR_RAFT_STORAGE' });
+    this.#waiting.clear();
+    for (const r of this.#reads.values()) r.fail('ERR_RAFT_STORAGE');
+    this.#reads.clear();
+  }
+
   // A membership change committed: dial the new member, forget a removed one.
   #memberChanged(data: Uint8Array): void {
     const c = decodeConfChange(data);
@@ -261,6 +277,7 @@ export class RaftKvNode {
 
   /** Runs one client request at this node. */
   async request(q: KvRequest): Promise<KvResponse> {
+    if (this.failure) return { id: q.id, error: 'ERR_RAFT_STORAGE', message: this.failure.message };
     if (q.op === 'status') {
       return { id: q.id, ok: true, role: this.raft.role, leader: this.raft.leader, term: this.raft.term, commit: this.raft.committed, applied: this.#applied, walBytes: this.#wal.size };
     }

@@ -52,6 +52,14 @@ function encodeSnapshot(s: Snapshot): Buffer {
   return record(3, Buffer.concat([head, meta, s.data]));
 }
 
+function writeAllSync(fd: number, buf: Buffer): void {
+  for (let done = 0; done < buf.length; ) {
+    const n = writeSync(fd, buf, done, buf.length - done);
+    if (n === 0) throw new NovacronError('ERR_RAFT_STORAGE', 'a Raft file write stopped short (disk full?)');
+    done += n;
+  }
+}
+
 /** Reads records until the end or the first bad one; returns them and where the good part ends. */
 function readRecords(buf: Buffer): { recs: Array<{ type: number; body: Buffer }>; end: number } {
   const recs: Array<{ type: number; body: Buffer }> = [];
@@ -130,11 +138,22 @@ export class RaftWal {
     return { wal: new RaftWal(dir, fh, { hardState, snapshot, entries }, bytes, bytes), stored: { hardState, snapshot, entries } };
   }
 
+  // A write that stops short (a full disk answers with fewer bytes, not an
+  // error, until nothing fits) is a failed write here.
+  async #writeAll(buf: Buffer, at: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.#fh.write(buf, done, buf.length - done, at + done);
+      if (bytesWritten === 0) throw new NovacronError('ERR_RAFT_STORAGE', `writing the Raft log in ${this.dir} stopped after ${done} of ${buf.length} bytes (disk full?)`);
+      done += bytesWritten;
+    }
+  }
+
   // Zero-fills the log ahead of `need` more bytes.
   async #reserve(need: number): Promise<void> {
     if (this.#bytes + need <= this.#capacity) return;
     const grow = Math.max(Math.min(PREALLOC, Math.max(1 << 20, this.#capacity)), need);
-    await this.#fh.write(Buffer.alloc(grow), 0, grow, this.#capacity);
+    await this.#writeAll(Buffer.alloc(grow), this.#capacity);
     await this.#fh.sync();
     this.#capacity += grow;
   }
@@ -148,7 +167,7 @@ export class RaftWal {
     if (!parts.length) return;
     const buf = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
     await this.#reserve(buf.length);
-    await this.#fh.write(buf, 0, buf.length, this.#bytes);
+    await this.#writeAll(buf, this.#bytes);
     await this.#fh.datasync();
     this.#bytes += buf.length;
     if (rd.hardState) this.#hard = rd.hardState;
@@ -176,7 +195,7 @@ export class RaftWal {
   #writeSnapshotFile(snap: Snapshot): void {
     const tmp = join(this.dir, 'raft.snap.tmp');
     const fd = openSync(tmp, 'w');
-    writeSync(fd, encodeSnapshot(snap));
+    writeAllSync(fd, encodeSnapshot(snap));
     fsyncSync(fd);
     closeSync(fd);
     renameSync(tmp, join(this.dir, 'raft.snap'));
@@ -190,8 +209,8 @@ export class RaftWal {
     const pad = Math.min(PREALLOC, Math.max(1 << 20, buf.length));
     const capacity = buf.length + pad;
     const fd = openSync(tmp, 'w');
-    writeSync(fd, buf);
-    writeSync(fd, Buffer.alloc(pad));
+    writeAllSync(fd, buf);
+    writeAllSync(fd, Buffer.alloc(pad));
     fsyncSync(fd);
     closeSync(fd);
     await this.#fh.close();
