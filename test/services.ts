@@ -145,3 +145,30 @@ export async function clusterAddresses(n: number): Promise<{ peers: Map<number, 
     clientPorts,
   };
 }
+
+/** Why smallDisk() cannot run here, or undefined. */
+export function smallDiskMissing(): string | undefined {
+  return process.getuid?.() === 0 ? undefined : 'needs root to mount a small tmpfs';
+}
+
+/**
+ * A tmpfs of `size` (e.g. '2m') mounted on a fresh directory, for full-disk
+ * tests; unmounted and removed by the returned function. Undefined when the
+ * mount fails here.
+ */
+export function smallDisk(size: string): { dir: string; remove(): void } | undefined {
+  const dir = mkdtempSync(join(tmpdir(), 'novacron-full-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
+  } catch {
+    rmSync(dir, { recursive: true, force: true });
+    return undefined;
+  }
+  return {
+    dir,
+    remove: () => {
+      execFileSync('umount', [dir]);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -12,7 +12,7 @@ import { RaftWal } from '../../../src/dwcp/consensus/raft/wal.js';
 import { RaftKvNode, type KvResponse } from '../../../src/dwcp/consensus/raft/kv-node.js';
 import { RaftKvClient } from '../../../src/dwcp/consensus/raft/client.js';
 import type { Entry, Ready } from '../../../src/dwcp/consensus/raft/types.js';
-import { clusterAddresses, freePort } from '../../services.js';
+import { clusterAddresses, freePort, smallDisk, smallDiskMissing } from '../../services.js';
 
 function hasOpenssl(): boolean {
   try {
@@ -274,22 +274,17 @@ t.test('membership: a fourth member joins, catches up and votes; another leaves'
 
 // A log that cannot be written (a full disk) stops the node, with a code, rather than crash it
 // or let it acknowledge what it could not make durable. Needs root to mount a small tmpfs.
-t.test('a full disk stops the node cleanly', { skip: process.getuid?.() === 0 ? false : 'needs root to mount a small tmpfs' }, async (t) => {
-  const small = mkdtempSync(join(tmpdir(), 'novacron-raft-full-'));
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', small]);
-  } catch {
-    t.comment('mount failed here: skipped');
-    return;
-  }
-  t.teardown(() => {
-    execFileSync('umount', [small]);
-    rmSync(small, { recursive: true, force: true });
-  });
+t.test('a full disk stops the node cleanly', { skip: smallDiskMissing() ?? false }, async (t) => {
+  const disk = smallDisk('256k');
+  if (!disk) return void t.comment('mount failed here: skipped');
+  const small = disk.dir;
   const { peers, clientPorts } = await clusterAddresses(1);
   const node = new RaftKvNode({ id: 1, peers, dir: join(small, 'raft'), clientPort: clientPorts[0]!, tickMs: 10 });
   await node.start();
-  t.teardown(() => node.close());
+  t.teardown(async () => {
+    await node.close();
+    disk.remove();
+  });
   // The first write zero-fills 1 MiB of log: more than the disk holds.
   const r = await node.request({ id: 1, op: 'put', key: 'k', value: 'v' });
   t.match(r, { error: 'ERR_RAFT_STORAGE' });

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { smallDisk, smallDiskMissing } from '../../services.js';
 import { once } from 'node:events';
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -264,16 +265,11 @@ t.test('novacron send / receive from the command line', async (t) => {
 
 // A disk that fills up mid-transfer: the sender gets the receiver's error,
 // the partial file is removed. Needs root to mount a small tmpfs.
-const canMount = process.getuid?.() === 0;
-t.test('a full disk fails the transfer cleanly', { skip: canMount ? false : 'needs root to mount a small tmpfs' }, async (t) => {
+t.test('a full disk fails the transfer cleanly', { skip: smallDiskMissing() ?? false }, async (t) => {
   const { src } = dirs();
-  const small = mkdtempSync(join(tmpdir(), 'novacron-full-'));
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
-  } catch {
-    t.comment('mount failed here: skipped');
-    return;
-  }
+  const disk = smallDisk('2m');
+  if (!disk) return void t.comment('mount failed here: skipped');
+  const small = disk.dir;
   try {
     writeFileSync(join(src, 'big.img'), randomBytes(6 << 20));
     const rx = await receiveFiles({ host: '127.0.0.1', port: 0, outDir: small });
@@ -284,6 +280,6 @@ t.test('a full disk fails the transfer cleanly', { skip: canMount ? false : 'nee
     t.same(readdirSync(small), [], 'partial file removed');
     await rx.close();
   } finally {
-    execFileSync('umount', [small]);
+    disk.remove();
   }
 });
