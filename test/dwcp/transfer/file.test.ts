@@ -1,7 +1,7 @@
 import t from 'tap';
 import { smallDisk, smallDiskMissing } from '../../services.js';
 import { once } from 'node:events';
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { mkdirSync, mkdtempSync, writeFileSync, readFileSync, readdirSync, copyFileSync, existsSync } from 'node:fs';
