@@ -76,7 +76,7 @@ export const SCHEMA = {
     keyPrefix: f({ kind: 'string', default: 'novacron:', doc: 'Prefix of every key this node writes to Redis' }),
   },
   cluster: {
-    protocol: f({ kind: 'enum', default: 'auto', values: ['auto', 'raft', 'crdt', 'hybrid'], doc: 'Cluster state protocol; auto: by dwcp.mode (datacenter raft, internet crdt, hybrid hybrid), else hybrid with Raft peers, crdt with only gossip peers, raft for a lone node' }),
+    protocol: f({ kind: 'enum', default: 'auto', values: ['auto', 'raft', 'crdt', 'hybrid'], doc: "Cluster state protocol; auto: by dwcp.mode (datacenter raft, internet crdt, hybrid hybrid), else by the detector's link mode, else hybrid with Raft peers, crdt with only gossip peers, raft for a lone node" }),
     raftId: f({ kind: 'integer', default: 1, min: 1, max: 65535, doc: "This node's id among cluster.raftPeers" }),
     raftPeers: f({ kind: 'list', default: [], doc: "Every Raft member's id=host:port, this node's included; empty: a one-member cluster on this node" }),
     raftClientPeers: f({ kind: 'list', default: [], doc: "Every Raft member's id=host:port client port, matching raftPeers" }),

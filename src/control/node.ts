@@ -12,6 +12,7 @@ import { NovacronError } from '../errors.js';
 import { HdeDecoder, HdeEncoder, hdeTotals } from '../dwcp/encoding/hde.js';
 import { listen, type AmstConnection, type AmstServer } from '../dwcp/transport/amst.js';
 import { ModeController, type AppliedModeChange } from '../dwcp/mode-controller.js';
+import type { NetworkMode } from '../dwcp/mode.js';
 import { native } from '../native.js';
 import { diffConfig, loadConfig, redactConfig, redactUrl, type Config, type LoadOptions } from './config.js';
 import { MemoryCache, type Cache } from './cache.js';
@@ -65,6 +66,7 @@ export class NovacronNode {
   /** The cluster state store (ASS), once the `state` component runs. */
   state: StateStore | undefined;
   #stateParts: { raft?: RaftKvNode; crdt?: CrdtStateStore; gossip?: TcpGossipTransport } = {};
+  #stateProtocolRunning: 'raft' | 'crdt' | 'hybrid' | undefined;
   #sampler: NodeJS.Timeout | undefined;
   #watchers: FSWatcher[] = [];
   #tls: { ok: boolean; certificate: string; fingerprint?: string } = { ok: false, certificate: 'none' };
@@ -361,12 +363,28 @@ export class NovacronNode {
     await c?.close();
   }
 
-  /** The state protocol for this node's config (see cluster.protocol). */
+  /**
+   * The most wide-area mode among this node's classified data-plane links
+   * (internet over hybrid over datacenter), as the mode detector sees them;
+   * undefined until one is classified.
+   */
+  linkMode(): NetworkMode | undefined {
+    const rank: Record<NetworkMode, number> = { datacenter: 0, hybrid: 1, internet: 2 };
+    let worst: NetworkMode | undefined;
+    for (const c of this.#links.values()) {
+      const m = c.mode;
+      if (m && (worst === undefined || rank[m] > rank[worst])) worst = m;
+    }
+    return worst;
+  }
+
+  /** The state protocol for this node: cluster.protocol, else the link mode (dwcp.mode, else the detector's), else by the peers configured. */
   stateProtocol(): 'raft' | 'crdt' | 'hybrid' {
     const c = this.config.cluster;
     if (c.protocol !== 'auto') return c.protocol;
-    if (this.config.dwcp.mode !== 'auto') {
-      const p = protocolFor(this.config.dwcp.mode);
+    const mode = this.config.dwcp.mode !== 'auto' ? this.config.dwcp.mode : this.linkMode();
+    if (mode) {
+      const p = protocolFor(mode);
       return p === 'raft+crdt' ? 'hybrid' : p;
     }
     if (c.raftPeers.length) return 'hybrid';
@@ -412,12 +430,14 @@ export class NovacronNode {
       this.#stateParts.crdt = crdt;
     }
     this.state = protocol === 'raft' ? raft! : protocol === 'crdt' ? crdt! : new HybridStateStore({ raft: raft!, crdt: crdt! });
+    this.#stateProtocolRunning = protocol;
     this.log.info({ protocol, raftId: raft ? c.raftId : undefined, replica: crdt?.replica }, 'cluster state store started');
   }
 
   async #stopState(): Promise<void> {
     await this.state?.close();
     this.state = undefined;
+    this.#stateProtocolRunning = undefined;
     const { raft, crdt, gossip } = this.#stateParts;
     this.#stateParts = {};
     await crdt?.close();
@@ -490,6 +510,12 @@ export class NovacronNode {
 
   #modeChanged(conn: AmstConnection, change: AppliedModeChange): void {
     this.#metrics.modeChanges.inc({ to: change.to, reason: change.reason });
+    // The state store does not change protocol under its users' feet: say
+    // when the links now call for another one (it applies at the next start).
+    const want = this.stateProtocol();
+    if (this.state && this.#stateProtocolRunning && want !== this.#stateProtocolRunning) {
+      this.log.warn({ running: this.#stateProtocolRunning, linkMode: this.linkMode(), wanted: want }, "cluster state protocol no longer matches the links' mode; it changes at the next start");
+    }
     this.log.info({ peer: conn.id, from: change.from, to: change.to, reason: change.reason, congestion: change.congestion, errors: change.errors }, 'link mode changed');
   }
 

@@ -46,6 +46,33 @@ t.test('nodes with gossip peers share CRDT state', async (t) => {
   t.equal(await b.state!.get('placement/vm9'), 'node-b');
 });
 
+t.test('with dwcp.mode auto the mode detector picks the protocol once it has classified a link', async (t) => {
+  const { connect } = await import('../../src/index.js');
+  const lines: Array<Record<string, unknown>> = [];
+  const log = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const [pa] = [await freePort()];
+  const node = new NovacronNode({ env: {}, flags: flags({ 'cluster.gossipPeers': `self=127.0.0.1:${pa}`, 'cluster.replica': 'self', 'dwcp.modeSamples': '1' }), logStream: log });
+  await node.start();
+  t.teardown(() => node.stop());
+  t.equal(node.linkMode(), undefined, 'no link yet');
+  t.equal(node.stateProtocol(), 'crdt', 'so the configured peers decide: gossip only');
+  const conn = await connect({ host: '127.0.0.1', port: node.dataPort, streams: 2 });
+  t.teardown(() => conn.destroy());
+  const deadline = Date.now() + 10000;
+  while (node.linkMode() === undefined && Date.now() < deadline) {
+    await conn.send(Buffer.alloc(1 << 20));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.equal(node.linkMode(), 'datacenter', 'loopback is classified datacenter');
+  t.equal(node.stateProtocol(), 'raft', 'and the detector now picks Raft');
+  t.ok(lines.some((l) => l.msg === "cluster state protocol no longer matches the links' mode; it changes at the next start" && l.running === 'crdt' && l.wanted === 'raft'), 'the running store says it no longer matches');
+});
+
 t.test('protocol choice and peer-list validation', async (t) => {
   const proto = (f: Record<string, string>): string => new NovacronNode({ env: {}, flags: flags(f), logStream: quiet() }).stateProtocol();
   t.equal(proto({ 'dwcp.mode': 'datacenter' }), 'raft');
