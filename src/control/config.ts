@@ -82,6 +82,8 @@ export const SCHEMA = {
     raftClientPeers: f({ kind: 'list', default: [], doc: "Every Raft member's id=host:port client port, matching raftPeers" }),
     gossipPeers: f({ kind: 'list', default: [], doc: 'Every CRDT replica name=host:port, this node\'s included' }),
     replica: f({ kind: 'string', default: '', doc: 'This node\'s CRDT replica name; empty: the node id' }),
+    swimPort: f({ kind: 'integer', default: 0, min: 0, max: 65535, doc: 'UDP port of SWIM membership; 0: off. On, the CRDT gossip peers are the live members' }),
+    swimSeeds: f({ kind: 'list', default: [], doc: 'SWIM members (host:port) to join through' }),
   },
   security: {
     tlsCert: f({ kind: 'string', default: '', doc: 'PEM certificate of this node; empty: generated into the data directory' }),

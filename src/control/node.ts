@@ -21,6 +21,7 @@ import { VmApi } from './vm-api.js';
 import { RaftKvNode } from '../dwcp/consensus/raft/kv-node.js';
 import { RaftKvClient } from '../dwcp/consensus/raft/client.js';
 import type { PeerAddress } from '../dwcp/consensus/raft/transport.js';
+import { SwimNode } from '../dwcp/consensus/swim/node.js';
 import { CrdtStateStore, HybridStateStore, RaftStateStore, TcpGossipTransport, protocolFor, type StateStore } from '../dwcp/sync/state-store.js';
 import { Initializer, RetriableError, type Component, type ComponentHealth, type ComponentReport } from './initializer.js';
 
@@ -65,7 +66,7 @@ export class NovacronNode {
   #vmApi: VmApi;
   /** The cluster state store (ASS), once the `state` component runs. */
   state: StateStore | undefined;
-  #stateParts: { raft?: RaftKvNode; crdt?: CrdtStateStore; gossip?: TcpGossipTransport } = {};
+  #stateParts: { raft?: RaftKvNode; crdt?: CrdtStateStore; gossip?: TcpGossipTransport; swim?: SwimNode } = {};
   #stateProtocolRunning: 'raft' | 'crdt' | 'hybrid' | undefined;
   #sampler: NodeJS.Timeout | undefined;
   #watchers: FSWatcher[] = [];
@@ -426,6 +427,27 @@ export class NovacronNode {
       if (!addrs.has(replica)) addrs.set(replica, { host: '127.0.0.1', port: 0 });
       const gossip = await TcpGossipTransport.listen(replica, addrs, tls);
       this.#stateParts.gossip = gossip;
+      if (c.swimPort > 0) {
+        // Membership from SWIM: each member says where its gossip listens.
+        const me = addrs.get(replica)!;
+        const swim = new SwimNode({ host: this.config.data.host, port: c.swimPort, seeds: [...c.swimSeeds], meta: JSON.stringify({ replica, host: me.host, port: gossip.port }) });
+        await swim.start();
+        this.#stateParts.swim = swim;
+        const fromSwim = (): void => {
+          const peers = new Map(addrs);
+          for (const m of swim.alive()) {
+            try {
+              const x = JSON.parse(m.meta ?? '') as { replica: string; host: string; port: number };
+              if (typeof x.replica === 'string' && typeof x.host === 'string' && Number.isInteger(x.port)) peers.set(x.replica, { host: x.host, port: x.port });
+            } catch {
+              // a member without gossip
+            }
+          }
+          gossip.setPeers(peers);
+        };
+        swim.on('change', fromSwim);
+        fromSwim();
+      }
       crdt = new CrdtStateStore({ replica, transport: gossip });
       this.#stateParts.crdt = crdt;
     }
@@ -438,8 +460,9 @@ export class NovacronNode {
     await this.state?.close();
     this.state = undefined;
     this.#stateProtocolRunning = undefined;
-    const { raft, crdt, gossip } = this.#stateParts;
+    const { raft, crdt, gossip, swim } = this.#stateParts;
     this.#stateParts = {};
+    await swim?.close();
     await crdt?.close();
     await gossip?.close();
     await raft?.close();
@@ -452,7 +475,7 @@ export class NovacronNode {
     const staleness = s instanceof HybridStateStore ? s.staleness : 0;
     return {
       ok: !raft || raft.leader !== 0 || s.protocol === 'crdt',
-      detail: { protocol: s.protocol, configured: this.stateProtocol(), ...(raft ? { raft: { role: raft.role, leader: raft.leader, term: raft.term, commit: raft.committed } } : {}), ...(staleness ? { stalenessMs: staleness } : {}) },
+      detail: { protocol: s.protocol, configured: this.stateProtocol(), ...(this.#stateParts.swim ? { swim: { id: this.#stateParts.swim.id, alive: this.#stateParts.swim.alive().length } } : {}), ...(raft ? { raft: { role: raft.role, leader: raft.leader, term: raft.term, commit: raft.committed } } : {}), ...(staleness ? { stalenessMs: staleness } : {}) },
     };
   }
 

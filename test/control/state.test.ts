@@ -89,3 +89,18 @@ t.test('protocol choice and peer-list validation', async (t) => {
     t.throws(() => loadConfig({ env: {}, flags: f }), { code: 'ERR_CONFIG_INVALID', field, message: msg });
   }
 });
+
+t.test('with SWIM on, nodes find their CRDT gossip peers through membership', async (t) => {
+  const [ga, gb, sa, sb] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const a = new NovacronNode({ env: {}, flags: flags({ 'cluster.protocol': 'crdt', 'cluster.replica': 'a', 'cluster.gossipPeers': `a=127.0.0.1:${ga}`, 'cluster.swimPort': String(sa) }), logStream: quiet() });
+  await a.start();
+  const b = new NovacronNode({ env: {}, flags: flags({ 'cluster.protocol': 'crdt', 'cluster.replica': 'b', 'cluster.gossipPeers': `b=127.0.0.1:${gb}`, 'cluster.swimPort': String(sb), 'cluster.swimSeeds': `127.0.0.1:${sa}` }), logStream: quiet() });
+  await b.start();
+  t.teardown(() => Promise.all([a.stop(), b.stop()]));
+  await a.state!.put('vm/via-swim', 'found');
+  const deadline = Date.now() + 10000;
+  while ((await b.state!.get('vm/via-swim')) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.equal(await b.state!.get('vm/via-swim'), 'found', 'b learned a from SWIM, and a learned b');
+  const h = (await b.health()).components.find((c) => c.name === 'state');
+  t.match(h, { detail: { swim: { alive: 2 } } });
+});

@@ -90,20 +90,37 @@ export class LocalGossipHub {
  * Gossip tolerates loss, so nothing is queued for a peer that is down.
  */
 export class TcpGossipTransport implements GossipTransport {
-  readonly peers: readonly string[];
+  peers: readonly string[];
   #server: Server;
   #out = new Map<string, Socket>();
   #cb: (from: string, data: Uint8Array) => void = () => undefined;
   #inbound = new Set<Socket>();
 
+  #addrs: Map<string, PeerAddress>;
+
   private constructor(
     readonly id: string,
-    private readonly addrs: ReadonlyMap<string, PeerAddress>,
+    addrs: ReadonlyMap<string, PeerAddress>,
     server: Server,
     private readonly tls: ClusterTls | undefined,
   ) {
+    this.#addrs = new Map(addrs);
     this.peers = [...addrs.keys()].filter((p) => p !== id);
     this.#server = server;
+  }
+
+  /** Replaces the replicas gossiped to (membership learned at run time, e.g. from SWIM). */
+  setPeers(addrs: ReadonlyMap<string, PeerAddress>): void {
+    const me = this.#addrs.get(this.id);
+    this.#addrs = new Map(addrs);
+    if (me) this.#addrs.set(this.id, me);
+    this.peers = [...this.#addrs.keys()].filter((p) => p !== this.id);
+    for (const [peer, sock] of this.#out) {
+      if (!this.#addrs.has(peer)) {
+        sock.destroy();
+        this.#out.delete(peer);
+      }
+    }
   }
 
   /** Listens at this replica's address in `addrs` (port 0: any) and returns the transport; mutual TLS with `tls`. */
@@ -135,7 +152,7 @@ export class TcpGossipTransport implements GossipTransport {
   send(peer: string, data: Uint8Array): void {
     let sock = this.#out.get(peer);
     if (!sock || sock.destroyed) {
-      const a = this.addrs.get(peer);
+      const a = this.#addrs.get(peer);
       if (!a) return;
       sock = clusterConnect(a, this.tls);
       sock.on('error', () => undefined);

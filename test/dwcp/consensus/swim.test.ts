@@ -157,3 +157,37 @@ t.test('same seed, same run', async (t) => {
   t.equal(a.messages, b.messages);
   t.same([...a.members.values()].map((m) => m.members()), [...b.members.values()].map((m) => m.members()));
 });
+
+t.test('over UDP: members find each other through a seed, carry their meta, and see a crash', async (t) => {
+  const { SwimNode } = await import('../../../src/dwcp/consensus/swim/node.js');
+  const a = new SwimNode({ port: 0, seeds: [], meta: 'a-meta', tickMs: 20 });
+  await a.start();
+  const b = new SwimNode({ port: 0, seeds: [a.id], meta: 'b-meta', tickMs: 20 });
+  const c = new SwimNode({ port: 0, seeds: [a.id], meta: 'c-meta', tickMs: 20 });
+  await Promise.all([b.start(), c.start()]);
+  t.teardown(() => Promise.all([a.close(false), b.close(false), c.close(false)]));
+  const until = async (cond: () => boolean, ms = 10000): Promise<boolean> => {
+    const end = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > end) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return true;
+  };
+  t.ok(await until(() => [a, b, c].every((n) => n.alive().length === 3 && n.alive().every((m) => m.meta !== undefined))), 'each knows all three, with their meta');
+  t.same(b.alive().map((m) => m.meta).sort(), ['a-meta', 'b-meta', 'c-meta'], 'what each said about itself');
+  const changes: string[] = [];
+  a.on('change', (u: { id: string; state: string }) => changes.push(`${u.id}=${u.state}`));
+  await c.close(false); // a crash: no goodbye
+  t.ok(await until(() => a.alive().length === 2 && b.alive().length === 2), 'the crash is noticed by both');
+  t.ok(changes.includes(`${c.id}=dead`));
+  // Garbage datagrams are ignored.
+  const { createSocket } = await import('node:dgram');
+  const s = createSocket('udp4');
+  const [host, port] = [a.id.split(':')[0]!, Number(a.id.split(':')[1])];
+  await new Promise<void>((r) => s.send(Buffer.from('{"type":"ping"'), port, host, () => r()));
+  await new Promise<void>((r) => s.send(Buffer.from('{"type":"ping","from":1}'), port, host, () => r()));
+  s.close();
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(a.alive().length, 2);
+});

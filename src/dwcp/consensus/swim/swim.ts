@@ -16,12 +16,15 @@ export interface Member {
   id: MemberId;
   state: MemberState;
   incarnation: number;
+  /** What the member says about itself (e.g. where its other services listen), spread with its updates. */
+  meta?: string;
 }
 
 export interface Update {
   id: MemberId;
   state: MemberState;
   incarnation: number;
+  meta?: string;
 }
 
 export type SwimMessage =
@@ -31,6 +34,8 @@ export type SwimMessage =
 
 export interface SwimOptions {
   id: MemberId;
+  /** Spread to every member with this one's updates. */
+  meta?: string;
   /** Members known at start (seeds); more are learned from updates. */
   seeds: MemberId[];
   /** Ticks per protocol period. Default 5. */
@@ -69,7 +74,8 @@ export class SwimMember {
   readonly id: MemberId;
   incarnation = 0;
   #members = new Map<MemberId, Member>();
-  #o: Required<Omit<SwimOptions, 'seeds' | 'id' | 'random'>>;
+  #o: Required<Omit<SwimOptions, 'seeds' | 'id' | 'random' | 'meta'>>;
+  #meta: string | undefined;
   #random: () => number;
   #order: MemberId[] = [];
   #tick = 0;
@@ -88,10 +94,12 @@ export class SwimMember {
     this.id = o.id;
     this.#random = o.random;
     this.#o = { periodTicks: o.periodTicks ?? 5, pingTimeoutTicks: o.pingTimeoutTicks ?? 2, indirect: o.indirect ?? 3, suspicionMult: o.suspicionMult ?? 4, lambda: o.lambda ?? 3, maxPiggyback: o.maxPiggyback ?? 8 };
-    this.#members.set(this.id, { id: this.id, state: 'alive', incarnation: 0 });
+    this.#meta = o.meta;
+    const me: Member = { id: this.id, state: 'alive', incarnation: 0, ...(o.meta !== undefined ? { meta: o.meta } : {}) };
+    this.#members.set(this.id, me);
     for (const s of o.seeds) if (s !== this.id) this.#members.set(s, { id: s, state: 'alive', incarnation: 0 });
     // Tell the seeds this member exists.
-    this.#queue({ id: this.id, state: 'alive', incarnation: 0 });
+    this.#queue({ ...me });
   }
 
   /** Every member this one knows of, itself included. */
@@ -115,7 +123,9 @@ export class SwimMember {
   }
 
   #piggyback(): Update[] {
-    const out: Update[] = [];
+    // This member's own entry rides along when it has meta, so that a
+    // member that first heard of it from a ping learns its meta too.
+    const out: Update[] = this.#meta !== undefined ? [{ id: this.id, state: 'alive', incarnation: this.incarnation, meta: this.#meta }] : [];
     // The least-sent first: fresh news travels fastest.
     const items = [...this.#gossip.values()].sort((a, b) => b.left - a.left);
     for (const g of items.slice(0, this.#o.maxPiggyback)) {
@@ -131,15 +141,24 @@ export class SwimMember {
         // Someone thinks this member is suspect or dead: refute with a newer incarnation.
         if (u.state !== 'alive' && u.incarnation >= this.incarnation) {
           this.incarnation = u.incarnation + 1;
-          const me = { id: this.id, state: 'alive' as const, incarnation: this.incarnation };
+          const me: Member = { id: this.id, state: 'alive', incarnation: this.incarnation, ...(this.#meta !== undefined ? { meta: this.#meta } : {}) };
           this.#members.set(this.id, me);
           this.#queue(me);
         }
         continue;
       }
       const cur = this.#members.get(u.id);
-      if (!overrides(u, cur)) continue;
-      this.#members.set(u.id, { ...u });
+      if (!overrides(u, cur)) {
+        // A member first known only by its address (a seed) tells its meta at the same incarnation.
+        if (cur && cur.meta === undefined && u.meta !== undefined && u.incarnation === cur.incarnation && cur.state !== 'dead') {
+          cur.meta = u.meta;
+          this.#changes.push({ ...cur });
+        }
+        continue;
+      }
+      // Suspicions raised by others do not repeat a member's meta: keep what is known.
+      const meta = u.meta ?? cur?.meta;
+      this.#members.set(u.id, { ...u, ...(meta !== undefined ? { meta } : {}) });
       if (u.state === 'suspect') this.#suspectSince.set(u.id, this.#tick);
       else this.#suspectSince.delete(u.id);
       this.#queue(u);
@@ -242,7 +261,7 @@ export class SwimMember {
   /** Leaves: tells others this member is dead (at its current incarnation + 1, so it overrides). */
   leave(): void {
     this.incarnation++;
-    this.#queue({ id: this.id, state: 'dead', incarnation: this.incarnation });
+    this.#queue({ id: this.id, state: 'dead', incarnation: this.incarnation, ...(this.#meta !== undefined ? { meta: this.#meta } : {}) });
     for (const id of this.live().filter((x) => x !== this.id).slice(0, 3)) this.#send({ type: 'ping', from: this.id, to: id, seq: ++this.#seq, updates: this.#piggyback() });
   }
 
