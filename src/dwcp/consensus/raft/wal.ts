@@ -3,8 +3,8 @@
 // latest snapshot in its own file. A record is [u32 length][u32 CRC32C]
 // [payload]; a torn or corrupt tail, which can only be a write whose fsync
 // had not finished (so nothing that was acknowledged), is cut off at open.
-// The log file is zero-filled ahead of the writes (doubling, from 1 MiB up
-// to PREALLOC at a time, so a new log costs little to start):
+// The log file is zero-filled ahead of the writes (PREALLOC at a time, in
+// the background, after a first 1 MiB so that a new log costs little):
 // overwriting allocated blocks leaves the file's size and extents alone, so
 // fdatasync flushes data only, not a journal commit; a zero length ends the
 // records.
@@ -83,6 +83,7 @@ export class RaftWal {
   #entries: Entry[];
   #bytes: number;
   #capacity: number;
+  #extending: Promise<void> | undefined;
 
   private constructor(dir: string, fh: FileHandle, stored: StoredState, bytes: number, capacity: number) {
     this.dir = dir;
@@ -149,13 +150,32 @@ export class RaftWal {
     }
   }
 
-  // Zero-fills the log ahead of `need` more bytes.
+  // Makes room for `need` more bytes. The zero-fill runs ahead, in the
+  // background, once half the room is used, so appends rarely wait for it
+  // (a zero-fill and its fsync on the write path stalled every commit behind
+  // it).
   async #reserve(need: number): Promise<void> {
-    if (this.#bytes + need <= this.#capacity) return;
-    const grow = Math.max(Math.min(PREALLOC, Math.max(1 << 20, this.#capacity)), need);
-    await this.#writeAll(Buffer.alloc(grow), this.#capacity);
-    await this.#fh.sync();
-    this.#capacity += grow;
+    while (this.#bytes + need > this.#capacity) await (this.#extending ??= this.#extend(need));
+    if (!this.#extending && (this.#capacity < PREALLOC || this.#bytes + need > this.#capacity / 2)) {
+      const ahead = this.#extend(0);
+      ahead.catch(() => undefined); // a failure shows again when the room is needed
+      this.#extending = ahead;
+    }
+  }
+
+  #extend(need: number): Promise<void> {
+    // A new log starts with 1 MiB (a node starts fast), then grows PREALLOC at a time.
+    const grow = Math.max(this.#capacity === 0 ? 1 << 20 : PREALLOC, need);
+    const at = this.#capacity;
+    return (async () => {
+      try {
+        await this.#writeAll(Buffer.alloc(grow), at);
+        await this.#fh.sync();
+        this.#capacity = at + grow;
+      } finally {
+        this.#extending = undefined;
+      }
+    })();
   }
 
   /** Makes a Ready's state durable: one write, one fdatasync. */
@@ -204,6 +224,7 @@ export class RaftWal {
 
   // The log holds what the snapshot does not: written aside, synced, renamed over.
   async #rewriteLog(): Promise<void> {
+    await this.#extending?.catch(() => undefined); // it writes to the file about to be replaced
     const tmp = join(this.dir, 'raft.wal.tmp');
     const buf = Buffer.concat([hardRecord(this.#hard), ...this.#entries.map(entryRecord)]);
     const pad = Math.min(PREALLOC, Math.max(1 << 20, buf.length));
@@ -233,6 +254,7 @@ export class RaftWal {
   }
 
   async close(): Promise<void> {
+    await this.#extending?.catch(() => undefined);
     await this.#fh.close();
   }
 }
