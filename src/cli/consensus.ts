@@ -21,6 +21,7 @@ export function parsePeers(s: string): Map<number, PeerAddress> {
 export async function cmdConsensus(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
   if (sub === 'member') return cmdMember(rest);
+  if (sub === 'transfer') return cmdTransfer(rest);
   if (sub !== 'node') throw new NovacronError('ERR_USAGE', `unknown consensus command: ${sub ?? '(none)'}; try \`novacron consensus node\` or \`member\``);
   const { values } = parseArgs({
     args: rest,
@@ -62,6 +63,21 @@ async function cmdMember(args: string[]): Promise<void> {
   try {
     const r = await client.call({ op: 'member', action, node: Number(id), ...(values.address ? { address: values.address } : {}) });
     process.stdout.write(`voters: ${(r.voters as number[]).join(' ')}\n`);
+  } finally {
+    client.close();
+  }
+}
+
+/** `novacron consensus transfer ID --cluster 1=HOST:CLIENTPORT,...`: hand leadership to member ID. */
+async function cmdTransfer(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, options: { cluster: { type: 'string' } }, allowPositionals: true, strict: true });
+  const id = positionals[0];
+  if (!id || !/^\d+$/.test(id)) throw new NovacronError('ERR_USAGE', 'usage: novacron consensus transfer ID --cluster 1=HOST:CLIENTPORT,...');
+  const { RaftKvClient } = await import('../dwcp/consensus/raft/client.js');
+  const client = new RaftKvClient(parsePeers(values.cluster ?? ''));
+  try {
+    const r = await client.call({ op: 'transfer', to: Number(id) });
+    process.stdout.write(`leader: ${String(r.leader)}\n`);
   } finally {
     client.close();
   }

@@ -50,6 +50,8 @@ commands:
       --join                a new member: wait to be added instead of campaigning
   consensus member add|remove ID [--address HOST:PORT] --cluster 1=HOST:CLIENTPORT,...
                             change a Raft cluster's membership, one member at a time
+  consensus transfer ID --cluster 1=HOST:CLIENTPORT,...
+                            hand the cluster's leadership to member ID
   bench consensus           a 3-node Raft cluster on loopback (3 processes, fsync on): put latency and throughput
   help                      this text
   --version                 the package version

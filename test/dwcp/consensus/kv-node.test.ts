@@ -139,6 +139,11 @@ t.test('a 3-node cluster: operations, failover, restart from disk, snapshots', a
   t.ok(back.raft.snapshot !== undefined, 'and it had compacted its log before');
   const status = await q(back, { op: 'status' });
   t.match(status, { ok: true, role: 'follower', leader: l.id });
+  // Leadership handed over on request (before maintenance of the leader, say).
+  t.match(await q(l, { op: 'transfer', to: back.id }), { ok: true, leader: back.id });
+  t.equal(back.raft.role, 'leader');
+  t.match(await q(back, { op: 'put', key: 'after-transfer', value: 'x' }), { ok: true });
+  t.match(await q(back, { op: 'transfer', to: 99 }), { error: 'ERR_RAFT_BAD_REQUEST' });
 });
 
 t.test('client port: frames in, frames out, bad requests answered with a code', async (t) => {

@@ -6,6 +6,8 @@
 //   {"id":3,"op":"delete","key":"k"}           -> {"id":3,"ok":true}
 //   {"id":4,"op":"cas","key":"k","expect":"v","value":"w"} -> {"id":4,"ok":true,"swapped":true}
 //   {"id":5,"op":"status"}                     -> {"id":5,"ok":true,"role":"leader","leader":1,"term":2,...}
+//   {"id":6,"op":"transfer","to":2}            -> {"id":6,"ok":true,"leader":2}   (leadership handed over)
+//   {"id":7,"op":"member","action":"add","node":4,"address":"host:port"} (or "remove") -> {"ok":true,"voters":[...]}
 // A node that does not lead answers {"error":"ERR_RAFT_NOT_LEADER","leader":n}.
 import type { Server, Socket } from 'node:net';
 import { clusterServer, type ClusterTls } from '../secure.js';
@@ -38,6 +40,7 @@ export type KvRequest =
   | { id: number; op: 'delete'; key: string }
   | { id: number; op: 'cas'; key: string; expect: string | null; value: string }
   | { id: number; op: 'member'; action: 'add' | 'remove'; node: NodeId; address?: string }
+  | { id: number; op: 'transfer'; to: NodeId }
   | { id: number; op: 'status' };
 
 export type KvOk = { id: number; ok: true; value?: string | null; swapped?: boolean; [k: string]: unknown };
@@ -300,6 +303,14 @@ export class RaftKvNode {
       }
       return { id: q.id, ok: true, voters: [...this.raft.voters] };
     }
+    if (q.op === 'transfer') {
+      // Hands leadership over (before taking this node down, say); answers once it has moved.
+      if (!this.raft.transferLeader(q.to)) return { id: q.id, error: 'ERR_RAFT_BAD_REQUEST', message: `cannot transfer leadership to ${String(q.to)}: not another voter` };
+      this.#kick();
+      const deadline = Date.now() + 5000;
+      while (this.raft.leader !== q.to && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      return this.raft.leader === q.to ? { id: q.id, ok: true, leader: q.to } : { id: q.id, error: 'ERR_RAFT_OUTCOME_UNKNOWN', message: 'the transfer did not complete in 5 s' };
+    }
     if (q.op === 'get') {
       const ctx = `${this.id}:${++this.#readSeq}`;
       const wait = new Promise<{ ok: true } | { error: string }>((resolve) => {
@@ -335,9 +346,9 @@ export class RaftKvNode {
       let q: KvRequest;
       try {
         q = JSON.parse(body.toString()) as KvRequest;
-        if (typeof q !== 'object' || q === null || typeof q.id !== 'number' || !['put', 'get', 'delete', 'cas', 'member', 'status'].includes(q.op)) throw new Error('not a request');
+        if (typeof q !== 'object' || q === null || typeof q.id !== 'number' || !['put', 'get', 'delete', 'cas', 'member', 'transfer', 'status'].includes(q.op)) throw new Error('not a request');
         if (q.op === 'member' && q.action !== 'add' && q.action !== 'remove') throw new Error('member: action must be add or remove');
-        if (q.op !== 'status' && q.op !== 'member' && (typeof q.key !== 'string' || ((q.op === 'put' || q.op === 'cas') && typeof q.value !== 'string'))) throw new Error('key and value must be strings');
+        if (q.op !== 'status' && q.op !== 'member' && q.op !== 'transfer' && (typeof q.key !== 'string' || ((q.op === 'put' || q.op === 'cas') && typeof q.value !== 'string'))) throw new Error('key and value must be strings');
       } catch (err) {
         reply({ id: -1, error: 'ERR_RAFT_BAD_REQUEST', message: (err as Error).message });
         return;
