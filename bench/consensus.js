@@ -5,54 +5,13 @@
 // {"bench":"consensus","seq_p50_ms":..,"seq_p99_ms":..,"conc16_puts_per_s":..,"conc16_p50_ms":..,"conc16_p99_ms":..}
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { freePort } from '../dist/control/ports.js';
+import { RaftKvClient } from '../dist/dwcp/consensus/raft/client.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const cli = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
-
-// A client connection: requests and responses as [u32 length][JSON] frames.
-class Client {
-  constructor(port) {
-    this.port = port;
-    this.next = 1;
-    this.waiting = new Map();
-    this.buf = Buffer.alloc(0);
-  }
-  open() {
-    return new Promise((resolve, reject) => {
-      this.sock = connect(this.port, '127.0.0.1', resolve);
-      this.sock.setNoDelay(true);
-      this.sock.once('error', reject);
-      this.sock.on('data', (d) => {
-        this.buf = Buffer.concat([this.buf, d]);
-        while (this.buf.length >= 4) {
-          const len = this.buf.readUInt32LE(0);
-          if (this.buf.length < 4 + len) break;
-          const r = JSON.parse(this.buf.subarray(4, 4 + len).toString());
-          this.buf = this.buf.subarray(4 + len);
-          this.waiting.get(r.id)?.(r);
-          this.waiting.delete(r.id);
-        }
-      });
-    });
-  }
-  call(q) {
-    const id = this.next++;
-    const body = Buffer.from(JSON.stringify({ ...q, id }));
-    const head = Buffer.allocUnsafe(4);
-    head.writeUInt32LE(body.length, 0);
-    return new Promise((resolve) => {
-      this.waiting.set(id, resolve);
-      this.sock.write(Buffer.concat([head, body]));
-    });
-  }
-  close() {
-    this.sock?.destroy();
-  }
-}
 
 const pct = (xs, q) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -72,19 +31,20 @@ async function startCluster(dir) {
       child.once('exit', (code) => reject(new Error(`raft node ${i + 1} exited with ${code}`)));
     });
   }
-  // Wait for a leader.
+  // Wait for a leader; clients then go straight to it (RaftKvClient follows
+  // the not-leader hints, and the warm-up puts below settle it).
+  const clientAddrs = new Map(clientPorts.map((port, i) => [i + 1, { host: '127.0.0.1', port }]));
   const deadline = Date.now() + 20000;
-  for (;;) {
-    for (const port of clientPorts) {
-      const c = new Client(port);
-      await c.open();
-      const s = await c.call({ op: 'status' });
-      c.close();
-      if (s.role === 'leader') return { procs, leaderPort: port };
+  const probe = new RaftKvClient(clientAddrs);
+  try {
+    while (!(await probe.call({ op: 'status' })).leader) {
+      if (Date.now() > deadline) throw new Error('no leader within 20 s');
+      await new Promise((r) => setTimeout(r, 50));
     }
-    if (Date.now() > deadline) throw new Error('no leader within 20 s');
-    await new Promise((r) => setTimeout(r, 50));
+  } finally {
+    probe.close();
   }
+  return { procs, clientAddrs };
 }
 
 export async function run(opts = {}) {
@@ -99,24 +59,20 @@ export async function run(opts = {}) {
     const value = 'v'.repeat(256);
     const put = async (c, key) => {
       const t0 = process.hrtime.bigint();
-      const r = await c.call({ op: 'put', key, value });
-      if (!r.ok) throw new Error(`put failed: ${r.error}`);
+      await c.call({ op: 'put', key, value });
       return Number(process.hrtime.bigint() - t0) / 1e6;
     };
     // Warm up connections and the leader's first entries.
-    const one = new Client(cluster.leaderPort);
-    await one.open();
+    const one = new RaftKvClient(cluster.clientAddrs);
     for (let i = 0; i < 50; i++) await put(one, `warm${i}`);
     const seq = [];
     for (let i = 0; i < sequential; i++) seq.push(await put(one, `seq${i}`));
     one.close();
     log(`${sequential} sequential puts (256-byte values): p50 ${pct(seq, 0.5).toFixed(2)} ms, p99 ${pct(seq, 0.99).toFixed(2)} ms`);
 
-    const conns = await Promise.all(Array.from({ length: clients }, async () => {
-      const c = new Client(cluster.leaderPort);
-      await c.open();
-      return c;
-    }));
+    const conns = Array.from({ length: clients }, () => new RaftKvClient(cluster.clientAddrs));
+    // Each finds the leader before the clock starts.
+    await Promise.all(conns.map((c, i) => put(c, `warm-conn${i}`)));
     const lat = [];
     let issued = 0;
     const t0 = process.hrtime.bigint();

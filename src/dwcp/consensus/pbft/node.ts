@@ -7,15 +7,8 @@ import type { KeyObject } from 'node:crypto';
 import type { Server, Socket } from 'node:net';
 import { NovacronError } from '../../../errors.js';
 import { clusterConnect, clusterServer, type ClusterTls } from '../secure.js';
-import { corked, readFrames, type PeerAddress } from '../raft/transport.js';
+import { corked, jsonFrame as frame, readFrames, type PeerAddress } from '../raft/transport.js';
 import { PbftClient, PbftReplica, type Outbound, type ReplicaId, type Signed } from './pbft.js';
-
-function frame(m: Signed): Buffer {
-  const body = Buffer.from(JSON.stringify(m));
-  const head = Buffer.allocUnsafe(4);
-  head.writeUInt32LE(body.length, 0);
-  return Buffer.concat([head, body]);
-}
 
 function parse(body: Buffer): Signed | undefined {
   try {

@@ -149,7 +149,7 @@ export class PbftReplica {
   #viewChanges = new Map<number, Map<ReplicaId, Signed>>();
   #out: Outbound[] = [];
   #executed: PbftReady['executed'] = [];
-  #committedDigest = new Map<number, string>(); // seq -> digest executed (or committed) there
+  #committed = new Map<number, Slot>(); // seq -> the slot whose request committed there
   // Executed requests kept for replicas that fall behind (state transfer), a few checkpoints back.
   #log = new Map<number, { request: ClientRequest; result: string }>();
   #retain: number;
@@ -317,8 +317,8 @@ export class PbftReplica {
       const c = this.#send('all', { type: 'commit', from: this.id, view, seq, digest: s.digest! });
       s.commits.set(this.id, c);
     }
-    if (s.sentCommit && this.#matching(s.commits, s.digest!) >= 2 * this.f + 1 && !this.#committedDigest.has(seq)) {
-      this.#committedDigest.set(seq, s.digest!);
+    if (s.sentCommit && this.#matching(s.commits, s.digest!) >= 2 * this.f + 1 && !this.#committed.has(seq)) {
+      this.#committed.set(seq, s);
       this.#executeReady();
     }
   }
@@ -326,11 +326,9 @@ export class PbftReplica {
   #executeReady(): void {
     for (;;) {
       const seq = this.lastExecuted + 1;
-      const d = this.#committedDigest.get(seq);
-      if (d === undefined) return;
-      const s = [...this.#slots.values()].find((x) => x.digest === d && x.request && x.prePrepare?.body.seq === seq);
-      if (!s) return;
-      this.#run(seq, s.request!);
+      const s = this.#committed.get(seq);
+      if (!s?.request) return;
+      this.#run(seq, s.request);
     }
   }
 
@@ -401,7 +399,7 @@ export class PbftReplica {
     for (const [k, s] of this.#slots) if (Number(k.split(':')[1]) <= seq && (s.prePrepare?.body.seq ?? Number(k.split(':')[1])) <= seq) this.#slots.delete(k);
     for (const n of this.#checkpoints.keys()) if (n < seq) this.#checkpoints.delete(n);
     for (const n of this.#myCheckpoints.keys()) if (n < seq) this.#myCheckpoints.delete(n);
-    for (const n of this.#committedDigest.keys()) if (n <= seq) this.#committedDigest.delete(n);
+    for (const n of this.#committed.keys()) if (n <= seq) this.#committed.delete(n);
     for (const n of this.#log.keys()) if (n <= seq - this.#retain) this.#log.delete(n);
     if (this.primary() === this.id && !this.changingView) this.#orderWaiting();
   }

@@ -5,7 +5,7 @@ import type { Socket } from 'node:net';
 import { clusterConnect, type ClusterTls } from '../secure.js';
 import { NovacronError } from '../../../errors.js';
 import type { KvOk, KvRequest, KvResponse } from './kv-node.js';
-import { FrameReader, type PeerAddress } from './transport.js';
+import { FrameReader, jsonFrame, type PeerAddress } from './transport.js';
 
 type Op = KvRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
 
@@ -55,12 +55,9 @@ export class RaftKvClient {
   async #once(id: number, op: Op): Promise<KvResponse> {
     const c = await this.#conn(id);
     const rid = this.#next++;
-    const body = Buffer.from(JSON.stringify({ ...op, id: rid }));
-    const head = Buffer.allocUnsafe(4);
-    head.writeUInt32LE(body.length, 0);
     return new Promise((resolve) => {
       c.waiting.set(rid, resolve);
-      c.sock.write(Buffer.concat([head, body]));
+      c.sock.write(jsonFrame({ ...op, id: rid }));
     });
   }
 

@@ -13,7 +13,7 @@ import type { Server, Socket } from 'node:net';
 import { clusterServer, type ClusterTls } from '../secure.js';
 import { NovacronError } from '../../../errors.js';
 import { decodeConfChange, Raft, sendableBeforePersist } from './raft.js';
-import { corked, FrameReader, RaftTransport, type PeerAddress } from './transport.js';
+import { corked, FrameReader, jsonFrame, RaftTransport, type PeerAddress } from './transport.js';
 import type { NodeId, Ready } from './types.js';
 import { RaftWal } from './wal.js';
 
@@ -336,12 +336,7 @@ export class RaftKvNode {
   #serveClient(sock: Socket): void {
     this.#sockets.add(sock);
     sock.setNoDelay(true);
-    const reply = (r: KvResponse): void => {
-      const body = Buffer.from(JSON.stringify(r));
-      const head = Buffer.allocUnsafe(4);
-      head.writeUInt32LE(body.length, 0);
-      corked(sock).write(Buffer.concat([head, body]));
-    };
+    const reply = (r: KvResponse): void => void corked(sock).write(jsonFrame(r));
     const reader = new FrameReader((body) => {
       let q: KvRequest;
       try {

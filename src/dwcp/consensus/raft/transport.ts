@@ -15,16 +15,23 @@ type WireMessage = Omit<Message, 'entries' | 'snapshot'> & {
   snapshot: { meta: NonNullable<Message['snapshot']>['meta']; data: string } | undefined;
 };
 
+/** A value as one [u32 length][JSON] frame, built in a single buffer. */
+export function jsonFrame(value: unknown): Buffer {
+  const json = JSON.stringify(value);
+  const n = Buffer.byteLength(json);
+  const out = Buffer.allocUnsafe(4 + n);
+  out.writeUInt32LE(n, 0);
+  out.write(json, 4);
+  return out;
+}
+
 export function encodeMessage(m: Message): Buffer {
   const w: WireMessage = {
     ...m,
     entries: m.entries.map((e) => ({ ...e, data: Buffer.from(e.data).toString('base64') })),
     snapshot: m.snapshot ? { meta: m.snapshot.meta, data: Buffer.from(m.snapshot.data).toString('base64') } : undefined,
   };
-  const body = Buffer.from(JSON.stringify(w));
-  const head = Buffer.allocUnsafe(4);
-  head.writeUInt32LE(body.length, 0);
-  return Buffer.concat([head, body]);
+  return jsonFrame(w);
 }
 
 export function decodeMessage(body: Buffer): Message {
