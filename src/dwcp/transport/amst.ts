@@ -282,20 +282,25 @@ export class MessageBatch implements Iterable<Buffer> {
   }
 
   /** Each message, in order, as a view of the received bytes. */
-  *[Symbol.iterator](): IterableIterator<Buffer> {
-    if (!this.#packed) {
-      yield this.#data;
-      return;
-    }
-    for (let i = 0, off = 4; i < this.count; i++) {
-      const len = this.#data.readUInt32LE(off);
-      yield this.#data.subarray(off + 4, off + 4 + len);
-      off += 4 + len;
-    }
+  [Symbol.iterator](): IterableIterator<Buffer> {
+    return this.toArray()[Symbol.iterator]();
   }
 
   toArray(): Buffer[] {
-    return [...this];
+    if (!this.#packed) return [this.#data];
+    const out: Buffer[] = [];
+    eachPacked(this.#data, this.count, (m) => void out.push(m));
+    return out;
+  }
+}
+
+// The messages of a pack (its layout checked natively): [u32 count] then
+// count x ([u32 length][bytes]), each as a view.
+function eachPacked(data: Buffer, count: number, fn: (m: Buffer) => void): void {
+  for (let i = 0, off = 4; i < count; i++) {
+    const len = data.readUInt32LE(off);
+    fn(data.subarray(off + 4, off + 4 + len));
+    off += 4 + len;
   }
 }
 
@@ -469,12 +474,7 @@ export class AmstConnection extends EventEmitter implements Handler {
           this.emit('message', data);
           return;
         }
-        // A pack (its layout checked natively): [u32 count] then [u32 length][bytes]...
-        for (let i = 0, off = 4; i < e.value; i++) {
-          const len = data.readUInt32LE(off);
-          this.emit('message', data.subarray(off + 4, off + 4 + len));
-          off += 4 + len;
-        }
+        eachPacked(data, e.value, (m) => this.emit('message', m));
         return;
       }
       case 'sendDone': {

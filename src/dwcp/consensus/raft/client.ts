@@ -5,7 +5,7 @@ import type { Socket } from 'node:net';
 import { clusterConnect, type ClusterTls } from '../secure.js';
 import { NovacronError } from '../../../errors.js';
 import type { KvOk, KvRequest, KvResponse } from './kv-node.js';
-import { FrameReader, jsonFrame, type PeerAddress } from './transport.js';
+import { jsonFrame, readFrames, type PeerAddress } from './transport.js';
 
 type Op = KvRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
 
@@ -36,13 +36,12 @@ export class RaftKvClient {
         resolve(c);
       });
       const c = { sock, waiting: new Map<number, (r: KvResponse) => void>() };
-      const reader = new FrameReader((body) => {
+      readFrames(sock, (body) => {
         const r = JSON.parse(body.toString()) as KvResponse;
         c.waiting.get(r.id)?.(r);
         c.waiting.delete(r.id);
       });
       sock.setNoDelay(true);
-      sock.on('data', (d: Buffer) => reader.push(d));
       sock.on('error', (err) => reject(err));
       sock.on('close', () => {
         for (const w of c.waiting.values()) w({ id: -1, error: 'ERR_RAFT_CONNECTION_LOST' });
