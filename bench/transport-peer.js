@@ -1,5 +1,6 @@
 // The receiving side of `novacron bench transport`, run as its own process
-// (as iperf3's server is). Modes: `amst-sink`, `amst-batch-sink` (takes
+// (as iperf3's server is). Modes: `amst-sink`, `amst-lend-sink` (borrows
+// large messages: `lendBuffers`), `amst-batch-sink` (takes
 // messages in `batch` events, as a receiver of many small ones would),
 // `amst-echo`, `net-sink`, `net-echo`; then the AMST I/O mode (`thread`, `loop`) and the address to bind.
 // Prints its port, then on SIGTERM its peak RSS in bytes.
@@ -13,8 +14,13 @@ const report = () => {
 };
 process.on('SIGTERM', report);
 
-if (mode === 'amst-sink' || mode === 'amst-batch-sink' || mode === 'amst-echo') {
-  const server = await listen({ port: 0, io: process.argv[3] ?? 'thread', host: process.argv[4] ?? '127.0.0.1' });
+if (mode === 'amst-sink' || mode === 'amst-lend-sink' || mode === 'amst-batch-sink' || mode === 'amst-echo') {
+  const server = await listen({
+    port: 0,
+    io: process.argv[3] ?? 'thread',
+    host: process.argv[4] ?? '127.0.0.1',
+    lendBuffers: mode === 'amst-lend-sink',
+  });
   server.on('connection', (conn) => {
     if (mode === 'amst-echo') conn.on('message', (m) => void conn.send(m).catch(() => {}));
     else if (mode === 'amst-batch-sink') conn.on('batch', () => {});

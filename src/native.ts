@@ -51,9 +51,11 @@ export interface NativeHdeDecoder {
  * Events from the transport's I/O thread, packed: `fields` holds 7 numbers
  * per event (type code, id, value, listener, status code, os error, extra).
  * A message's listener slot is its offset in `arena`, or -1 when its bytes
- * are the next entry of `buffers`; its extra slot is its length.
+ * are the next entry of `buffers`; its extra slot is its length; its os
+ * error slot the slab it is lent from (the `buffers` entry is then that
+ * slab's ArrayBuffer, to give back with `release`), else -1.
  */
-export type NativeAmstEventHandler = (fields: Float64Array, buffers: Buffer[], arena: Buffer | null) => void;
+export type NativeAmstEventHandler = (fields: Float64Array, buffers: Array<Buffer | ArrayBuffer>, arena: Buffer | null) => void;
 
 export interface NativeAmstStreamStats {
   alive: boolean;
@@ -74,6 +76,7 @@ export interface NativeAmstStats {
   chunksResent: number;
   zeroCopySends: number;
   zeroCopyCopied: number;
+  splicedBytes: number;
   streams: NativeAmstStreamStats[];
 }
 
@@ -87,10 +90,12 @@ export interface NativeAmstConnectOptions {
   recvBuffer: number;
   redial: boolean;
   zeroCopy: boolean;
+  splice: boolean;
+  lendBuffers: boolean;
 }
 
 export interface NativeAmstEngine {
-  listen(host: string, port: number): number;
+  listen(host: string, port: number, lendBuffers?: boolean): number;
   connect(options: NativeAmstConnectOptions): number;
   send(conn: number, messageId: number, data: Uint8Array): void;
   /** `packed[i]` non-zero: `data[i]` is a pack of small messages (see amst.ts). */
@@ -101,6 +106,7 @@ export interface NativeAmstEngine {
   setStreams(conn: number, streams: number): void;
   setCongestion(conn: number, name: string): number;
   stats(conn: number): NativeAmstStats | null;
+  release(slab: number): void;
   ref(): void;
   unref(): void;
   shutdown(): void;

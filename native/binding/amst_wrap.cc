@@ -1,14 +1,16 @@
 // JS class AmstEngine over the TCP engine. Events leave the I/O thread in
 // batches through a thread-safe function; received messages become external
-// Buffers that own their bytes. Sent Buffers are not copied: TypeScript keeps
-// each one referenced until its kSendDone or kSendFailed event.
+// Buffers that own their bytes, or views of lent slabs (SlabLender). Sent
+// Buffers are not copied: TypeScript keeps each one referenced until its
+// kSendDone or kSendFailed event.
 #include <napi.h>
 #include <uv.h>
 
+#include <deque>
 #include <functional>
-
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -26,11 +28,90 @@ using transport::tcp::Event;
 constexpr napi_type_tag kEngineTag = {0x6e6f7661a1c3e003ull, 0x414d5354454e4731ull};
 
 using Batch = std::vector<Event>;
+using SlabBytes = transport::Bytes;
 
+// A slab stays with the lender; only owned messages are freed here.
 void FreeBatch(Batch* b) {
-  for (auto& e : *b) delete e.data;
+  for (auto& e : *b) {
+    if (e.slab < 0) delete e.data;
+  }
   delete b;
 }
+
+// Slabs for connections that lend received messages (`lendBuffers`). Each
+// slab becomes one external ArrayBuffer, once; its messages reach JS as
+// views of it, valid until their listeners return, and the slab then goes
+// back to the I/O thread. V8 sees no new external memory per message (which
+// is what sets off its major collections in a bulk receive), and the slab
+// is still in cache when the next message lands in it. A mutex, not a ring:
+// it is taken twice per message of 64 KiB or more.
+class SlabLender : public transport::Lender {
+ public:
+  static constexpr size_t kMaxBytes = 64u << 20;  // per engine; past it, messages are owned Buffers
+
+  SlabBytes* take(size_t n, int32_t* slab) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slab* best = nullptr;
+    for (Slab& s : slabs_) {
+      if (s.free && s.bytes->capacity() >= n && (!best || s.bytes->capacity() < best->bytes->capacity())) best = &s;
+    }
+    if (!best) {
+      const size_t cls = transport::BufferPool::size_class(n);
+      if (total_ + cls > kMaxBytes) return nullptr;
+      Slab& s = slabs_.emplace_back();
+      s.owned = std::make_unique<SlabBytes>();
+      s.owned->reserve(cls);
+      s.bytes = s.owned.get();
+      s.index = static_cast<int32_t>(slabs_.size() - 1);
+      total_ += cls;
+      best = &s;
+    }
+    best->free = false;
+    best->bytes->resize(n);  // within capacity: the data does not move
+    *slab = best->index;
+    return best->bytes;
+  }
+
+  void give(int32_t slab) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (slab >= 0 && static_cast<size_t>(slab) < slabs_.size()) slabs_[static_cast<size_t>(slab)].free = true;
+  }
+
+  // JS thread: the slab as an ArrayBuffer of its whole capacity, made at
+  // its first use. From then on the ArrayBuffer owns the bytes, and this
+  // lender keeps it alive (a strong reference) for as long as it lends it.
+  Napi::ArrayBuffer array_buffer(Napi::Env env, int32_t slab) {
+    Slab* s;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      s = &slabs_[static_cast<size_t>(slab)];  // deque: stays put as slabs are added
+    }
+    if (!s->ref.IsEmpty()) return s->ref.Value();
+    SlabBytes* b = s->owned.release();
+    auto ab = Napi::ArrayBuffer::New(
+        env, b->data(), b->capacity(), [](Napi::Env, void*, SlabBytes* hint) { delete hint; }, b);
+    s->ref = Napi::Persistent(ab);
+    return ab;
+  }
+
+ private:
+  struct Slab {
+    SlabBytes* bytes = nullptr;
+    std::unique_ptr<SlabBytes> owned;   // until its ArrayBuffer exists
+    Napi::Reference<Napi::ArrayBuffer> ref;  // JS thread only
+    int32_t index = 0;
+    bool free = true;
+  };
+  std::mutex mu_;
+  std::deque<Slab> slabs_;
+  size_t total_ = 0;
+};
+
+// The thread-safe function's context.
+struct Delivery {
+  Engine* engine = nullptr;  // null once shut down
+  SlabLender lender;
+};
 
 // Received bytes in flight between the I/O thread and JS; above this the
 // engine stops reading its sockets until JS catches up.
@@ -50,10 +131,10 @@ constexpr size_t kEventFields = 7;
 // -1 when its bytes are the next entry of `buffers`, `extra` its length, and
 // `value` the count of messages in it when it is a pack (else 0).
 // Consumes `batch`; tells `engine` (when still there) what JS now holds.
-std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
+std::vector<napi_value> EventArgs(Napi::Env env, Delivery* delivery, Batch* batch) {
   size_t packed = 0;
   for (const Event& e : *batch) {
-    if (e.data && e.data->size() <= kPackLimit) packed += e.data->size();
+    if (e.data && e.slab < 0 && e.data->size() <= kPackLimit) packed += e.data->size();
   }
   Napi::Float64Array fields = Napi::Float64Array::New(env, batch->size() * kEventFields);
   double* f = fields.Data();
@@ -83,7 +164,13 @@ std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
     e.data = nullptr;
     received += v->size();
     r[2] = static_cast<double>(e.extra);
+    r[5] = e.slab;  // -1: an owned Buffer
     r[6] = static_cast<double>(v->size());
+    if (e.slab >= 0) {
+      r[3] = -1;
+      buffers.Set(nbuf++, delivery->lender.array_buffer(env, e.slab));
+      continue;
+    }
     if (v->size() <= kPackLimit) {
       std::memcpy(arena_bytes + arena_used, v->data(), v->size());
       r[3] = static_cast<double>(arena_used);
@@ -104,19 +191,19 @@ std::vector<napi_value> EventArgs(Napi::Env env, Engine* engine, Batch* batch) {
                             v));
   }
   FreeBatch(batch);
-  if (received && engine) engine->delivered(received);
+  if (received && delivery->engine) delivery->engine->delivered(received);
   return {fields, buffers, arena};
 }
 
-void CallJs(Napi::Env env, Napi::Function callback, Engine** engine, Batch* batch) {
+void CallJs(Napi::Env env, Napi::Function callback, Delivery* delivery, Batch* batch) {
   if (env == nullptr) {  // the function is being torn down
     FreeBatch(batch);
     return;
   }
-  callback.Call(EventArgs(env, *engine, batch));
+  callback.Call(EventArgs(env, delivery, batch));
 }
 
-using Tsfn = Napi::TypedThreadSafeFunction<Engine*, Batch, CallJs>;
+using Tsfn = Napi::TypedThreadSafeFunction<Delivery, Batch, CallJs>;
 
 class TsfnSink : public transport::tcp::EventSink {
  public:
@@ -155,6 +242,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod<&EngineWrap::SetStreams>("setStreams"),
                         InstanceMethod<&EngineWrap::SetCongestion>("setCongestion"),
                         InstanceMethod<&EngineWrap::Stats>("stats"),
+                        InstanceMethod<&EngineWrap::Release>("release"),
                         InstanceMethod<&EngineWrap::Ref>("ref"),
                         InstanceMethod<&EngineWrap::Unref>("unref"),
                         InstanceMethod<&EngineWrap::Shutdown>("shutdown")});
@@ -190,12 +278,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // TypeScript refs it while something is open
       tsfn_released_ = true;
     } else {
-      tsfn_ = Tsfn::New(env, info[0].As<Napi::Function>(), "novacron.amst.events", 0, 1, &engine_raw_);
+      tsfn_ = Tsfn::New(env, info[0].As<Napi::Function>(), "novacron.amst.events", 0, 1, &delivery_);
       tsfn_.Unref(env);  // TypeScript refs it while connections or listeners exist
       sink_ = std::make_unique<TsfnSink>(tsfn_);
       engine_ = std::make_unique<Engine>(sink_.get(), limits);
     }
-    engine_raw_ = engine_.get();
+    engine_->set_lender(&delivery_.lender);
+    delivery_.engine = engine_.get();
     TagObject(env, info.This().As<Napi::Object>(), &kEngineTag);
     napi_add_env_cleanup_hook(env, &EngineWrap::Cleanup, this);
     hooked_ = true;
@@ -230,7 +319,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Env env(env_);
     Napi::HandleScope scope(env);
     try {
-      std::vector<napi_value> args = EventArgs(env, engine_raw_, batch);
+      std::vector<napi_value> args = EventArgs(env, &delivery_, batch);
       // MakeCallback, not Call: this is a fresh entry from the event loop,
       // so promises resolved by the handler settle (microtasks run) after it.
       callback_.MakeCallback(Napi::Object::New(env), args, *async_);
@@ -251,7 +340,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
       poll_ = nullptr;
     }
-    engine_raw_ = nullptr;
+    delivery_.engine = nullptr;
     engine_.reset();
     if (tsfn_released_) return;
     tsfn_released_ = true;
@@ -270,7 +359,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Engine& e = engine(info);
     const std::string host = info[0].As<Napi::String>().Utf8Value();
     const auto port = static_cast<uint16_t>(info[1].As<Napi::Number>().Uint32Value());
-    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port)));
+    const bool lend = info[2].ToBoolean().Value();
+    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend)));
+  }
+
+  // release(slab): the listeners of a message lent from `slab` have returned.
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    CheckTag(info, &kEngineTag, "AmstEngine");
+    delivery_.lender.give(info[0].As<Napi::Number>().Int32Value());
+    return info.Env().Undefined();
   }
 
   Napi::Value Connect(const Napi::CallbackInfo& info) {
@@ -286,6 +383,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     opts.socket.recv_buffer = o.Get("recvBuffer").As<Napi::Number>().Int32Value();
     opts.redial = o.Get("redial").ToBoolean().Value();
     opts.socket.zerocopy = o.Get("zeroCopy").ToBoolean().Value();
+    opts.socket.splice = o.Get("splice").ToBoolean().Value();
+    opts.lend = o.Get("lendBuffers").ToBoolean().Value();
     return Napi::Number::New(info.Env(), static_cast<double>(e.connect(opts)));
   }
 
@@ -358,6 +457,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("chunksResent", num(st.chunks_resent));
     o.Set("zeroCopySends", num(st.zerocopy_sends));
     o.Set("zeroCopyCopied", num(st.zerocopy_copied));
+    o.Set("splicedBytes", num(st.spliced_bytes));
     Napi::Array streams = Napi::Array::New(env, st.streams.size());
     for (size_t i = 0; i < st.streams.size(); i++) {
       const auto& s = st.streams[i];
@@ -404,8 +504,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   bool polling_ = false;
   bool stop_deferred_ = false;
   std::unique_ptr<transport::tcp::EventSink> sink_;
+  Delivery delivery_;  // before engine_: its connections give slabs back as they go
   std::unique_ptr<Engine> engine_;
-  Engine* engine_raw_ = nullptr;  // the thread-safe function's context
   bool hooked_ = false;
   napi_env env_ = nullptr;
 };

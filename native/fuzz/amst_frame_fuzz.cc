@@ -66,18 +66,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         Status s = re.add(h, payload, &done, &ready, &dup);
         for (auto& r : ready) {
           if (r.id != next_id++) abort();  // released in id order
-          if (r.data.empty()) abort();
+          if (r.data.own.empty()) abort();
           // A packed message's layout is checked as the engine does; a pack
           // that passes must be walkable to its last byte.
           uint32_t count = 0;
-          if ((r.flags & kFlagPacked) && check_pack(r.data.data(), r.data.size(), &count) == Status::kOk) {
+          if ((r.flags & kFlagPacked) && check_pack(r.data.own.data(), r.data.own.size(), &count) == Status::kOk) {
             size_t at = 4;
             for (uint32_t i = 0; i < count; i++) {
               uint32_t len;
-              std::memcpy(&len, r.data.data() + at, 4);
+              std::memcpy(&len, r.data.own.data() + at, 4);
               at += 4 + len;
             }
-            if (at != r.data.size()) abort();
+            if (at != r.data.own.size()) abort();
           }
         }
         return s;

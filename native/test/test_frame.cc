@@ -162,7 +162,7 @@ TEST(frame_stream_reader_any_split) {
           bool done, dup;
           std::vector<Received> ready;
           Status s = re.add(h, p, &done, &ready, &dup);
-          for (auto& r : ready) got = std::move(r.data);
+          for (auto& r : ready) got = std::move(r.data.own);
           return s;
         });
     size_t pos = 0;
@@ -209,7 +209,7 @@ TEST(frame_reassembly_shuffled_and_duplicated) {
     CHECK(re.add(h, p.data(), &done, &ready, &dup) == Status::kOk);
     dups += dup;
     for (auto& r : ready) {
-      CHECK(test::same_bytes(r.data, msgs[r.id]));
+      CHECK(test::same_bytes(r.data.own, msgs[r.id]));
       order.push_back(r.id);
     }
   }
@@ -260,7 +260,7 @@ TEST(frame_reader_places_payloads_in_their_message) {
         bool done, dup;
         std::vector<Received> ready;
         Status s = re.add(h, p, &done, &ready, &dup);
-        for (auto& r : ready) got.push_back(std::move(r.data));
+        for (auto& r : ready) got.push_back(std::move(r.data.own));
         return s;
       },
       [&](const ChunkHeader& h, uint8_t** dst) {
@@ -318,7 +318,7 @@ TEST(frame_reader_detaches_from_a_message_completed_elsewhere) {
     bool done, dup;
     std::vector<Received> ready;
     Status s = re.add(h, p, &done, &ready, &dup);
-    for (auto& r : ready) got.push_back(std::move(r.data));
+    for (auto& r : ready) got.push_back(std::move(r.data.own));
     return s;
   };
   auto place = [&](const ChunkHeader& h, uint8_t** dst) { return re.reserve(h, dst); };
@@ -464,5 +464,68 @@ TEST(frame_packed_flag_and_layout) {
   CHECK(re.add(c1, cs[1].data() + kChunkHeaderSize, &done, &ready, &dup) == Status::kOk);
   CHECK(done && ready.size() == 1);
   CHECK_EQ(ready[0].flags, kFlagPacked);
-  CHECK(check_pack(ready[0].data.data(), ready[0].data.size(), &count) == Status::kOk && count == 2);
+  CHECK(check_pack(ready[0].data.own.data(), ready[0].data.own.size(), &count) == Status::kOk && count == 2);
+}
+
+namespace {
+
+// One slab, counted in and out.
+struct OneSlab : Lender {
+  Bytes slab;
+  bool out = false;
+  Bytes* take(size_t n, int32_t* s) override {
+    if (out || slab.capacity() < n) return nullptr;
+    out = true;
+    slab.resize(n);
+    *s = 0;
+    return &slab;
+  }
+  void give(int32_t s) override {
+    CHECK_EQ(s, 0);
+    CHECK(out);
+    out = false;
+  }
+};
+
+}  // namespace
+
+// Large messages land in lent slabs while one is free; a reassembler that
+// goes with a lent message held out of order gives the slab back.
+TEST(frame_reassembler_lends) {
+  OneSlab lender;
+  lender.slab.reserve(1u << 20);
+  std::mt19937_64 rng(test::seed() + 45);
+  std::vector<uint8_t> a(200000), b(300000);
+  for (auto& x : a) x = static_cast<uint8_t>(rng());
+  for (auto& x : b) x = static_cast<uint8_t>(rng());
+  {
+    Reassembler re(Limits{});
+    re.set_lender(&lender);
+    bool done, dup;
+    std::vector<Received> ready;
+    ChunkHeader h;
+    for (auto& c : chunks_of(a, 0, 16)) {
+      CHECK(parse_chunk_header(c.data(), Limits{}, &h) == Status::kOk);
+      CHECK(re.add(h, c.data() + kChunkHeaderSize, &done, &ready, &dup) == Status::kOk);
+    }
+    CHECK_EQ(ready.size(), 1u);
+    CHECK(ready[0].data.lent == &lender.slab && ready[0].data.slab == 0);
+    CHECK(test::same_bytes(*ready[0].data.lent, a));
+    // The slab is out: the next message is owned. Then give it back, and
+    // message 3 (ahead of 2) takes it and is held when the reassembler goes.
+    for (auto& c : chunks_of(b, 1, 16)) {
+      CHECK(parse_chunk_header(c.data(), Limits{}, &h) == Status::kOk);
+      CHECK(re.add(h, c.data() + kChunkHeaderSize, &done, &ready, &dup) == Status::kOk);
+    }
+    CHECK_EQ(ready.size(), 2u);
+    CHECK(ready[1].data.lent == nullptr && test::same_bytes(ready[1].data.own, b));
+    lender.give(0);
+    for (auto& c : chunks_of(b, 3, 16)) {
+      CHECK(parse_chunk_header(c.data(), Limits{}, &h) == Status::kOk);
+      CHECK(re.add(h, c.data() + kChunkHeaderSize, &done, &ready, &dup) == Status::kOk);
+    }
+    CHECK_EQ(ready.size(), 2u);
+    CHECK(lender.out);
+  }
+  CHECK(!lender.out);
 }

@@ -30,7 +30,9 @@ namespace {
 class Sink : public EventSink {
  public:
   ~Sink() override {
-    for (auto& e : events_) delete e.data;
+    for (auto& e : events_) {
+      if (e.slab < 0) delete e.data;  // slabs belong to their lender
+    }
   }
   void deliver(std::vector<Event>& events) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -95,7 +97,7 @@ struct Pair {
   uint64_t listener = 0, client = 0, server = 0;
   uint16_t port = 0;
 
-  explicit Pair(uint16_t streams, unsigned chunk_shift = 16, bool own_thread = true)
+  explicit Pair(uint16_t streams, unsigned chunk_shift = 16, bool own_thread = true, SocketOptions socket = {})
       : engine(&sink, Limits{}, own_thread) {
     if (!own_thread) sink.driven = &engine;
     listener = engine.listen("127.0.0.1", 0);
@@ -108,6 +110,7 @@ struct Pair {
     o.port = port;
     o.streams = streams;
     o.chunk_shift = chunk_shift;
+    o.socket = socket;
     client = engine.connect(o);
     CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kConnected, client) == 1 && sink.count_locked(Type::kIncoming, 0) == 1; }));
     CHECK_EQ(sink.first(Type::kConnected, client).value, streams);
@@ -467,33 +470,38 @@ TEST(tcp_both_ends_close_at_once) {
   }
 }
 
+// Sends `msgs` (each from byte `skip` on), resets stream 1, sends them all
+// again, and checks the peer got every one intact and in order.
+void send_across_a_reset(Pair& p, const std::vector<std::vector<uint8_t>>& msgs, size_t skip = 0) {
+  const uint64_t n = msgs.size();
+  for (uint64_t i = 0; i < 2 * n; i++) {
+    if (i == n) p.engine.kill_stream(p.client, 1);
+    const auto& m = msgs[i % n];
+    p.engine.send(p.client, i, m.data() + skip, m.size() - skip);
+  }
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 2 * n; }));
+  auto got = p.sink.all(Type::kMessage, p.server);
+  CHECK_EQ(got.size(), 2 * n);
+  for (size_t i = 0; i < got.size(); i++) {
+    const auto& m = msgs[i % n];
+    CHECK(test::same_bytes(*got[i].data, std::vector<uint8_t>(m.begin() + static_cast<std::ptrdiff_t>(skip), m.end())));
+  }
+}
+
 // MSG_ZEROCOPY streams: every message intact, the kernel's completions
 // drained (loopback copies, and says so), sends done only after both the
 // peer's ACK and the kernel's completion; a lost stream still loses nothing.
 TEST(tcp_zerocopy_sends) {
-  Sink sink;
-  Engine engine(&sink);
-  const uint64_t l = engine.listen("127.0.0.1", 0);
-  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kListening, l) == 1; }));
-  ConnectOptions o;
-  o.host = "127.0.0.1";
-  o.port = static_cast<uint16_t>(sink.first(Type::kListening, l).value);
-  o.streams = 3;
-  o.chunk_shift = 16;
-  o.socket.zerocopy = true;
-  const uint64_t c = engine.connect(o);
-  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kConnected, c) == 1 && sink.count_locked(Type::kIncoming, 0) == 1; }));
-  const uint64_t server = sink.first(Type::kIncoming).id;
+  SocketOptions zc;
+  zc.zerocopy = true;
+  Pair p(3, 16, true, zc);
+  Sink& sink = p.sink;
+  Engine& engine = p.engine;
+  const uint64_t c = p.client;
   std::mt19937_64 rng(test::seed() + 41);
   std::vector<std::vector<uint8_t>> msgs;
   for (size_t n : {100u, 20000u, 65536u, 1u << 20, 3u << 20}) msgs.push_back(random_bytes(n, rng));
-  for (uint64_t i = 0; i < msgs.size(); i++) engine.send(c, i, msgs[i].data(), msgs[i].size());
-  engine.kill_stream(c, 1);
-  for (uint64_t i = 0; i < msgs.size(); i++) engine.send(c, msgs.size() + i, msgs[i].data(), msgs[i].size());
-  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kSendDone, c) == 2 * msgs.size(); }));
-  auto got = sink.all(Type::kMessage, server);
-  CHECK_EQ(got.size(), 2 * msgs.size());
-  for (size_t i = 0; i < got.size(); i++) CHECK(test::same_bytes(*got[i].data, msgs[i % msgs.size()]));
+  send_across_a_reset(p, msgs);
   ConnectionStats st;
   CHECK(engine.stats(c, &st));
   CHECK(st.zerocopy_sends > 0);
@@ -503,6 +511,154 @@ TEST(tcp_zerocopy_sends) {
   engine.close(c);
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, c) == 1; }));
   CHECK(sink.first(Type::kClosed, c).status == Status::kOk);
+}
+
+// Large payloads go by vmsplice + splice by default; the bytes arrive intact
+// through a stream reset mid-message, and splice = false copies instead.
+TEST(tcp_spliced_sends) {
+  for (const bool splice : {true, false}) {
+    SocketOptions so;
+    so.splice = splice;
+    Pair p(3, 17, true, so);
+    std::mt19937_64 rng(test::seed() + 43);
+    std::vector<std::vector<uint8_t>> msgs;
+    // Odd sizes and an odd offset: pages vmsplice takes only in part.
+    for (size_t n : {100u, 65536u, 70001u, 1u << 20, (3u << 20) + 5}) msgs.push_back(random_bytes(n + 3, rng));
+    send_across_a_reset(p, msgs, 3);
+    Sink& sink = p.sink;
+    Engine& engine = p.engine;
+    const uint64_t c = p.client;
+    ConnectionStats st;
+    CHECK(engine.stats(c, &st));
+    if (splice) CHECK(st.spliced_bytes >= (4u << 20));
+    else CHECK_EQ(st.spliced_bytes, 0u);
+    engine.close(c);
+    CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, c) == 1; }));
+  }
+}
+
+namespace {
+
+// Lends `count` slabs of `size` bytes and keeps track of which are out.
+class TestLender : public Lender {
+ public:
+  TestLender(size_t count, size_t size) : slabs_(count), out_(count, false) {
+    for (auto& s : slabs_) s.reserve(size);
+  }
+  Bytes* take(size_t n, int32_t* slab) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < slabs_.size(); i++) {
+      if (!out_[i] && slabs_[i].capacity() >= n) {
+        out_[i] = true;
+        slabs_[i].resize(n);
+        *slab = static_cast<int32_t>(i);
+        takes_++;
+        return &slabs_[i];
+      }
+    }
+    return nullptr;
+  }
+  void give(int32_t slab) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    CHECK(out_[static_cast<size_t>(slab)]);
+    out_[static_cast<size_t>(slab)] = false;
+  }
+  size_t out() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<size_t>(std::count(out_.begin(), out_.end(), true));
+  }
+  size_t takes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return takes_;
+  }
+
+ private:
+  std::mutex mu_;
+  size_t takes_ = 0;
+  std::vector<Bytes> slabs_;
+  std::vector<bool> out_;
+};
+
+}  // namespace
+
+// A lending listener's connections receive large messages into the
+// lender's slabs (small ones, and large ones while none is free, as owned
+// buffers); a connection that goes mid-message gives its slab back.
+TEST(tcp_lent_slabs) {
+  TestLender lender(2, 1u << 20);
+  Sink sink;
+  Engine engine(&sink);
+  engine.set_lender(&lender);
+  const uint64_t l = engine.listen("127.0.0.1", 0, true);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kListening, l) == 1; }));
+  ConnectOptions o;
+  o.host = "127.0.0.1";
+  o.port = static_cast<uint16_t>(sink.first(Type::kListening, l).value);
+  o.streams = 2;
+  o.chunk_shift = 16;
+  const uint64_t c = engine.connect(o);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kConnected, c) == 1 && sink.count_locked(Type::kIncoming, 0) == 1; }));
+  const uint64_t server = sink.first(Type::kIncoming).id;
+  std::mt19937_64 rng(test::seed() + 44);
+  std::vector<std::vector<uint8_t>> msgs;
+  for (size_t n : {100u, 65536u, 300000u, 1u << 20, (1u << 20) + 1, 200000u}) msgs.push_back(random_bytes(n, rng));
+  uint64_t next = 0;
+  for (int round = 0; round < 3; round++) {
+    for (auto& m : msgs) engine.send(c, next++, m.data(), m.size());
+    CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kMessage, server) == next; }));
+    auto got = sink.all(Type::kMessage, server);
+    size_t lent = 0;
+    for (size_t i = next - msgs.size(); i < next; i++) {
+      const auto& m = msgs[i % msgs.size()];
+      CHECK(test::same_bytes(*got[i].data, m));
+      // Below 64 KiB or above the slab size: owned. Two slabs for three
+      // messages in between when none is given back on the way: one owned.
+      if (m.size() < 65536 || m.size() > (1u << 20)) CHECK_EQ(got[i].slab, -1);
+      if (got[i].slab >= 0) lent++;
+    }
+    CHECK(lent >= 2);
+    CHECK_EQ(lender.out(), 2u);
+    for (size_t i = next - msgs.size(); i < next; i++) {
+      if (got[i].slab >= 0) lender.give(got[i].slab);
+    }
+  }
+  engine.close(c);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, c) == 1; }));
+  // A peer that sends one chunk of a two-chunk message and hangs up: the
+  // slab the message was going into comes back.
+  int raw = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(o.port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(::connect(raw, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  Hello h;
+  h.connection_id[0] = 7;
+  h.chunk_shift = 16;
+  uint8_t hello[kHelloSize];
+  write_hello(h, hello);
+  CHECK(::write(raw, hello, sizeof(hello)) == static_cast<ssize_t>(sizeof(hello)));
+  std::vector<uint8_t> half = random_bytes(1u << 16, rng);
+  ChunkHeader ch;
+  ch.type = ChunkType::kData;
+  ch.chunk_shift = 16;
+  ch.message_len = 2u << 16;
+  ch.payload_len = 1u << 16;
+  ch.payload_crc = crc32c(0, half.data(), half.size());
+  uint8_t header[kChunkHeaderSize];
+  write_chunk_header(ch, header);
+  const size_t before = lender.takes();
+  CHECK(::write(raw, header, sizeof(header)) == static_cast<ssize_t>(sizeof(header)));
+  CHECK(::write(raw, half.data(), half.size()) == static_cast<ssize_t>(half.size()));
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kIncoming, 0) == 2; }));
+  for (int i = 0; i < 2000 && lender.takes() == before; i++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK_EQ(lender.takes(), before + 1);
+  CHECK_EQ(lender.out(), 1u);
+  ::close(raw);
+  // Closed: the client, its server side, and now the raw peer's.
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, 0) == 3; }));
+  for (int i = 0; i < 2000 && lender.out() != 0; i++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK_EQ(lender.out(), 0u);
 }
 
 // Shrinking while the streams of a growth are still connecting, and a

@@ -278,13 +278,30 @@ size_t BufferPool::pooled_bytes() const {
   return pooled_;
 }
 
+Reassembler::~Reassembler() {
+  if (!lender_) return;
+  for (auto& [id, p] : partial_) {
+    if (p.data.lent) lender_->give(p.data.slab);
+  }
+  for (auto& [id, h] : held_) {
+    if (h.data.lent) lender_->give(h.data.slab);
+  }
+}
+
+MessageBuf Reassembler::allocate(size_t n) {
+  MessageBuf b;
+  if (lender_ && n >= BufferPool::kMinSize) b.lent = lender_->take(n, &b.slab);
+  if (!b.lent) b.own = BufferPool::shared().take(n);
+  return b;
+}
+
 Status Reassembler::find_or_start(const ChunkHeader& h, Partial** out) {
   const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
   auto it = partial_.find(h.message_id);
   if (it == partial_.end()) {
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
     Partial p;
-    p.data = BufferPool::shared().take(h.message_len);
+    p.data = allocate(h.message_len);
     p.have.assign((chunks + 63) / 64, 0);
     p.chunks = chunks;
     p.chunk_shift = h.chunk_shift;
@@ -293,7 +310,7 @@ Status Reassembler::find_or_start(const ChunkHeader& h, Partial** out) {
     it = partial_.emplace(h.message_id, std::move(p)).first;
   }
   // Every chunk of one message must agree on its shape.
-  if (it->second.chunk_shift != h.chunk_shift || it->second.data.size() != h.message_len || it->second.flags != h.flags) {
+  if (it->second.chunk_shift != h.chunk_shift || it->second.data.bytes().size() != h.message_len || it->second.flags != h.flags) {
     return Status::kCorrupt;
   }
   *out = &it->second;
@@ -306,14 +323,14 @@ Status Reassembler::reserve(const ChunkHeader& h, uint8_t** dst) {
   Partial* p;
   if (Status st = find_or_start(h, &p); st != Status::kOk) return st;
   const uint64_t idx = h.offset >> h.chunk_shift;
-  if (!(p->have[idx / 64] & (1ull << (idx % 64)))) *dst = p->data.data() + h.offset;
+  if (!(p->have[idx / 64] & (1ull << (idx % 64)))) *dst = p->data.bytes().data() + h.offset;
   return Status::kOk;
 }
 
 std::pair<const uint8_t*, size_t> Reassembler::partial_buffer(uint64_t id) const {
   auto it = partial_.find(id);
   if (it == partial_.end()) return {nullptr, 0};
-  return {it->second.data.data(), it->second.data.size()};
+  return {it->second.data.bytes().data(), it->second.data.bytes().size()};
 }
 
 Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* completed,
@@ -328,12 +345,12 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
     return Status::kOk;
   }
   const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
-  Bytes whole;
+  MessageBuf whole;
   if (chunks == 1) {
     // The common small message: no partial state at all.
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
-    whole = BufferPool::shared().take(h.payload_len);
-    if (h.payload_len) std::memcpy(whole.data(), payload, h.payload_len);
+    whole = allocate(h.payload_len);
+    if (h.payload_len) std::memcpy(whole.bytes().data(), payload, h.payload_len);
   } else {
     Partial* pp;
     if (Status st = find_or_start(h, &pp); st != Status::kOk) return st;
@@ -346,7 +363,7 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
       return Status::kOk;
     }
     word |= bit;
-    uint8_t* place = p.data.data() + h.offset;
+    uint8_t* place = p.data.bytes().data() + h.offset;
     if (payload != place) std::memcpy(place, payload, h.payload_len);  // read in place otherwise
     p.bytes += h.payload_len;
     if (++p.received < p.chunks) {
@@ -362,14 +379,17 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
   }
   *completed = true;
   if (h.message_id != next_) {
-    if (held_.size() >= limits_.max_out_of_order) return Status::kLimitExceeded;
-    pending_bytes_ += whole.size();
+    if (held_.size() >= limits_.max_out_of_order) {
+      if (whole.lent) lender_->give(whole.slab);
+      return Status::kLimitExceeded;
+    }
+    pending_bytes_ += whole.bytes().size();
     held_.emplace(h.message_id, Held{std::move(whole), h.flags});
     return Status::kOk;
   }
   ready->push_back(Received{next_++, std::move(whole), h.flags});
   for (auto it = held_.begin(); it != held_.end() && it->first == next_; it = held_.erase(it)) {
-    pending_bytes_ -= it->second.data.size();
+    pending_bytes_ -= it->second.data.bytes().size();
     ready->push_back(Received{next_++, std::move(it->second.data), it->second.flags});
   }
   return Status::kOk;

@@ -107,6 +107,29 @@ class BufferPool {
   const size_t max_bytes_;
 };
 
+// Memory a consumer of received messages lends the receiver and takes back
+// after use (see native/binding/amst_wrap.cc): messages then land in the same
+// few buffers over and over, which stay in cache and cost the consumer no
+// allocation. Thread-safe.
+class Lender {
+ public:
+  virtual ~Lender() = default;
+  // A buffer of at least `n` bytes, resized to `n`, still owned by the
+  // lender and named by *slab; null when none is free.
+  virtual Bytes* take(size_t n, int32_t* slab) = 0;
+  // Takes back a slab the receiver no longer needs (a message abandoned).
+  virtual void give(int32_t slab) = 0;
+};
+
+// A received message's storage: pooled bytes it owns, or a lent slab.
+struct MessageBuf {
+  Bytes own;
+  Bytes* lent = nullptr;
+  int32_t slab = -1;
+  Bytes& bytes() { return lent ? *lent : own; }
+  const Bytes& bytes() const { return lent ? *lent : own; }
+};
+
 struct Hello {
   uint16_t stream_index = 0;
   uint16_t stream_count = 1;
@@ -196,7 +219,7 @@ class StreamReader {
 // A message put back together, with the flags its chunks carried.
 struct Received {
   uint64_t id = 0;
-  Bytes data;
+  MessageBuf data;
   uint8_t flags = 0;
 };
 
@@ -205,6 +228,12 @@ struct Received {
 class Reassembler {
  public:
   explicit Reassembler(Limits limits) : limits_(limits) {}
+  ~Reassembler();
+  Reassembler(const Reassembler&) = delete;
+  Reassembler& operator=(const Reassembler&) = delete;
+  // Messages of BufferPool::kMinSize bytes and more go into slabs `lender`
+  // lends while it has any free (it must outlive this reassembler).
+  void set_lender(Lender* lender) { lender_ = lender; }
 
   // Copies the chunk in. `*completed` tells whether this chunk finished its
   // message; every message now deliverable in order is appended to `*ready`
@@ -229,7 +258,7 @@ class Reassembler {
 
  private:
   struct Partial {
-    Bytes data;
+    MessageBuf data;
     std::vector<uint64_t> have;  // bit per chunk
     uint64_t chunks = 0;
     uint64_t received = 0;
@@ -239,7 +268,7 @@ class Reassembler {
     uint8_t flags = 0;
   };
   struct Held {
-    Bytes data;
+    MessageBuf data;
     uint8_t flags;
   };
 
@@ -248,6 +277,9 @@ class Reassembler {
   std::map<uint64_t, Held> held_;  // complete, waiting for an earlier id
   uint64_t next_ = 0;                              // every id below it was delivered
   uint64_t pending_bytes_ = 0;                     // partial and held bytes
+  Lender* lender_ = nullptr;
+
+  MessageBuf allocate(size_t n);
 
   Status find_or_start(const ChunkHeader& h, Partial** out);
 };

@@ -1,6 +1,7 @@
 #include "transport/tcp/engine.h"
 
 #include <netinet/tcp.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -24,6 +25,8 @@ constexpr size_t kMaxIov = 1024;  // IOV_MAX: small chunks go out hundreds per s
 // Payloads from this size go with MSG_ZEROCOPY on zero-copy streams; below
 // it, pinning pages costs more than copying them.
 constexpr uint32_t kZeroCopyMin = 16 * 1024;
+// Payloads from this size go by vmsplice + splice on splicing streams.
+constexpr uint32_t kSpliceMin = 64 * 1024;
 
 enum class HandleKind : uint8_t { kStream, kListener, kTimer };
 HandleKind timer_tag = HandleKind::kTimer;  // epoll data of the timerfd
@@ -137,6 +140,9 @@ struct Engine::Stream {
   bool zerocopy = false;     // SO_ZEROCOPY is on
   uint32_t zc_next = 0;      // the kernel's number for our next MSG_ZEROCOPY send
   std::deque<std::pair<uint32_t, OutMessage*>> zc_wait;  // sends not yet reported done
+  bool splice = false;       // large payloads go by vmsplice + splice
+  Fd pipe_r, pipe_w;         // the splice pipe, made at the first large payload
+  size_t piped = 0;          // bytes of the head chunk's payload in the pipe, not yet in the socket
   uint32_t epoll_events = 0;  // what the fd is registered for (0: not registered)
   std::unique_ptr<StreamReader> reader;
   std::deque<OutChunk> out;
@@ -148,6 +154,7 @@ struct Engine::Stream {
 struct Engine::Listener {
   HandleKind kind = HandleKind::kListener;
   uint64_t id = 0;
+  bool lend = false;
   Fd fd;
 };
 
@@ -188,7 +195,7 @@ struct Engine::Connection {
   Reassembler reasm;
   size_t rr = 0;
   std::atomic<uint64_t> messages_sent{0}, messages_received{0}, bytes_sent{0}, bytes_received{0}, chunks_resent{0};
-  std::atomic<uint64_t> zerocopy_sends{0}, zerocopy_copied{0};
+  std::atomic<uint64_t> zerocopy_sends{0}, zerocopy_copied{0}, spliced_bytes{0};
 
   explicit Connection(Limits limits) : reasm(limits) {}
   size_t live_streams() const {
@@ -237,12 +244,13 @@ void Engine::post(Command&& c) {
   (void)!::write(wake_.get(), &one, sizeof(one));
 }
 
-uint64_t Engine::listen(const std::string& host, uint16_t port) {
+uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend) {
   Command c;
   c.type = Command::Type::kListen;
   c.id = next_id_++;
   c.host = host;
   c.port = port;
+  c.lend = lend;
   const uint64_t id = c.id;
   post(std::move(c));
   return id;
@@ -328,6 +336,7 @@ bool Engine::stats(uint64_t conn, ConnectionStats* out) {
   out->chunks_resent = c.chunks_resent.load();
   out->zerocopy_sends = c.zerocopy_sends.load();
   out->zerocopy_copied = c.zerocopy_copied.load();
+  out->spliced_bytes = c.spliced_bytes.load();
   out->streams.clear();
   for (const auto& s : c.streams) {
     StreamStats st;
@@ -396,7 +405,10 @@ void Engine::shutdown_all() {
   graveyard_.clear();
   dead_conns_.clear();
   touched_.clear();
-  for (auto& e : pending_) delete e.data;
+  for (auto& e : pending_) {
+    if (e.slab < 0) delete e.data;
+    else lender_->give(e.slab);
+  }
   pending_.clear();
   Command c;
   while (commands_.try_pop(c)) {
@@ -413,6 +425,7 @@ void Engine::handle(Command& c) {
     case Command::Type::kListen: {
       auto l = std::make_unique<Listener>();
       l->id = c.id;
+      l->lend = c.lend;
       int err = 0;
       uint16_t port = c.port;
       l->fd = tcp_listen(c.host, &port, 1024, &err);
@@ -541,6 +554,7 @@ Engine::Stream* Engine::dial_stream(Connection* c, int32_t index, int attempt) {
     const int one = 1;
     s->zerocopy = setsockopt(s->fd.get(), SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) == 0;
   }
+  s->splice = opts.splice && !s->zerocopy;
   if (s->fd && ::connect(s->fd.get(), reinterpret_cast<sockaddr*>(&c->addr), c->alen) != 0 && errno != EINPROGRESS) {
     s->fd.reset();
   }
@@ -644,6 +658,9 @@ void Engine::drop_fd(Stream* s) {
   if (s->epoll_events) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
   s->epoll_events = 0;
   s->fd.reset();
+  s->pipe_r.reset();
+  s->pipe_w.reset();
+  s->piped = 0;
   s->alive = false;
   s->connecting = false;
 }
@@ -704,6 +721,7 @@ void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
   conn->alen = alen;
   conn->sockopts = opts.socket;
   conn->redial = opts.redial;
+  if (opts.lend && lender_) conn->reasm.set_lender(lender_);
   conn->target_streams = conn->expected_streams;
   Connection* c = conn.get();
   {
@@ -762,6 +780,7 @@ void Engine::on_listener(Listener* l) {
     s->fd.reset(fd);
     s->listener = l->id;
     apply_options(fd, SocketOptions{});
+    s->splice = SocketOptions{}.splice;
     Stream* sp = s.get();
     sp->reader = make_reader(sp, true);
     update_epoll(sp);
@@ -791,6 +810,8 @@ Status Engine::on_hello(Stream* s, const Hello& h) {
     auto conn = std::make_unique<Connection>(limits_);
     conn->id = next_id_++;
     conn->listener = s->listener;
+    auto l = listeners_.find(s->listener);
+    if (l != listeners_.end() && l->second->lend && lender_) conn->reasm.set_lender(lender_);
     conn->conn_id = key;
     conn->shift = h.chunk_shift;
     conn->expected_streams = h.stream_count;
@@ -859,15 +880,24 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
           if (t.get() != s && t->reader) t->reader->detach_if_within(base, base_len);
         }
       }
-      for (auto& r : ready) {
+      for (size_t i = 0; i < ready.size(); i++) {
+        MessageBuf& r = ready[i].data;
+        const size_t len = r.bytes().size();
         uint32_t count = 0;
-        if (r.flags & kFlagPacked) {
-          if (Status ps = check_pack(r.data.data(), r.data.size(), &count); ps != Status::kOk) return ps;
+        if (ready[i].flags & kFlagPacked) {
+          if (Status ps = check_pack(r.bytes().data(), len, &count); ps != Status::kOk) {
+            for (size_t j = i; j < ready.size(); j++) {
+              if (ready[j].data.lent) lender_->give(ready[j].data.slab);
+            }
+            return ps;
+          }
         }
         c->messages_received += count ? count : 1;
-        c->bytes_received += r.data.size();
-        if (limits_.max_undelivered_bytes) undelivered_ += static_cast<int64_t>(r.data.size());
-        emit(Event{Event::Type::kMessage, c->id, 0, r.id, Status::kOk, 0, new Bytes(std::move(r.data)), count});
+        c->bytes_received += len;
+        if (limits_.max_undelivered_bytes) undelivered_ += static_cast<int64_t>(len);
+        Event e{Event::Type::kMessage, c->id, 0, ready[i].id, Status::kOk, 0, r.lent ? r.lent : new Bytes(std::move(r.own)), count};
+        e.slab = r.slab;
+        emit(e);
       }
       // Acknowledge a message once it is whole here, and again whenever a
       // resent chunk of it shows the sender has not heard (its ACK may have
@@ -1043,54 +1073,113 @@ void Engine::pump(Connection* c) {
   }
 }
 
+// Moves the head chunk's payload into the socket by page references:
+// vmsplice puts the caller's pages in the stream's pipe and splice hands them
+// to TCP, so the only copy left is the receiver's (on loopback and veth as
+// well, where MSG_ZEROCOPY copies). The kernel may still hold those pages
+// when the peer acknowledges the message, but only for duplicates of bytes
+// the peer has read, which TCP discards. Returns the bytes the socket took,
+// 0 when it is full, -1 with errno set on failure.
+ssize_t Engine::splice_out(Stream* s) {
+  const OutChunk& head = s->out.front();
+  if (!s->pipe_r) {
+    int p[2];
+    if (::pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+    s->pipe_r.reset(p[0]);
+    s->pipe_w.reset(p[1]);
+    // Room for a whole chunk (one page more when it is not page-aligned)
+    // saves syscalls; the default 64 KiB works too, so failure is fine.
+    const size_t want = std::min<size_t>(size_t{1} << 20, std::max<size_t>(size_t{64} << 10, 2 * head.len));
+    (void)::fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(want));
+  }
+  const size_t sent = head.written - kChunkHeaderSize;
+  if (s->piped == 0) {
+    iovec iov{const_cast<uint8_t*>(head.payload) + sent, head.len - sent};
+    const ssize_t v = ::vmsplice(s->pipe_w.get(), &iov, 1, SPLICE_F_NONBLOCK);
+    if (v <= 0) return v == 0 ? (errno = EIO, -1) : -1;
+    s->piped = static_cast<size_t>(v);
+  }
+  // More to come (of this chunk, or queued after it): let TCP fill segments.
+  const bool more = sent + s->piped < head.len || s->out.size() > 1;
+  const ssize_t r = ::splice(s->pipe_r.get(), nullptr, s->fd.get(), nullptr, s->piped,
+                             SPLICE_F_NONBLOCK | SPLICE_F_MOVE | (more ? SPLICE_F_MORE : 0));
+  if (r < 0) return errno == EAGAIN ? 0 : -1;
+  s->piped -= static_cast<size_t>(r);
+  if (s->conn) s->conn->spliced_bytes += static_cast<uint64_t>(r);
+  return r;
+}
+
 bool Engine::flush(Stream* s) {
   while (!s->out.empty()) {
-    iovec iov[kMaxIov];
-    size_t n = 0;
-    int flags = MSG_NOSIGNAL;
     OutChunk& head = s->out.front();
-    if (s->zerocopy && head.written >= kChunkHeaderSize && head.len >= kZeroCopyMin) {
-      // A large payload alone, with MSG_ZEROCOPY: the kernel reads the
-      // caller's buffer until it reports the send done. Headers never go
-      // this way: their memory is reused as soon as the queue moves on.
-      const size_t w = head.written - kChunkHeaderSize;
-      iov[n++] = iovec{const_cast<uint8_t*>(head.payload) + w, head.len - w};
-      flags |= MSG_ZEROCOPY;
-    }
-    for (auto it = s->out.begin(); !(flags & MSG_ZEROCOPY) && it != s->out.end() && n + 2 <= kMaxIov; ++it) {
-      // On a zero-copy stream, copied bytes stop where a large payload starts.
-      if (s->zerocopy && it->len >= kZeroCopyMin && it->written >= kChunkHeaderSize) break;
-      size_t w = it->written;
-      if (w < kChunkHeaderSize) {
-        iov[n++] = iovec{it->header + w, kChunkHeaderSize - w};
-        w = 0;
-      } else {
-        w -= kChunkHeaderSize;
+    ssize_t r;
+    int flags = MSG_NOSIGNAL;
+    if (s->splice && head.written >= kChunkHeaderSize && head.len >= kSpliceMin) {
+      r = splice_out(s);
+      if (r == 0) break;
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (s->piped == 0 && errno != EPIPE && errno != ECONNRESET) {
+          // No pipe, or pages vmsplice cannot take: copy from here on.
+          s->splice = false;
+          continue;
+        }
+        stream_failed(s, errno);
+        return false;
       }
-      if (s->zerocopy && it->len >= kZeroCopyMin) break;  // its header only; the payload goes next, alone
-      if (it->len > w) iov[n++] = iovec{const_cast<uint8_t*>(it->payload) + w, it->len - w};
-    }
-    // sendmsg with MSG_NOSIGNAL, not writev: a peer gone away must be an
-    // EPIPE for this stream, not a SIGPIPE for a host that did not ignore it.
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = n;
-    const ssize_t r = ::sendmsg(s->fd.get(), &msg, flags);
-    if (r < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      if (errno == EINTR) continue;
-      if (errno == ENOBUFS && (flags & MSG_ZEROCOPY)) {
-        // Out of pinnable memory (optmem): copy from here on.
-        s->zerocopy = false;
-        continue;
+    } else {
+      iovec iov[kMaxIov];
+      size_t n = 0;
+      if (s->zerocopy && head.written >= kChunkHeaderSize && head.len >= kZeroCopyMin) {
+        // A large payload alone, with MSG_ZEROCOPY: the kernel reads the
+        // caller's buffer until it reports the send done. Headers never go
+        // this way: their memory is reused as soon as the queue moves on.
+        const size_t w = head.written - kChunkHeaderSize;
+        iov[n++] = iovec{const_cast<uint8_t*>(head.payload) + w, head.len - w};
+        flags |= MSG_ZEROCOPY;
       }
-      stream_failed(s, errno);
-      return false;
-    }
-    if (flags & MSG_ZEROCOPY) {
-      s->zc_wait.emplace_back(s->zc_next++, head.msg);
-      if (head.msg) head.msg->zc_pending++;
-      if (s->conn) s->conn->zerocopy_sends++;
+      // Large payloads on zero-copy or splicing streams go alone, by their
+      // own path; copied bytes stop at the header of one.
+      const auto alone = [s](const OutChunk& c) {
+        return (s->zerocopy && c.len >= kZeroCopyMin) || (s->splice && c.len >= kSpliceMin);
+      };
+      for (auto it = s->out.begin(); !(flags & MSG_ZEROCOPY) && it != s->out.end() && n + 2 <= kMaxIov; ++it) {
+        if (alone(*it) && it->written >= kChunkHeaderSize) break;
+        size_t w = it->written;
+        if (w < kChunkHeaderSize) {
+          iov[n++] = iovec{it->header + w, kChunkHeaderSize - w};
+          w = 0;
+        } else {
+          w -= kChunkHeaderSize;
+        }
+        if (alone(*it)) {
+          if (s->splice && !s->zerocopy) flags |= MSG_MORE;  // the spliced payload follows at once
+          break;
+        }
+        if (it->len > w) iov[n++] = iovec{const_cast<uint8_t*>(it->payload) + w, it->len - w};
+      }
+      // sendmsg with MSG_NOSIGNAL, not writev: a peer gone away must be an
+      // EPIPE for this stream, not a SIGPIPE for a host that did not ignore it.
+      msghdr msg{};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = n;
+      r = ::sendmsg(s->fd.get(), &msg, flags);
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        if (errno == EINTR) continue;
+        if (errno == ENOBUFS && (flags & MSG_ZEROCOPY)) {
+          // Out of pinnable memory (optmem): copy from here on.
+          s->zerocopy = false;
+          continue;
+        }
+        stream_failed(s, errno);
+        return false;
+      }
+      if (flags & MSG_ZEROCOPY) {
+        s->zc_wait.emplace_back(s->zc_next++, head.msg);
+        if (head.msg) head.msg->zc_pending++;
+        if (s->conn) s->conn->zerocopy_sends++;
+      }
     }
     s->bytes_sent += static_cast<uint64_t>(r);
     size_t left = static_cast<size_t>(r);

@@ -55,6 +55,10 @@ struct Event {
   int os_error = 0;
   Bytes* data = nullptr;
   uint64_t extra = 0;
+  // kMessage: >= 0 when `data` is a slab of the engine's Lender (which still
+  // owns it; the receiver of the event gives it back), else -1: `data` is
+  // owned by the receiver of the event.
+  int32_t slab = -1;
 };
 
 class EventSink {
@@ -73,6 +77,8 @@ struct ConnectOptions {
   SocketOptions socket;
   // Dial a lost stream again (with back-off, up to kRedialAttempts times).
   bool redial = true;
+  // Receive large messages into the engine's Lender's slabs (set_lender).
+  bool lend = false;
 };
 
 constexpr int kRedialAttempts = 6;
@@ -91,6 +97,7 @@ struct StreamStats {
 struct ConnectionStats {
   uint64_t zerocopy_sends = 0;   // payloads sent with MSG_ZEROCOPY
   uint64_t zerocopy_copied = 0;  // of those, ones the kernel copied after all (loopback, veth...)
+  uint64_t spliced_bytes = 0;    // payload bytes handed to TCP by vmsplice + splice
   uint64_t messages_sent = 0;
   uint64_t messages_received = 0;
   uint64_t bytes_sent = 0;      // payload bytes acknowledged by the peer
@@ -118,6 +125,7 @@ struct EngineCommand {
   std::unique_ptr<std::vector<SendItem>> many;  // kSendMany
   std::string host;
   uint16_t port = 0;
+  bool lend = false;  // kListen
 };
 
 class Engine {
@@ -139,7 +147,11 @@ class Engine {
   struct OutMessage;
 
   // Each returns an id at once; the outcome arrives as events.
-  uint64_t listen(const std::string& host, uint16_t port);
+  // With `lend`, accepted connections receive into the Lender's slabs.
+  uint64_t listen(const std::string& host, uint16_t port, bool lend = false);
+  // Where connections that lend (ConnectOptions::lend, listen) receive
+  // large messages. Call before listen/connect; `lender` outlives the engine.
+  void set_lender(transport::Lender* lender) { lender_ = lender; }
   uint64_t connect(const ConnectOptions& opts);
   // Queues `len` (> 0) bytes at `data` as message `message_id` (ids per
   // connection start at 0 and increase by one). When the command ring is
@@ -197,6 +209,7 @@ class Engine {
   std::unique_ptr<StreamReader> make_reader(Stream* s, bool server);
   void pump(Connection* c);
   bool flush(Stream* s);
+  ssize_t splice_out(Stream* s);
   void queue_control(Connection* c, ChunkType type, uint64_t message_id, uint64_t offset = 0, uint64_t len = 0);
   void touch(Connection* c);
   void flush_touched();
@@ -208,6 +221,7 @@ class Engine {
   void emit(Event e) { pending_.push_back(e); }
 
   EventSink* sink_;
+  transport::Lender* lender_ = nullptr;
   Limits limits_;
   Fd epoll_;
   Fd wake_;

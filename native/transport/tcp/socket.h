@@ -39,6 +39,7 @@ struct SocketOptions {
   int send_buffer = 0;     // SO_SNDBUF bytes; 0: system default
   int recv_buffer = 0;     // SO_RCVBUF bytes; 0: system default
   bool zerocopy = false;   // MSG_ZEROCOPY for large payloads (SO_ZEROCOPY), where the kernel allows it
+  bool splice = true;      // vmsplice + splice for large payloads (when not zerocopy)
 };
 
 // Numeric IPv4/IPv6 address and port; false when `host` is not numeric.

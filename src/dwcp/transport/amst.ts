@@ -38,6 +38,8 @@ export interface ListenOptions {
   port?: number;
   /** Where accepted connections' I/O runs. Default `thread`. */
   io?: IoMode;
+  /** Accepted connections lend their received messages (see ConnectOptions.lendBuffers). Default false. */
+  lendBuffers?: boolean;
 }
 
 export interface ConnectOptions {
@@ -66,6 +68,23 @@ export interface ConnectOptions {
    * zero-copy sends and the ones the kernel copied after all.
    */
   zeroCopy?: boolean;
+  /**
+   * Hand payloads of 64 KiB and more to TCP by page references (vmsplice +
+   * splice) instead of copying them into the kernel: the receiver's copy is
+   * then the only one, loopback and veth included. Default true; `zeroCopy`
+   * takes precedence. `stats()` counts the bytes sent this way.
+   */
+  splice?: boolean;
+  /**
+   * Lend received messages of 64 KiB and more instead of giving them: the
+   * Buffer a `message` or `batch` listener gets is valid until the listener
+   * returns, after which its memory carries a later message. Copy what you
+   * keep (`Buffer.from(msg)`). A bulk receiver then allocates nothing per
+   * message and V8 runs no major collections for it (see the README's
+   * benchmarks). Messages past the lending pool (64 MiB per thread) are given as usual.
+   * Default false.
+   */
+  lendBuffers?: boolean;
 }
 
 /** Per-stream figures, TCP_INFO included. */
@@ -139,13 +158,32 @@ class Router {
           extra: fields[i + 6]!,
           data: undefined,
         };
+        let slab = -1;
         if (type === 'message') {
           const off = e.listener;
-          e.data = off < 0 ? buffers[nextBuffer++] : arena!.subarray(off, off + e.extra);
+          if (off >= 0) {
+            e.data = arena!.subarray(off, off + e.extra);
+          } else if (e.osError >= 0) {
+            slab = e.osError;
+            e.data = Buffer.from(buffers[nextBuffer++] as ArrayBuffer, 0, e.extra);
+          } else {
+            e.data = buffers[nextBuffer++] as Buffer;
+          }
+          e.osError = 0;
         }
         // An incoming connection has a new id; its listener's id says where it goes.
-        if (type === 'incoming') this.servers.get(e.listener)?.accept(e);
-        else this.handlers.get(e.id)?.handleEvent(e);
+        if (type === 'incoming') {
+          this.servers.get(e.listener)?.accept(e);
+        } else if (slab < 0) {
+          this.handlers.get(e.id)?.handleEvent(e);
+        } else {
+          // A lent message: its slab carries another once the listeners return.
+          try {
+            this.handlers.get(e.id)?.handleEvent(e);
+          } finally {
+            this.engine.release(slab);
+          }
+        }
       }
     }, io);
   }
@@ -621,7 +659,7 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
   const host = checkHost(options.host ?? '127.0.0.1');
   const port = checkPort(options.port ?? 0, true);
   const r = getRouter(options.io);
-  const id = r.engine.listen(host, port);
+  const id = r.engine.listen(host, port, options.lendBuffers ?? false);
   return new AmstServer(r, id).waitListening();
 }
 
@@ -656,6 +694,8 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
     recvBuffer: options.recvBufferBytes ?? 0,
     redial: options.redial ?? true,
     zeroCopy: options.zeroCopy ?? false,
+    splice: options.splice ?? true,
+    lendBuffers: options.lendBuffers ?? false,
   });
   return new AmstConnection(r, id, streams, true).waitConnected();
 }
