@@ -236,11 +236,11 @@ export async function run(opts = {}) {
   // Rounds interleave every contender, so each sees the same state of this
   // noisy VM; medians and ranges are reported.
   const streamCounts = opts.streams ?? [1, 2, 4, 8];
-  const rounds = opts.bulkRounds ?? 3;
+  const bulkRounds = opts.bulkRounds ?? 3;
   const runsOf = { owned: [], node: [], iperf3: [] };
   for (const n of streamCounts) runsOf[n] = [];
   let peakPeerRss = 0;
-  for (let round = 0; round < rounds; round++) {
+  for (let round = 0; round < bulkRounds; round++) {
     for (const n of streamCounts) {
       const r = await amstBulk(n, totalBytes, 4 << 20, 16);
       runsOf[n].push(r.gbps);
