@@ -2,7 +2,8 @@
 // (as iperf3's server is). Modes: `amst-sink`, `amst-lend-sink` (borrows
 // large messages: `lendBuffers`), `amst-batch-sink` (takes
 // messages in `batch` events, as a receiver of many small ones would),
-// `amst-echo`, `net-sink`, `net-echo`; then the AMST I/O mode (`thread`, `loop`) and the address to bind.
+// `amst-echo`, `net-sink`, `net-echo`; then the AMST I/O mode (`thread`,
+// `loop`), the address to bind and the busy-poll window in microseconds (loop mode).
 // Prints its port, then on SIGTERM its peak RSS in bytes.
 import net from 'node:net';
 import { listen } from '../dist/index.js';
@@ -20,6 +21,7 @@ if (mode === 'amst-sink' || mode === 'amst-lend-sink' || mode === 'amst-batch-si
     io: process.argv[3] ?? 'thread',
     host: process.argv[4] ?? '127.0.0.1',
     lendBuffers: mode === 'amst-lend-sink',
+    busyPollMicros: Number(process.argv[5] ?? 0),
   });
   server.on('connection', (conn) => {
     if (mode === 'amst-echo') conn.on('message', (m) => void conn.send(m).catch(() => {}));

@@ -13,8 +13,8 @@ import { connect } from '../dist/index.js';
 
 const peerScript = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
 
-async function startPeer(mode, io = 'thread') {
-  const child = spawn(process.execPath, [peerScript, mode, io], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function startPeer(mode, io = 'thread', busyPollMicros = 0) {
+  const child = spawn(process.execPath, [peerScript, mode, io, '127.0.0.1', String(busyPollMicros)], { stdio: ['ignore', 'pipe', 'inherit'] });
   let buf = '';
   const port = await new Promise((resolve, reject) => {
     child.stdout.on('data', (d) => {
@@ -151,9 +151,9 @@ function percentiles(samples) {
   return { p50: at(0.5), p99: at(0.99) };
 }
 
-async function amstPingPong(rounds, io) {
-  const peer = await startPeer('amst-echo', io);
-  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic', io });
+async function amstPingPong(rounds, io, busyPollMicros = 0) {
+  const peer = await startPeer('amst-echo', io, busyPollMicros);
+  const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic', io, busyPollMicros });
   const msg = Buffer.alloc(64, 2);
   let waiter;
   conn.on('message', () => waiter());
@@ -295,12 +295,15 @@ export async function run(opts = {}) {
   const rounds = opts.rounds ?? 5000;
   const rttThread = await amstPingPong(rounds, 'thread');
   const rtt = await amstPingPong(rounds, 'loop');
+  const busyPoll = opts.busyPoll ?? 50;
+  const rttBusy = await amstPingPong(rounds, 'loop', busyPoll);
   const nrtt = await netPingPong(rounds);
   const sp = await sockperf(3);
   const us = (r) => `p50 ${r.p50.toFixed(1)} us p99 ${r.p99.toFixed(1)} us`;
-  log(`64-byte ping-pong round trip: amst io loop ${us(rtt)}, io thread ${us(rttThread)}; node net ${us(nrtt)}`);
+  log(`64-byte ping-pong round trip: amst io loop ${us(rtt)}, busy-polling ${busyPoll} us ${us(rttBusy)}, io thread ${us(rttThread)}; node net ${us(nrtt)}`);
   log(sp === null ? '  sockperf: not installed, skipped'
-    : `  sockperf ping-pong: one-way p50 ${sp.oneWayP50.toFixed(1)} us, so round trip p50 ${sp.rttP50.toFixed(1)} us`);
+    : `  sockperf ping-pong: one-way p50 ${sp.oneWayP50.toFixed(1)} us, so round trip p50 ${sp.rttP50.toFixed(1)} us; ` +
+      `amst busy-polling ${(rttBusy.p50 / sp.rttP50).toFixed(2)}x, without ${(rtt.p50 / sp.rttP50).toFixed(2)}x`);
   const rss = process.resourceUsage().maxRSS * 1024;
   log(`peak RSS: sender ${(rss / 2 ** 20).toFixed(0)} MiB, receiver ${(peakPeerRss / 2 ** 20).toFixed(0)} MiB`);
   log(JSON.stringify({
@@ -319,6 +322,8 @@ export async function run(opts = {}) {
     node_msg_rate: Math.round(nodeRate),
     rtt_p50_us: fmt(rtt.p50, 1),
     rtt_p99_us: fmt(rtt.p99, 1),
+    rtt_busy_poll_p50_us: fmt(rttBusy.p50, 1),
+    rtt_busy_poll_p99_us: fmt(rttBusy.p99, 1),
     rtt_thread_p50_us: fmt(rttThread.p50, 1),
     node_rtt_p50_us: fmt(nrtt.p50, 1),
     node_rtt_p99_us: fmt(nrtt.p99, 1),

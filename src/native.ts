@@ -107,6 +107,7 @@ export interface NativeAmstEngine {
   setCongestion(conn: number, name: string): number;
   stats(conn: number): NativeAmstStats | null;
   release(slab: number): void;
+  setBusyPoll(microseconds: number): void;
   ref(): void;
   unref(): void;
   shutdown(): void;

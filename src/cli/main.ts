@@ -115,12 +115,26 @@ async function cmdBench(args: string[]): Promise<void> {
 async function benchTransport(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { gib: { type: 'string' }, streams: { type: 'string' }, messages: { type: 'string' }, rounds: { type: 'string' } },
+    options: {
+      gib: { type: 'string' },
+      streams: { type: 'string' },
+      messages: { type: 'string' },
+      rounds: { type: 'string' },
+      'bulk-rounds': { type: 'string' },
+      'busy-poll': { type: 'string' },
+    },
     strict: true,
   });
   const streams = values.streams?.split(',').map((s) => positive(s, 'streams')!);
   const mod = (await import(pathToFileURL(join(root, 'bench', 'transport.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
-  await mod.run({ gib: positive(values.gib, 'gib'), streams, messages: positive(values.messages, 'messages'), rounds: positive(values.rounds, 'rounds') });
+  await mod.run({
+    gib: positive(values.gib, 'gib'),
+    streams,
+    messages: positive(values.messages, 'messages'),
+    rounds: positive(values.rounds, 'rounds'),
+    bulkRounds: positive(values['bulk-rounds'], 'bulk-rounds'),
+    busyPoll: positive(values['busy-poll'], 'busy-poll'),
+  });
 }
 
 async function benchVeth(args: string[]): Promise<void> {

@@ -322,6 +322,26 @@ t.test(`io ${io}: lent messages are views of a few slabs, valid while their list
 });
 }
 
+t.test('busy polling: loop mode only, bounded, and round trips still correct', async (t) => {
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, busyPollMicros: 50 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, io: 'loop', busyPollMicros: 10001 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, io: 'loop', busyPollMicros: 1.5 }), { code: 'ERR_INVALID_ARGUMENT' });
+  t.throws(() => listen({ port: 0, busyPollMicros: 50 }), { code: 'ERR_INVALID_ARGUMENT' });
+  const server = await listen({ port: 0, io: 'loop', busyPollMicros: 200 });
+  server.on('connection', (c: AmstConnection) => c.on('message', (m: Buffer) => void c.send(Buffer.from(m)).catch(() => {})));
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams: 1, io: 'loop', busyPollMicros: 200 });
+  for (let i = 0; i < 200; i++) {
+    const back = once(client, 'message') as Promise<[Buffer]>;
+    const msg = Buffer.from(`ping ${i}`);
+    await client.send(msg);
+    const [got] = await back;
+    if (!got.equals(msg)) t.fail(`round trip ${i}`);
+  }
+  t.pass('200 round trips');
+  await client.close();
+  await server.close();
+});
+
 t.test('refused connections and bad arguments', async (t) => {
   const server = await listen({ port: 0 });
   const port = server.port;
