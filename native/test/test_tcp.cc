@@ -12,6 +12,7 @@
 #include <mutex>
 #include <thread>
 
+#include "fixed_lender.h"
 #include "test.h"
 #include "transport/tcp/engine.h"
 
@@ -537,55 +538,12 @@ TEST(tcp_spliced_sends) {
   }
 }
 
-namespace {
-
-// Lends `count` slabs of `size` bytes and keeps track of which are out.
-class TestLender : public Lender {
- public:
-  TestLender(size_t count, size_t size) : slabs_(count), out_(count, false) {
-    for (auto& s : slabs_) s.reserve(size);
-  }
-  Bytes* take(size_t n, int32_t* slab) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = 0; i < slabs_.size(); i++) {
-      if (!out_[i] && slabs_[i].capacity() >= n) {
-        out_[i] = true;
-        slabs_[i].resize(n);
-        *slab = static_cast<int32_t>(i);
-        takes_++;
-        return &slabs_[i];
-      }
-    }
-    return nullptr;
-  }
-  void give(int32_t slab) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    CHECK(out_[static_cast<size_t>(slab)]);
-    out_[static_cast<size_t>(slab)] = false;
-  }
-  size_t out() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return static_cast<size_t>(std::count(out_.begin(), out_.end(), true));
-  }
-  size_t takes() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return takes_;
-  }
-
- private:
-  std::mutex mu_;
-  size_t takes_ = 0;
-  std::vector<Bytes> slabs_;
-  std::vector<bool> out_;
-};
-
-}  // namespace
 
 // A lending listener's connections receive large messages into the
 // lender's slabs (small ones, and large ones while none is free, as owned
 // buffers); a connection that goes mid-message gives its slab back.
 TEST(tcp_lent_slabs) {
-  TestLender lender(2, 1u << 20);
+  test::FixedLender lender(2, 1u << 20);
   Sink sink;
   Engine engine(&sink);
   engine.set_lender(&lender);
