@@ -28,6 +28,8 @@ commands:
       --streams 1,2,4,8     stream counts for the bulk run
       --messages N          64-byte messages for the rate run (default 200000)
       --rounds N            ping-pong round trips (default 5000)
+      --bulk-rounds N       interleaved bulk rounds (default 3)
+      --busy-poll US        busy-poll window of the busy-polling ping-pong (default 50)
   bench boot [--runs 5]     node start to /ready, and parallel against sequential start
   bench veth [options]      AMST through a tbf-shaped veth pair into a network namespace (root)
       --rate-mbit N         link rate (default 1000)
@@ -53,6 +55,15 @@ commands:
   consensus transfer ID --cluster 1=HOST:CLIENTPORT,...
                             hand the cluster's leadership to member ID
   bench consensus           a 3-node Raft cluster on loopback (3 processes, fsync on): put latency and throughput
+  wan up [options]          an emulated WAN link between network namespaces <name>-a and <name>-b (root)
+      --rtt 60ms | --delay 30ms   round trip, or one-way delay
+      --jitter 2ms --loss 0.5% --rate 500mbit --queue BYTES --reorder 1%
+      --ge P,R[,BAD,GOOD]   bursty (Gilbert-Elliott) loss instead of --loss
+      --trace FILE          replay a Pantheon JSON or cooked throughput trace, looped
+      --name N              link name (default nvwan); --seed N; --json
+  wan down [--name N]       remove the link and its namespaces
+  wan status [--name N]     addresses and the forwarder's counters
+  wan exec a|b [--name N] -- CMD ...   run a command in one side's namespace
   help                      this text
   --version                 the package version
 `;
@@ -167,6 +178,8 @@ async function main(argv: string[]): Promise<void> {
       return (await import('./transfer.js')).cmdReceive(args);
     case 'consensus':
       return (await import('./consensus.js')).cmdConsensus(args);
+    case 'wan':
+      return (await import('./wan.js')).cmdWan(args);
     case '--version':
     case 'version': {
       const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
