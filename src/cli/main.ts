@@ -35,6 +35,9 @@ commands:
       --rate-mbit N         link rate (default 1000)
       --seconds S           about this long per run (default 5)
       --streams 1,4         stream counts
+  bench wan [options]       AMST over emulated WAN links against one CUBIC and one BBR stream (root, iperf3)
+      --links a,b,c         (a) 1 Gbit/s 50 ms 0.5 % loss, (b) 200 Mbit/s 120 ms 1 %, (c) a cellular trace
+      --seconds S           measured seconds per run, after 3 s of warm-up (default 10)
   send FILE --to HOST:PORT  send a file (a disk or memory image) over AMST, HDE-encoded
       --baseline OLD        previous version, also held by the receiver: send only what changed
       --streams N           TCP streams (default 8)
@@ -92,6 +95,7 @@ async function cmdBench(args: string[]): Promise<void> {
   const [suite, ...rest] = args;
   if (suite === 'transport') return benchTransport(rest);
   if (suite === 'veth') return benchVeth(rest);
+  if (suite === 'wan') return benchWan(rest);
   if (suite === 'consensus') {
     const { values } = parseArgs({ args: rest, options: { sequential: { type: 'string' }, concurrent: { type: 'string' }, clients: { type: 'string' } }, strict: true });
     const mod = (await import(pathToFileURL(join(root, 'bench', 'consensus.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
@@ -146,6 +150,12 @@ async function benchTransport(args: string[]): Promise<void> {
     bulkRounds: positive(values['bulk-rounds'], 'bulk-rounds'),
     busyPoll: positive(values['busy-poll'], 'busy-poll'),
   });
+}
+
+async function benchWan(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { seconds: { type: 'string' }, links: { type: 'string' } }, strict: true });
+  const mod = (await import(pathToFileURL(join(root, 'bench', 'wan.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
+  await mod.run({ seconds: positive(values.seconds, 'seconds'), links: values.links?.split(',') });
 }
 
 async function benchVeth(args: string[]): Promise<void> {

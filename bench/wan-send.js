@@ -1,0 +1,34 @@
+// The AMST side of `novacron bench wan`, run inside the sending namespace:
+// connects with one stream, lets the mode controller classify the link and
+// set streams and congestion control, then sends 4 MiB messages for the
+// given seconds. Prints one JSON line: throughput after the first `omit`
+// seconds (as iperf3 -O), and what the controller chose.
+// usage: node wan-send.js HOST PORT SECONDS OMIT
+import { connect, ModeController } from '../dist/index.js';
+
+const [host, portText, secondsText, omitText] = process.argv.slice(2);
+const seconds = Number(secondsText);
+const omit = Number(omitText ?? 2);
+const conn = await connect({ host, port: Number(portText), streams: 1, chunkSize: 256 * 1024 });
+let chosen = { mode: null, streams: 1, congestion: null };
+const controller = new ModeController(conn, {
+  intervalMs: 250,
+  samples: 2,
+  onChange: (c) => (chosen = { mode: c.to, streams: c.streams ?? conn.streams, congestion: c.congestion }),
+});
+const msg = Buffer.alloc(4 << 20, 0x3c);
+const t0 = Date.now();
+let acked = 0;
+let ackedAtOmit = -1;
+const inflight = [];
+while (Date.now() - t0 < seconds * 1000) {
+  if (ackedAtOmit < 0 && Date.now() - t0 >= omit * 1000) ackedAtOmit = acked;
+  inflight.push(conn.send(msg).then(() => (acked += msg.length)));
+  if (inflight.length >= 8) await inflight.shift();
+}
+const elapsed = (Date.now() - t0) / 1000;
+controller.stop();
+const mbps = ((acked - Math.max(0, ackedAtOmit)) * 8) / (elapsed - omit) / 1e6;
+process.stdout.write(`${JSON.stringify({ mbps, ...chosen, liveStreams: conn.stats()?.streams.filter((s) => s.alive).length ?? 0 })}\n`);
+conn.destroy();
+process.exit(0);
