@@ -1,7 +1,9 @@
 // The WAN emulator checked against itself: round trip within 1 ms of the
 // setting (ping), loss within 10 % of the setting over 100k datagrams
 // (random and Gilbert-Elliott), TCP through a rate-limited link within 5 %
-// of the rate (iperf3), and the trace schedule's parsing. Needs root, TUN
+// of the rate (iperf3), the trace schedule's parsing, and the link-mode
+// detector end to end over emulated links (datacenter, internet, a step
+// from 5 to 80 ms, round trips wobbling around the threshold). Needs root, TUN
 // and iproute2; ping and iperf3 for their parts (skipped with the reason
 // otherwise). Every link is taken down, whatever happens.
 import t from 'tap';
@@ -15,6 +17,8 @@ import { wanUp, wanDown, wanLink, wanUnavailable, traceSchedule, parseDuration, 
 import type { WanLink, WanOptions } from '../../src/sys/wan.js';
 
 const counter = fileURLToPath(new URL('./fixtures/udp-count.mjs', import.meta.url));
+const probe = fileURLToPath(new URL('./fixtures/mode-probe.mjs', import.meta.url));
+const peer = fileURLToPath(new URL('../../bench/transport-peer.js', import.meta.url));
 const why = wanUnavailable();
 const has = (cmd: string): boolean => !spawnSync(cmd, ['-V']).error;
 
@@ -109,4 +113,64 @@ t.test('TCP through a rate-limited link within 5 % of the rate', { skip: why ?? 
     });
     await wanDown('nvwt');
   }
+});
+
+interface ProbeResult {
+  changes: Array<{ t: number; wall: number; from: string | null; to: string; rttMs: number | null }>;
+  raw: string[];
+  mode: string | null;
+}
+
+async function probeModes(link: WanLink, seconds: number): Promise<ProbeResult> {
+  const sink = link.spawn('b', process.execPath, [peer, 'amst-sink', 'thread', link.addrB], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void sink.kill());
+  let out = '';
+  sink.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  while (!/port (\d+)/.test(out)) await new Promise((r) => setTimeout(r, 20));
+  const port = /port (\d+)/.exec(out)![1]!;
+  const r = spawnSync('ip', ['netns', 'exec', link.nsA, process.execPath, probe, link.addrB, port, String(seconds)], { encoding: 'utf8', timeout: (seconds + 30) * 1000 });
+  sink.kill();
+  const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
+  if (!line) throw new Error(`mode probe failed: ${r.stderr}`);
+  return JSON.parse(line) as ProbeResult;
+}
+
+t.test('mode detection over emulated links', { skip: why ?? false }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'wan-mode-'));
+  await withLink(t, 'nvwm', { delayMs: 0.1 }, async (link) => {
+    const r = await probeModes(link, 4);
+    t.equal(r.mode, 'datacenter', `a 0.2 ms link: ${JSON.stringify(r.changes)}`);
+  });
+  await wanDown('nvwm');
+  await withLink(t, 'nvwm', { rttMs: 60 }, async (link) => {
+    const r = await probeModes(link, 4);
+    t.equal(r.mode, 'internet', `a 60 ms link: ${JSON.stringify(r.changes)}`);
+  });
+  await wanDown('nvwm');
+  // 5 ms for 5 s, then 80 ms (one-way delays 2.5 and 40 ms; rate far above the traffic).
+  const step = join(dir, 'step.txt');
+  writeFileSync(step, '0 10000 2.5 0\n5 10000 40 0\n1000 10000 40 0\n');
+  await withLink(t, 'nvwm', { trace: step }, async (link) => {
+    const up = Date.now();  // the schedule starts as the link comes up
+    const r = await probeModes(link, 11);
+    const at = (c: { wall: number }): number => (c.wall - up) / 1000;
+    const toInternet = r.changes.find((c) => c.to === 'internet');
+    t.ok(toInternet, `switched to internet: ${JSON.stringify(r.changes.map((c) => ({ ...c, link: at(c) })))}`);
+    t.ok(toInternet && at(toInternet) > 5 && at(toInternet) < 9, `within a few seconds of the step at 5 s (at ${toInternet ? at(toInternet).toFixed(2) : '-'} s)`);
+    t.equal(r.changes.filter((c) => at(c) > 5).length, 1, 'one change after the step, no flapping');
+    t.equal(r.mode, 'internet');
+  });
+  await wanDown('nvwm');
+  // Round trips alternating around the 10 ms datacenter threshold (6 and
+  // 14 ms) every 375 ms, out of step with the 250 ms sampling: single
+  // samples flip between classes, at most two alike in a row, and the
+  // hysteresis (three alike) keeps the mode from following.
+  const wobble = join(dir, 'wobble.txt');
+  writeFileSync(wobble, Array.from({ length: 32 }, (_, i) => `${i * 0.375} 10000 ${i % 2 ? 7 : 3} 0`).join('\n') + '\n');
+  await withLink(t, 'nvwm', { trace: wobble }, async (link) => {
+    const r = await probeModes(link, 10);
+    const flips = r.raw.filter((m, i) => i > 0 && m !== r.raw[i - 1]).length;
+    t.ok(flips >= 4, `single samples cross the threshold (${flips} flips: ${r.raw.join(' ')})`);
+    t.ok(r.changes.length <= 2, `at most one change after the first classification: ${JSON.stringify(r.changes)}`);
+  });
 });
