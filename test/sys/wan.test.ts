@@ -14,7 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { wanUp, wanDown, wanLink, wanUnavailable, traceSchedule, parseDuration, parseRate, parseFraction } from '../../src/sys/wan.js';
-import type { WanLink, WanOptions } from '../../src/sys/wan.js';
+import type { WanLink } from '../../src/sys/wan.js';
+import { withWanLink } from '../wan.js';
 
 const counter = fileURLToPath(new URL('./fixtures/udp-count.mjs', import.meta.url));
 const probe = fileURLToPath(new URL('./fixtures/mode-probe.mjs', import.meta.url));
@@ -22,11 +23,6 @@ const peer = fileURLToPath(new URL('../../bench/transport-peer.js', import.meta.
 const why = wanUnavailable();
 const has = (cmd: string): boolean => !spawnSync(cmd, ['-V']).error;
 
-async function withLink(t: { teardown(fn: () => unknown): void }, name: string, options: WanOptions, fn: (link: WanLink) => Promise<void>): Promise<void> {
-  const link = await wanUp(options, name);
-  t.teardown(() => wanDown(name));
-  await fn(link);
-}
 
 t.test('parsing of settings and traces', async (t) => {
   t.equal(parseDuration('60ms'), 60);
@@ -52,7 +48,7 @@ t.test('parsing of settings and traces', async (t) => {
 
 t.test('round trip within 1 ms of the setting', { skip: why ?? (has('ping') ? false : 'no ping (apt install iputils-ping)') }, async (t) => {
   for (const rttMs of [0, 60]) {
-    await withLink(t, 'nvwr', { rttMs }, async (link) => {
+    await withWanLink(t, 'nvwr', { rttMs }, async (link) => {
       const r = spawnSync('ip', ['netns', 'exec', link.nsA, 'ping', '-c', '40', '-i', '0.02', '-q', link.addrB], { encoding: 'utf8' });
       const m = /= ([\d.]+)\/([\d.]+)\/([\d.]+)/.exec(r.stdout);
       t.ok(m, `ping output: ${r.stdout.trim().split('\n').pop() ?? ''}`);
@@ -66,7 +62,7 @@ t.test('round trip within 1 ms of the setting', { skip: why ?? (has('ping') ? fa
   t.notOk(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.includes('nvwr-'), 'namespaces removed');
 });
 
-async function countLoss(link: WanLink, n: number, pps: number): Promise<{ received: number; bursts: number; meanBurst: number }> {
+async function countLoss(link: WanLink, n: number, pps: number): Promise<{ received: number; bursts: number; meanBurst: number; late: number }> {
   const recv = link.spawn('b', process.execPath, [counter, 'recv', link.addrB, '9100'], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   recv.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -74,12 +70,12 @@ async function countLoss(link: WanLink, n: number, pps: number): Promise<{ recei
   const send = link.spawn('a', process.execPath, [counter, 'send', link.addrB, '9100', String(n), String(pps)], { stdio: 'inherit' });
   await once(send, 'exit');
   await once(recv, 'exit');
-  return JSON.parse(out.split('\n').find((l) => l.startsWith('{'))!) as { received: number; bursts: number; meanBurst: number };
+  return JSON.parse(out.split('\n').find((l) => l.startsWith('{'))!) as { received: number; bursts: number; meanBurst: number; late: number };
 }
 
 t.test('loss within 10 % of the setting over 100k datagrams', { skip: why ?? false }, async (t) => {
   const n = 100000;
-  await withLink(t, 'nvwl', { loss: 0.01, seed: 7 }, async (link) => {
+  await withWanLink(t, 'nvwl', { loss: 0.01, seed: 7 }, async (link) => {
     const r = await countLoss(link, n, 25000);
     const loss = 1 - r.received / n;
     t.ok(Math.abs(loss - 0.01) <= 0.001, `random 1 %: measured ${(loss * 100).toFixed(3)} %`);
@@ -91,7 +87,7 @@ t.test('loss within 10 % of the setting over 100k datagrams', { skip: why ?? fal
   // Bursty: 1 % of packets enter the bad state, which lasts 1/r = 4 packets
   // on average and loses 75 % of them: 0.01 / 0.26 x 0.75 = 2.9 % loss.
   const ge = { p: 0.01, r: 0.25, badLoss: 0.75, goodLoss: 0 };
-  await withLink(t, 'nvwl', { gilbertElliott: ge, seed: 11 }, async (link) => {
+  await withWanLink(t, 'nvwl', { gilbertElliott: ge, seed: 11 }, async (link) => {
     const expected = (ge.p / (ge.p + ge.r)) * ge.badLoss;
     const r = await countLoss(link, n, 25000);
     const loss = 1 - r.received / n;
@@ -100,9 +96,38 @@ t.test('loss within 10 % of the setting over 100k datagrams', { skip: why ?? fal
   });
 });
 
+t.test('jitter, reordering and per-direction settings', { skip: why ?? (has('ping') ? false : 'no ping (apt install iputils-ping)') }, async (t) => {
+  const ping = (link: WanLink): { avg: number; mdev: number } => {
+    const r = spawnSync('ip', ['netns', 'exec', link.nsA, 'ping', '-c', '60', '-i', '0.02', '-q', link.addrB], { encoding: 'utf8' });
+    const m = /= ([\d.]+)\/([\d.]+)\/([\d.]+)\/([\d.]+)/.exec(r.stdout)!;
+    return { avg: Number(m[2]), mdev: Number(m[4]) };
+  };
+  // 10 ms there, 50 back.
+  await withWanLink(t, 'nvwj', { ab: { delayMs: 10 }, ba: { delayMs: 50 } }, async (link) => {
+    const p = ping(link);
+    t.ok(p.avg >= 60 && p.avg <= 61, `asymmetric delays add up: ${p.avg} ms`);
+  });
+  await wanDown('nvwj');
+  // +-5 ms of jitter each way around 20 ms: spread, same mean.
+  await withWanLink(t, 'nvwj', { delayMs: 10, jitterMs: 5, seed: 3 }, async (link) => {
+    const p = ping(link);
+    t.ok(p.mdev > 1.5, `jitter spreads round trips (mdev ${p.mdev} ms)`);
+    t.ok(Math.abs(p.avg - 20) <= 2, `and keeps their mean (${p.avg} ms)`);
+  });
+  await wanDown('nvwj');
+  // 10 % of datagrams skip a 20 ms delay and overtake the others.
+  await withWanLink(t, 'nvwj', { delayMs: 20, reorder: 0.1, seed: 5 }, async (link) => {
+    const r = await countLoss(link, 20000, 20000);
+    const s = await link.stats();
+    t.equal(r.received, 20000, 'nothing lost');
+    t.ok(Math.abs(s.ab.reordered / s.ab.in - 0.1) < 0.01, `${s.ab.reordered} of ${s.ab.in} sent ahead`);
+    t.ok(r.late > 1000, `the receiver saw ${r.late} datagrams arrive after a later one`);
+  });
+});
+
 t.test('TCP through a rate-limited link within 5 % of the rate', { skip: why ?? (has('iperf3') ? false : 'no iperf3') }, async (t) => {
   for (const rateMbit of [100, 400]) {
-    await withLink(t, 'nvwt', { rttMs: 20, rateMbit }, async (link) => {
+    await withWanLink(t, 'nvwt', { rttMs: 20, rateMbit }, async (link) => {
       const server = link.spawn('b', 'iperf3', ['-s', '-1', '-B', link.addrB], { stdio: 'ignore' });
       await new Promise((r) => setTimeout(r, 400));
       // -O 2: leave slow start out of the average.
@@ -137,12 +162,12 @@ async function probeModes(link: WanLink, seconds: number): Promise<ProbeResult> 
 
 t.test('mode detection over emulated links', { skip: why ?? false }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'wan-mode-'));
-  await withLink(t, 'nvwm', { delayMs: 0.1 }, async (link) => {
+  await withWanLink(t, 'nvwm', { delayMs: 0.1 }, async (link) => {
     const r = await probeModes(link, 4);
     t.equal(r.mode, 'datacenter', `a 0.2 ms link: ${JSON.stringify(r.changes)}`);
   });
   await wanDown('nvwm');
-  await withLink(t, 'nvwm', { rttMs: 60 }, async (link) => {
+  await withWanLink(t, 'nvwm', { rttMs: 60 }, async (link) => {
     const r = await probeModes(link, 4);
     t.equal(r.mode, 'internet', `a 60 ms link: ${JSON.stringify(r.changes)}`);
   });
@@ -150,7 +175,7 @@ t.test('mode detection over emulated links', { skip: why ?? false }, async (t) =
   // 5 ms for 5 s, then 80 ms (one-way delays 2.5 and 40 ms; rate far above the traffic).
   const step = join(dir, 'step.txt');
   writeFileSync(step, '0 10000 2.5 0\n5 10000 40 0\n1000 10000 40 0\n');
-  await withLink(t, 'nvwm', { trace: step }, async (link) => {
+  await withWanLink(t, 'nvwm', { trace: step }, async (link) => {
     const up = Date.now();  // the schedule starts as the link comes up
     const r = await probeModes(link, 11);
     const at = (c: { wall: number }): number => (c.wall - up) / 1000;
@@ -167,7 +192,7 @@ t.test('mode detection over emulated links', { skip: why ?? false }, async (t) =
   // hysteresis (three alike) keeps the mode from following.
   const wobble = join(dir, 'wobble.txt');
   writeFileSync(wobble, Array.from({ length: 32 }, (_, i) => `${i * 0.375} 10000 ${i % 2 ? 7 : 3} 0`).join('\n') + '\n');
-  await withLink(t, 'nvwm', { trace: wobble }, async (link) => {
+  await withWanLink(t, 'nvwm', { trace: wobble }, async (link) => {
     const r = await probeModes(link, 10);
     const flips = r.raw.filter((m, i) => i > 0 && m !== r.raw[i - 1]).length;
     t.ok(flips >= 4, `single samples cross the threshold (${flips} flips: ${r.raw.join(' ')})`);
