@@ -28,6 +28,8 @@ export { chooseCompression } from './dwcp/encoding/policy.js';
 export type { CompressionChoice, LinkView } from './dwcp/encoding/policy.js';
 export { doctor } from './sys/doctor.js';
 export type { DoctorReport } from './sys/doctor.js';
+export { wanUp, wanDown, wanLink, wanUnavailable, traceSchedule, WanLink, WanError } from './sys/wan.js';
+export type { WanOptions, WanDirection, WanStats, WanDirectionStats } from './sys/wan.js';
 export { listen, connect, AmstConnection, AmstServer, MessageBatch, TransportError } from './dwcp/transport/amst.js';
 export type { IoMode, ListenOptions, ConnectOptions, SendOptions, ConnectionStats, StreamStats } from './dwcp/transport/amst.js';
 export { sendPages } from './dwcp/transfer/pages.js';
