@@ -51,6 +51,7 @@
         "native/transport/frame.cc",
         "native/transport/tcp/socket.cc",
         "native/transport/tcp/engine.cc",
+        "native/transport/rdma/ibverbs.cc",
         "native/binding/addon.cc",
         "native/binding/util.cc",
         "native/binding/hde_wrap.cc",

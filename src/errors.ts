@@ -48,6 +48,7 @@ const STATUS_MESSAGES: Readonly<Record<string, string>> = {
   CLOSED: 'object is closed',
   CONNECTION_LOST: 'connection lost',
   PROTOCOL: 'peer broke the wire protocol',
+  DEVICE_ERROR: 'an RDMA device call failed',
 };
 
 /** Name of a native status number, e.g. 7 -> 'CORRUPT'. */

@@ -113,6 +113,17 @@ export interface NativeAmstEngine {
   shutdown(): void;
 }
 
+export interface NativeRdmaPort {
+  device: string;
+  port: number;
+  state: string;
+  /** `InfiniBand`, or `Ethernet` for RoCE. */
+  linkLayer: string;
+  mtu: number;
+  /** GID index 0. */
+  gid: string;
+}
+
 export interface NativeCpuFeatures {
   sse2: boolean;
   sse42: boolean;
@@ -139,7 +150,7 @@ export interface NativeBinding {
   crc32c(data: Uint8Array, seed?: number): number;
   systemPageSize(): number;
   probeIoUring(): { available: boolean; features?: number; error?: string };
-  probeRdma(): { library: string | null; devices: string[]; error?: string };
+  probeRdma(): { library: string | null; devices: string[]; ports: NativeRdmaPort[]; error?: string };
 }
 
 function locate(): string {

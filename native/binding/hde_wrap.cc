@@ -522,7 +522,7 @@ Napi::Value ZeroPages(const Napi::CallbackInfo& info) {
 
 Napi::Value StatusNames(const Napi::CallbackInfo& info) {
   Napi::Array a = Napi::Array::New(info.Env());
-  for (uint32_t i = 0; i <= static_cast<uint32_t>(Status::kProtocol); i++) {
+  for (uint32_t i = 0; i <= static_cast<uint32_t>(kLastStatus); i++) {
     a.Set(i, Napi::String::New(info.Env(), status_name(static_cast<Status>(i))));
   }
   return a;

@@ -12,6 +12,7 @@
 #include <napi.h>
 
 #include "hde/kernels.h"
+#include "transport/rdma/verbs.h"
 #include "util.h"
 #include "util/cpu.h"
 #include "util/crc32c.h"
@@ -75,38 +76,38 @@ Napi::Value ProbeIoUring(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// libibverbs is opened at run time so one build serves hosts with and
-// without rdma-core. Only the device list is read here.
+// libibverbs is opened at run time (transport/rdma/ibverbs.cc), so one
+// build serves hosts with and without rdma-core: devices and, per port, its
+// state, link layer (InfiniBand or Ethernet for RoCE), active MTU and GID 0.
 Napi::Value ProbeRdma(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   Napi::Array devices = Napi::Array::New(env);
+  Napi::Array ports = Napi::Array::New(env);
   o.Set("devices", devices);
-  void* lib = dlopen("libibverbs.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) {
+  o.Set("ports", ports);
+  std::string error;
+  auto verbs = transport::rdma::open_ibverbs(&error);
+  if (!verbs) {
     o.Set("library", env.Null());
-    const char* err = dlerror();
-    o.Set("error", err ? err : "libibverbs.so.1 not found");
+    o.Set("error", error);
     return o;
   }
   o.Set("library", "libibverbs.so.1");
-  using GetList = void** (*)(int*);
-  using FreeList = void (*)(void**);
-  using GetName = const char* (*)(void*);
-  auto get_list = reinterpret_cast<GetList>(dlsym(lib, "ibv_get_device_list"));
-  auto free_list = reinterpret_cast<FreeList>(dlsym(lib, "ibv_free_device_list"));
-  auto get_name = reinterpret_cast<GetName>(dlsym(lib, "ibv_get_device_name"));
-  if (get_list && free_list && get_name) {
-    int n = 0;
-    void** list = get_list(&n);
-    if (list) {
-      for (int i = 0; i < n; i++) devices.Set(static_cast<uint32_t>(i), get_name(list[i]));
-      free_list(list);
+  uint32_t nd = 0, np = 0;
+  for (const auto& d : verbs->devices()) {
+    devices.Set(nd++, d.name);
+    for (const auto& p : d.ports) {
+      Napi::Object po = Napi::Object::New(env);
+      po.Set("device", d.name);
+      po.Set("port", p.number);
+      po.Set("state", p.state);
+      po.Set("linkLayer", p.link_layer);
+      po.Set("mtu", p.mtu);
+      po.Set("gid", p.gid);
+      ports.Set(np++, po);
     }
-  } else {
-    o.Set("error", "libibverbs lacks the device list API");
   }
-  dlclose(lib);
   return o;
 }
 

@@ -1,7 +1,7 @@
 // `novacron doctor`: what the data plane will use on this host.
 import { cpus } from 'node:os';
 import { readFile, readdir } from 'node:fs/promises';
-import { native, type NativeCpuFeatures } from '../native.js';
+import { native, type NativeCpuFeatures, type NativeRdmaPort } from '../native.js';
 
 export interface DoctorReport {
   /** SIMD path the page codec runs, and every path this CPU supports. */
@@ -11,7 +11,7 @@ export interface DoctorReport {
   /** TCP congestion control algorithms from /proc/sys/net/ipv4. */
   congestion: { available: string[]; allowed: string[]; default: string | null; bbr: boolean; cubic: boolean };
   /** libibverbs (loaded at run time) and RDMA devices. */
-  rdma: { library: string | null; devices: string[]; sysfsDevices: string[]; error?: string };
+  rdma: { library: string | null; devices: string[]; ports: NativeRdmaPort[]; sysfsDevices: string[]; error?: string };
   io_uring: { available: boolean; features?: number; disabledSysctl: number | null; error?: string };
 }
 
@@ -46,6 +46,7 @@ export async function doctor(): Promise<DoctorReport> {
     rdma: {
       library: rdma.library,
       devices: rdma.devices,
+      ports: rdma.ports,
       sysfsDevices,
       ...(rdma.error !== undefined ? { error: rdma.error } : {}),
     },
@@ -72,7 +73,8 @@ export function formatDoctor(r: DoctorReport): string {
     `page size    system ${r.pageSize.system} B, HDE default ${r.pageSize.hdeDefault} B`,
     `congestion   available: ${r.congestion.available.join(', ') || 'unknown'}; default ${r.congestion.default ?? 'unknown'}; bbr ${yes(r.congestion.bbr)}, cubic ${yes(r.congestion.cubic)}`,
     `rdma         libibverbs: ${r.rdma.library ?? 'not found'}; devices: ${r.rdma.devices.join(', ') || 'none'}` +
-      (r.rdma.devices.length === 0 ? ' (multi-stream TCP will be used)' : ''),
+      (r.rdma.devices.length === 0 ? ' (multi-stream TCP will be used)' : '') +
+      r.rdma.ports.map((p) => `\n             ${p.device} port ${p.port}: ${p.state}, ${p.linkLayer}, MTU ${p.mtu}, GID ${p.gid}`).join(''),
     `io_uring     ${r.io_uring.available ? 'available' : `unavailable (${r.io_uring.error ?? 'unknown'})`}`,
   ].join('\n');
 }

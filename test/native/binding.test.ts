@@ -111,6 +111,7 @@ t.test('status names are shared with TypeScript', async (t) => {
     'CLOSED',
     'CONNECTION_LOST',
     'PROTOCOL',
+    'DEVICE_ERROR',
   ]);
   t.equal(statusName(7), 'CORRUPT');
   for (let i = 1; i < native.statusNames().length; i++) {

@@ -21,6 +21,7 @@ const char* status_name(Status s) {
     case Status::kClosed: return "CLOSED";
     case Status::kConnectionLost: return "CONNECTION_LOST";
     case Status::kProtocol: return "PROTOCOL";
+    case Status::kDeviceError: return "DEVICE_ERROR";
   }
   return "UNKNOWN";
 }

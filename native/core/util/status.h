@@ -23,7 +23,11 @@ enum class Status : uint8_t {
   kClosed,            // the object was closed
   kConnectionLost,    // every stream of a connection failed
   kProtocol,          // the peer broke the wire protocol
+  kDeviceError,       // an RDMA device call failed (open, registration, queue pair)
 };
+
+// The last status, for tables over all of them.
+constexpr Status kLastStatus = Status::kDeviceError;
 
 const char* status_name(Status s);
 
