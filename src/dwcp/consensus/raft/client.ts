@@ -73,7 +73,11 @@ export class RaftKvClient {
         r = { id: -1, error: 'ERR_RAFT_CONNECTION_LOST' };
       }
       if ('ok' in r) return r as KvOk;
-      if (r.error === 'ERR_RAFT_BAD_REQUEST' || r.error === 'ERR_RAFT_OUTCOME_UNKNOWN') throw new NovacronError(r.error, r.message ?? r.error);
+      // A membership change asks for a state ("4 is a voter"), so one whose
+      // outcome a lost leadership left unknown is simply asked again; other
+      // writes are the caller's to judge.
+      const idempotent = op.op === 'member' || op.op === 'get' || op.op === 'status';
+      if (r.error === 'ERR_RAFT_BAD_REQUEST' || (r.error === 'ERR_RAFT_OUTCOME_UNKNOWN' && !idempotent)) throw new NovacronError(r.error, r.message ?? r.error);
       last = r.error;
       const ids = [...this.#addrs.keys()];
       // Follow the hint; with none (an election under way) try the next node after a pause.
