@@ -58,9 +58,10 @@ export async function cmdWan(args: string[]): Promise<void> {
       return;
     }
     const stats = await link.stats();
-    const s = { name, pid: link.pid, a: { namespace: link.nsA, address: link.addrA }, b: { namespace: link.nsB, address: link.addrB }, stats };
+    const s = { name, pid: link.pid, a: { namespace: link.nsA, address: link.addrA }, b: { namespace: link.nsB, address: link.addrB }, options: link.options, stats };
     process.stdout.write(values.json ? `${JSON.stringify(s)}\n`
       : `WAN link ${name}: ${link.nsA} ${link.addrA} <-> ${link.nsB} ${link.addrB} (forwarder ${link.pid})\n` +
+        `  settings ${JSON.stringify(link.options)}\n` +
         `  a->b in ${stats.ab.in} lost ${stats.ab.lost} queue-dropped ${stats.ab.queueDropped} out ${stats.ab.out}\n` +
         `  b->a in ${stats.ba.in} lost ${stats.ba.lost} queue-dropped ${stats.ba.queueDropped} out ${stats.ba.out}\n`);
     return;

@@ -218,6 +218,8 @@ export class WanLink {
   readonly addrA: string;
   readonly addrB: string;
   readonly pid: number;
+  /** The settings it was brought up with. */
+  readonly options: WanOptions;
   readonly #dir: string;
 
   /** @internal */
@@ -228,6 +230,7 @@ export class WanLink {
     this.addrA = s.addrA;
     this.addrB = s.addrB;
     this.pid = s.pid;
+    this.options = s.options;
     this.#dir = join(stateRoot, s.name);
   }
 
