@@ -10,26 +10,19 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { connect } from '../dist/index.js';
+import { peerPort } from './peer-port.js';
 
 const peerScript = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
 
 async function startPeer(mode, io = 'thread', busyPollMicros = 0) {
   const child = spawn(process.execPath, [peerScript, mode, io, '127.0.0.1', String(busyPollMicros)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let buf = '';
-  const port = await new Promise((resolve, reject) => {
-    child.stdout.on('data', (d) => {
-      buf += d;
-      const m = /port (\d+)/.exec(buf);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on('exit', (code) => reject(new Error(`peer ${mode} exited with ${code}`)));
-  });
+  const peer = peerPort(child, `peer ${mode}`);
+  const port = await peer.port;
   return {
     port,
     async stop() {
-      const rss = new Promise((resolve) => child.stdout.on('data', (d) => {
-        buf += d;
-        const m = /rss (\d+)/.exec(buf);
+      const rss = new Promise((resolve) => child.stdout.on('data', () => {
+        const m = /rss (\d+)/.exec(peer.output());
         if (m) resolve(Number(m[1]));
       }));
       child.kill('SIGTERM');

@@ -7,6 +7,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { connect } from '../dist/index.js';
+import { peerPort } from './peer-port.js';
 
 const peerScript = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
 const NS = 'novacron-bench';
@@ -47,15 +48,7 @@ function inNs(cmd, args) {
 
 async function amst(streams, bytes) {
   const child = inNs(process.execPath, [peerScript, 'amst-sink', 'thread', NS_IP]);
-  let out = '';
-  const port = await new Promise((resolve, reject) => {
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = /port (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on('exit', (code) => reject(new Error(`receiver exited with ${code}`)));
-  });
+  const port = await peerPort(child, 'receiver').port;
   try {
     const conn = await connect({ host: NS_IP, port, streams, congestion: 'cubic' });
     const msg = Buffer.alloc(4 << 20, 0x3c);

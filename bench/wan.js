@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { wanUp, wanDown, wanUnavailable } from '../dist/sys/wan.js';
+import { peerPort } from './peer-port.js';
 
 const peerScript = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
 const senderScript = fileURLToPath(new URL('./wan-send.js', import.meta.url));
@@ -37,15 +38,7 @@ function iperf3(link, congestion, seconds, omit) {
 
 async function amst(link, seconds, omit) {
   const sink = link.spawn('b', process.execPath, [peerScript, 'amst-lend-sink', 'thread', link.addrB], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  const port = await new Promise((resolve, reject) => {
-    sink.stdout.on('data', (d) => {
-      out += d;
-      const m = /port (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    sink.on('exit', (code) => reject(new Error(`AMST receiver exited with ${code}`)));
-  });
+  const port = await peerPort(sink, 'AMST receiver').port;
   try {
     const r = spawnSync('ip', ['netns', 'exec', link.nsA, process.execPath, senderScript, link.addrB, String(port), String(seconds + omit), String(omit)],
       { encoding: 'utf8', timeout: (seconds + omit + 60) * 1000 });
