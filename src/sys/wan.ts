@@ -297,23 +297,27 @@ export function wanLink(name = 'nvwan'): WanLink | null {
 
 /** Brings link `name` up (replacing one of that name). */
 export async function wanUp(options: WanOptions = {}, name = 'nvwan'): Promise<WanLink> {
+  // Every setting is checked before anything is touched, root or not.
   checkName(name);
-  const why = wanUnavailable();
-  if (why) throw new WanError(`cannot emulate a WAN link here: ${why}`);
   checkNonNegative(options.rttMs, 'rttMs');
   const both: WanDirection = { ...options };
   if (options.delayMs === undefined && options.rttMs !== undefined) both.delayMs = options.rttMs / 2;
   const flags = [...directionFlags(both, ''), ...directionFlags(options.ab ?? {}, 'ab-'), ...directionFlags(options.ba ?? {}, 'ba-')];
-  await wanDown(name);
-  const dir = join(stateRoot, name);
-  mkdirSync(dir, { recursive: true });
+  let schedule: string | undefined;
   if (options.trace) {
-    const schedule = join(dir, 'schedule.txt');
     const defaults: { delayMs?: number; loss?: number } = {};
     if (both.delayMs !== undefined) defaults.delayMs = both.delayMs;
     if (both.loss !== undefined) defaults.loss = both.loss;
-    writeFileSync(schedule, traceSchedule(options.trace, defaults));
-    flags.push('--trace', schedule);
+    schedule = traceSchedule(options.trace, defaults);
+  }
+  const why = wanUnavailable();
+  if (why) throw new WanError(`cannot emulate a WAN link here: ${why}`);
+  await wanDown(name);
+  const dir = join(stateRoot, name);
+  mkdirSync(dir, { recursive: true });
+  if (schedule !== undefined) {
+    writeFileSync(join(dir, 'schedule.txt'), schedule);
+    flags.push('--trace', join(dir, 'schedule.txt'));
   }
   if (options.seed !== undefined) flags.push('--seed', String(options.seed));
   const exe = buildForwarder();
