@@ -2,7 +2,9 @@
 // (as iperf3's server is). Modes: `amst-sink`, `amst-lend-sink` (borrows
 // large messages: `lendBuffers`), `amst-batch-sink` (takes
 // messages in `batch` events, as a receiver of many small ones would),
-// `amst-echo`, `net-sink`, `net-echo`; then the AMST I/O mode (`thread`,
+// `amst-echo`, `amst-mixed` (echoes messages under 1 KiB, takes larger ones
+// in: the peer of `bench transport --transport rdma`), `net-sink`,
+// `net-echo`; then the AMST I/O mode (`thread`,
 // `loop`), the address to bind and the busy-poll window in microseconds (loop mode).
 // Prints its port, then on SIGTERM its peak RSS in bytes.
 import net from 'node:net';
@@ -15,16 +17,18 @@ const report = () => {
 };
 process.on('SIGTERM', report);
 
-if (mode === 'amst-sink' || mode === 'amst-lend-sink' || mode === 'amst-batch-sink' || mode === 'amst-echo') {
+if (mode === 'amst-sink' || mode === 'amst-lend-sink' || mode === 'amst-batch-sink' || mode === 'amst-echo' || mode === 'amst-mixed') {
   const server = await listen({
-    port: 0,
+    port: Number(process.argv[6] ?? 0),
     io: process.argv[3] ?? 'thread',
     host: process.argv[4] ?? '127.0.0.1',
-    lendBuffers: mode === 'amst-lend-sink',
+    lendBuffers: mode === 'amst-lend-sink' || mode === 'amst-mixed',
     busyPollMicros: Number(process.argv[5] ?? 0),
   });
   server.on('connection', (conn) => {
     if (mode === 'amst-echo') conn.on('message', (m) => void conn.send(m).catch(() => {}));
+    // A lent message is only valid while its listener runs: echo a copy.
+    else if (mode === 'amst-mixed') conn.on('message', (m) => void (m.length < 1024 && conn.send(Buffer.from(m)).catch(() => {})));
     else if (mode === 'amst-batch-sink') conn.on('batch', () => {});
     else conn.on('message', () => {});
   });

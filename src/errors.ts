@@ -49,6 +49,7 @@ const STATUS_MESSAGES: Readonly<Record<string, string>> = {
   CONNECTION_LOST: 'connection lost',
   PROTOCOL: 'peer broke the wire protocol',
   DEVICE_ERROR: 'an RDMA device call failed',
+  UNAVAILABLE: 'not available here (no RDMA device, or the peer declined RDMA)',
 };
 
 /** Name of a native status number, e.g. 7 -> 'CORRUPT'. */

@@ -77,6 +77,13 @@ export interface NativeAmstStats {
   zeroCopySends: number;
   zeroCopyCopied: number;
   splicedBytes: number;
+  /** What carries the data now. */
+  transport: 'tcp' | 'rdma';
+  /** RDMA queue pairs ("lanes") alive. */
+  rdmaLanes: number;
+  /** Bytes posted to and received from RDMA lanes, chunk headers included. */
+  laneBytesSent: number;
+  laneBytesReceived: number;
   streams: NativeAmstStreamStats[];
 }
 
@@ -92,10 +99,18 @@ export interface NativeAmstConnectOptions {
   zeroCopy: boolean;
   splice: boolean;
   lendBuffers: boolean;
+  /** 0 tcp, 1 auto, 2 rdma. */
+  transport: number;
+  /** 0: one per stream (at most 16). */
+  rdmaLanes: number;
+  rdmaRingBytes: number;
+  /** Empty: the first device with an active port. */
+  rdmaDevice: string;
 }
 
 export interface NativeAmstEngine {
-  listen(host: string, port: number, lendBuffers?: boolean): number;
+  /** `transport`: 0 tcp (decline RDMA offers), 1 auto. */
+  listen(host: string, port: number, lendBuffers: boolean, transport: number): number;
   connect(options: NativeAmstConnectOptions): number;
   send(conn: number, messageId: number, data: Uint8Array): void;
   /** `packed[i]` non-zero: `data[i]` is a pack of small messages (see amst.ts). */

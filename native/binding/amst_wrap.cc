@@ -386,7 +386,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     const std::string host = info[0].As<Napi::String>().Utf8Value();
     const auto port = static_cast<uint16_t>(info[1].As<Napi::Number>().Uint32Value());
     const bool lend = info[2].ToBoolean().Value();
-    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend)));
+    const auto transport = static_cast<transport::tcp::Transport>(info[3].As<Napi::Number>().Uint32Value());
+    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport)));
   }
 
   // release(slab): the listeners of a message lent from `slab` have returned.
@@ -411,6 +412,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     opts.socket.zerocopy = o.Get("zeroCopy").ToBoolean().Value();
     opts.socket.splice = o.Get("splice").ToBoolean().Value();
     opts.lend = o.Get("lendBuffers").ToBoolean().Value();
+    // 0 tcp, 1 auto, 2 rdma (TypeScript checked the values).
+    opts.transport = static_cast<transport::tcp::Transport>(o.Get("transport").As<Napi::Number>().Uint32Value());
+    opts.rdma.lanes = static_cast<uint16_t>(o.Get("rdmaLanes").As<Napi::Number>().Uint32Value());
+    opts.rdma.ring_bytes = o.Get("rdmaRingBytes").As<Napi::Number>().Uint32Value();
+    opts.rdma.device = o.Get("rdmaDevice").As<Napi::String>().Utf8Value();
     return Napi::Number::New(info.Env(), static_cast<double>(e.connect(opts)));
   }
 
@@ -493,6 +499,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("zeroCopySends", num(st.zerocopy_sends));
     o.Set("zeroCopyCopied", num(st.zerocopy_copied));
     o.Set("splicedBytes", num(st.spliced_bytes));
+    o.Set("transport", st.rdma ? "rdma" : "tcp");
+    o.Set("rdmaLanes", num(st.lanes));
+    o.Set("laneBytesSent", num(st.lane_bytes_sent));
+    o.Set("laneBytesReceived", num(st.lane_bytes_received));
     Napi::Array streams = Napi::Array::New(env, st.streams.size());
     for (size_t i = 0; i < st.streams.size(); i++) {
       const auto& s = st.streams[i];

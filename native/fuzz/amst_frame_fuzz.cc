@@ -1,4 +1,5 @@
-// libFuzzer harness over the AMST stream reader and reassembler.
+// libFuzzer harness over the AMST stream reader and reassembler, and the
+// RDMA set-up records some chunks carry.
 // Input: [mode][split seed][bytes...]. Mode bit 2 set: large payloads are
 // read in place through the direct window. Mode bit 0 set: the bytes go to the
 // reader as they are (exercising checksum and magic checks). Otherwise the
@@ -60,6 +61,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   StreamReader reader(
       lim, hello, [](const Hello&) { return Status::kOk; },
       [&](const ChunkHeader& h, const uint8_t* payload) {
+        if (h.type == ChunkType::kRdma && h.payload_len) {
+          // RDMA set-up records: whatever parses must be within what a
+          // channel accepts, and must survive a round trip.
+          std::vector<LaneSetup> lanes;
+          if (parse_lane_setups(payload, h.payload_len, &lanes) == Status::kOk) {
+            if (lanes.empty() || lanes.size() > kMaxLanes) abort();
+            for (const auto& l : lanes) {
+              if (l.slots < 4 || l.ring_bytes < (64u << 10) || l.qpn == 0) abort();
+            }
+            std::vector<uint8_t> again;
+            write_lane_setups(lanes, &again);
+            std::vector<LaneSetup> back;
+            if (parse_lane_setups(again.data(), again.size(), &back) != Status::kOk || back.size() != lanes.size()) abort();
+          }
+        }
         if (h.type != ChunkType::kData) return Status::kOk;
         bool done, dup;
         std::vector<Received> ready;

@@ -1,5 +1,7 @@
 // Writes seed inputs for hde_decode_fuzz: real encoder output for a spread
-// of page sizes and change shapes, in the harness's input format.
+// of page sizes and change shapes, in the harness's input format; and, given
+// a second directory, seeds for amst_frame_fuzz: a HELLO, RDMA set-up steps
+// with valid lane records, and DATA chunks.
 #include <cstdio>
 #include <cstring>
 #include <algorithm>
@@ -9,8 +11,62 @@
 #include <vector>
 
 #include "hde/encoder.h"
+#include "transport/frame.h"
 
 using namespace dwcp::hde;
+
+namespace {
+
+// amst_frame_fuzz input: [mode][split seed] then a HELLO and chunks (the
+// harness repairs CRCs in its non-raw mode, so they may be left zero).
+void amst_seeds(const std::string& dir) {
+  namespace tr = dwcp::transport;
+  std::vector<uint8_t> wire(tr::kHelloSize);
+  tr::Hello hello;
+  tr::write_hello(hello, wire.data());
+  auto chunk = [&](tr::ChunkHeader h, const std::vector<uint8_t>& payload) {
+    h.payload_len = static_cast<uint32_t>(payload.size());
+    uint8_t head[tr::kChunkHeaderSize];
+    tr::write_chunk_header(h, head);
+    wire.insert(wire.end(), head, head + sizeof(head));
+    wire.insert(wire.end(), payload.begin(), payload.end());
+  };
+  std::vector<tr::LaneSetup> lanes(3);
+  for (size_t i = 0; i < lanes.size(); i++) {
+    lanes[i].qpn = 100 + static_cast<uint32_t>(i);
+    lanes[i].mtu = 4096;
+    lanes[i].ring_addr = 0x7f0000000000ull + (i << 24);
+    lanes[i].ring_bytes = 4u << 20;
+    lanes[i].slots = 64;
+    lanes[i].slot_bytes = 4096;
+  }
+  std::vector<uint8_t> records;
+  tr::write_lane_setups(lanes, &records);
+  tr::ChunkHeader h;
+  h.type = tr::ChunkType::kRdma;
+  h.chunk_shift = 0;
+  h.offset = static_cast<uint64_t>(tr::RdmaStep::kOffer);
+  chunk(h, records);
+  h.offset = static_cast<uint64_t>(tr::RdmaStep::kDown);
+  h.message_id = 1;
+  chunk(h, {});
+  tr::ChunkHeader d;
+  d.chunk_shift = 12;
+  d.message_len = 6000;
+  chunk(d, std::vector<uint8_t>(4096, 7));
+  d.offset = 4096;
+  chunk(d, std::vector<uint8_t>(6000 - 4096, 8));
+  for (uint8_t mode : {2, 6}) {
+    FILE* f = std::fopen((dir + "/seed-rdma-" + std::to_string(mode)).c_str(), "wb");
+    if (!f) return;
+    const uint8_t prefix[2] = {mode, 17};
+    std::fwrite(prefix, 1, 2, f);
+    std::fwrite(wire.data(), 1, wire.size(), f);
+    std::fclose(f);
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) return 2;
@@ -47,6 +103,7 @@ int main(int argc, char** argv) {
       }
     }
   }
+  if (argc > 2) amst_seeds(argv[2]);
   std::printf("%d seeds\n", n);
   return 0;
 }

@@ -29,7 +29,8 @@ class EmulatedFabric;
 
 class EmulatedDevice : public Device {
  public:
-  EmulatedDevice(EmulatedFabric* fabric, std::string name) : fabric_(fabric), name_(std::move(name)), efd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  EmulatedDevice(EmulatedFabric* fabric, std::string name, size_t cq_capacity)
+      : cq_capacity_(cq_capacity), fabric_(fabric), name_(std::move(name)), efd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
   ~EmulatedDevice() override { ::close(efd_); }
   Status register_memory(void* addr, size_t len, Region* out) override;
   void deregister(const Region& r) override;
@@ -46,6 +47,8 @@ class EmulatedDevice : public Device {
     return k;
   }
   int event_fd() const override { return efd_; }
+  size_t cq_capacity() const override { return cq_capacity_; }
+  size_t cq_capacity_;
   void complete(const Completion& c) {
     std::lock_guard<std::mutex> lock(mu_);
     cq_.push_back(c);
@@ -66,6 +69,16 @@ class EmulatedDevice : public Device {
 
 class EmulatedQp;
 
+// A host with rdma-core but no RDMA device.
+class NoDevices : public Verbs {
+ public:
+  std::vector<DeviceInfo> devices() override { return {}; }
+  std::unique_ptr<Device> open(const std::string&, Status* st) override {
+    *st = Status::kDeviceError;
+    return nullptr;
+  }
+};
+
 // Every device, QP and memory region of one test.
 class EmulatedFabric : public Verbs {
  public:
@@ -77,10 +90,18 @@ class EmulatedFabric : public Verbs {
   }
   std::unique_ptr<Device> open(const std::string& name, Status* st) override {
     *st = Status::kOk;
-    return std::make_unique<EmulatedDevice>(this, name);
+    return std::make_unique<EmulatedDevice>(this, name, cq_capacity);
   }
+  size_t cq_capacity = 1u << 20;  // of devices opened from now on
   // Puts QP `qpn` in the error state, as a fatal event would.
   void fail_qp(uint32_t qpn);
+  // The QPs that exist now, oldest first.
+  std::vector<uint32_t> qpns() {
+    std::lock_guard<std::mutex> lock(mu);
+    std::vector<uint32_t> out;
+    for (auto& [n, qp] : qps) out.push_back(n);
+    return out;
+  }
 
   struct Mr {
     uint8_t* addr;

@@ -1,6 +1,10 @@
-// The TCP engine over loopback: messages of every size across N streams,
-// both directions, a stream reset mid-transfer, peer loss, clean close, and
-// hostile peers.
+// The engine over loopback: messages of every size across N streams, both
+// directions, a stream reset mid-transfer, peer loss, clean close, and
+// hostile peers. The transport contract (CONTRACT tests) runs twice: over
+// TCP, and over RDMA lanes on the emulated verbs (native/test/
+// emulated_verbs.h; the TCP streams then set up and stand by), so both
+// carriers are held to the same behaviour. The RDMA path has not run on
+// hardware.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -12,8 +16,10 @@
 #include <mutex>
 #include <thread>
 
+#include "emulated_verbs.h"
 #include "fixed_lender.h"
 #include "test.h"
+#include "transport/rdma/channel.h"
 #include "transport/tcp/engine.h"
 
 #include <poll.h>
@@ -26,6 +32,39 @@ using Type = Event::Type;
 namespace test = dwcp::test;
 
 namespace {
+
+// The carrier the contract tests run over now.
+bool g_rdma = false;
+test::EmulatedFabric g_fabric;
+
+// Makes `e` use the emulated RDMA fabric when the contract runs over RDMA.
+void prepare(Engine& e) {
+  if (g_rdma) e.set_verbs(&g_fabric);
+}
+
+ConnectOptions dial(uint16_t port, uint16_t streams, unsigned chunk_shift) {
+  ConnectOptions o;
+  o.host = "127.0.0.1";
+  o.port = port;
+  o.streams = streams;
+  o.chunk_shift = chunk_shift;
+  // RDMA or fail: a contract test must not pass over TCP by falling back.
+  o.transport = g_rdma ? Transport::kRdma : Transport::kTcp;
+  return o;
+}
+
+#define CONTRACT(name)                        \
+  static void name##_body();                  \
+  TEST(tcp_##name) {                          \
+    g_rdma = false;                           \
+    name##_body();                            \
+  }                                           \
+  TEST(rdma_##name) {                         \
+    g_rdma = true;                            \
+    name##_body();                            \
+    g_rdma = false;                           \
+  }                                           \
+  static void name##_body()
 
 // Collects events; owns received message buffers.
 class Sink : public EventSink {
@@ -101,21 +140,36 @@ struct Pair {
   explicit Pair(uint16_t streams, unsigned chunk_shift = 16, bool own_thread = true, SocketOptions socket = {})
       : engine(&sink, Limits{}, own_thread) {
     if (!own_thread) sink.driven = &engine;
+    prepare(engine);
     listener = engine.listen("127.0.0.1", 0);
     CHECK(sink.wait([&](auto& ev) { return std::any_of(ev.begin(), ev.end(), [&](auto& e) { return e.id == listener; }); }));
     Event l = sink.first(Type::kListening, listener);
     CHECK(l.type == Type::kListening);
     port = static_cast<uint16_t>(l.value);
-    ConnectOptions o;
-    o.host = "127.0.0.1";
-    o.port = port;
-    o.streams = streams;
-    o.chunk_shift = chunk_shift;
+    ConnectOptions o = dial(port, streams, chunk_shift);
     o.socket = socket;
     client = engine.connect(o);
     CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kConnected, client) == 1 && sink.count_locked(Type::kIncoming, 0) == 1; }));
     CHECK_EQ(sink.first(Type::kConnected, client).value, streams);
     server = sink.first(Type::kIncoming).id;
+    if (g_rdma) {
+      // Both ends on RDMA before the test sends (the server's switch follows
+      // the client's READY).
+      CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kTransport, client) == 1 && sink.count_locked(Type::kTransport, server) == 1; }));
+      ConnectionStats st;
+      CHECK(engine.stats(client, &st) && st.rdma && st.lanes == std::min<uint32_t>(streams, kMaxLanes));
+    }
+  }
+  // Over RDMA: the data went by the lanes, not by TCP.
+  void check_carrier(uint64_t conn) {
+    if (!g_rdma) return;
+    ConnectionStats st;
+    CHECK(engine.stats(conn, &st));
+    CHECK(st.rdma);
+    CHECK(st.lane_bytes_sent > 0);
+    uint64_t tcp = 0;
+    for (auto& s : st.streams) tcp += s.bytes_sent;
+    CHECK(tcp < 4096);  // HELLO and RDMA set-up only
   }
 };
 
@@ -130,7 +184,7 @@ std::vector<uint8_t> random_bytes(size_t n, std::mt19937_64& rng) {
 
 }  // namespace
 
-TEST(tcp_messages_of_every_size_both_ways) {
+CONTRACT(messages_of_every_size_both_ways) {
   Pair p(4);
   std::mt19937_64 rng(test::seed() + 30);
   std::vector<std::vector<uint8_t>> msgs;
@@ -151,10 +205,14 @@ TEST(tcp_messages_of_every_size_both_ways) {
   ConnectionStats st;
   CHECK(p.engine.stats(p.client, &st));
   CHECK_EQ(st.streams.size(), 4u);
-  size_t used = 0;
-  for (auto& s : st.streams) used += s.bytes_sent > 100000;
-  CHECK(used >= 3);  // the large messages were striped
+  if (!g_rdma) {
+    size_t used = 0;
+    for (auto& s : st.streams) used += s.bytes_sent > 100000;
+    CHECK(used >= 3);  // the large messages were striped
+  }
   CHECK_EQ(st.messages_sent, msgs.size());
+  p.check_carrier(p.client);
+  p.check_carrier(p.server);
 }
 
 TEST(tcp_survives_a_stream_reset_mid_message) {
@@ -224,7 +282,7 @@ TEST(tcp_set_streams_grow_and_shrink_under_load) {
   CHECK(p.sink.first(Type::kClosed, p.server).status == Status::kOk);
 }
 
-TEST(tcp_peer_loss_fails_pending_sends) {
+CONTRACT(peer_loss_fails_pending_sends) {
   Pair p(2);
   std::vector<uint8_t> big(32u << 20, 7);
   p.engine.send(p.client, 0, big.data(), big.size());
@@ -235,7 +293,7 @@ TEST(tcp_peer_loss_fails_pending_sends) {
   CHECK(closed.status == Status::kConnectionLost);
 }
 
-TEST(tcp_clean_close_after_pending_sends) {
+CONTRACT(clean_close_after_pending_sends) {
   Pair p(4);
   std::vector<uint8_t> m(1u << 20, 9);
   p.engine.send(p.client, 0, m.data(), m.size());
@@ -311,11 +369,14 @@ TEST(tcp_refused_and_hostile_peers) {
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kError, c) == 1; }));
   CHECK_EQ(sink.first(Type::kError, c).os_error, ECONNREFUSED);
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, c) == 1; }));
-  const uint64_t bad = engine.connect(ConnectOptions{"not-an-ip", 1, 1, 16, {}});
+  ConnectOptions bad_host;
+  bad_host.host = "not-an-ip";
+  bad_host.port = 1;
+  const uint64_t bad = engine.connect(bad_host);
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kError, bad) == 1 && sink.count_locked(Type::kClosed, bad) == 1; }));
 }
 
-TEST(tcp_one_buffer_many_messages) {
+CONTRACT(one_buffer_many_messages) {
   // Callers may send the same bytes many times at once (chunks of different
   // messages then point at the same memory).
   Pair p(4, 14);
@@ -326,7 +387,7 @@ TEST(tcp_one_buffer_many_messages) {
   for (auto& e : p.sink.all(Type::kMessage, p.server)) CHECK(test::same_bytes(*e.data, m));
 }
 
-TEST(tcp_receiver_back_pressure) {
+CONTRACT(receiver_back_pressure) {
   // Receiver with a 2 MiB limit on received-but-unconsumed bytes: it stops
   // reading until the application reports progress, and then resumes.
   Sink rsink, ssink;
@@ -334,13 +395,11 @@ TEST(tcp_receiver_back_pressure) {
   lim.max_undelivered_bytes = 2u << 20;
   Engine receiver(&rsink, lim);
   Engine sender(&ssink);
+  prepare(receiver);
+  prepare(sender);
   const uint64_t l = receiver.listen("127.0.0.1", 0);
   CHECK(rsink.wait([&](auto&) { return rsink.count_locked(Type::kListening, l) == 1; }));
-  ConnectOptions o;
-  o.host = "127.0.0.1";
-  o.port = static_cast<uint16_t>(rsink.first(Type::kListening, l).value);
-  o.streams = 2;
-  o.chunk_shift = 16;
+  ConnectOptions o = dial(static_cast<uint16_t>(rsink.first(Type::kListening, l).value), 2, 16);
   const uint64_t c = sender.connect(o);
   CHECK(ssink.wait([&](auto&) { return ssink.count_locked(Type::kConnected, c) == 1; }));
   std::vector<uint8_t> m(1u << 20, 3);
@@ -359,7 +418,7 @@ TEST(tcp_receiver_back_pressure) {
   CHECK(ssink.wait([&](auto&) { return ssink.count_locked(Type::kSendDone, c) == 64; }));
 }
 
-TEST(tcp_clean_close_after_bulk_on_many_streams) {
+CONTRACT(clean_close_after_bulk_on_many_streams) {
   // Regression: with data and the peer's FIN arriving together, the FIN was
   // missed and the hang-up taken for a failure, stalling the close.
   for (int round = 0; round < 4; round++) {
@@ -379,7 +438,7 @@ TEST(tcp_clean_close_after_bulk_on_many_streams) {
 
 // The same engine with no thread of its own, driven by the test thread as
 // Node's event loop drives it: messages both ways, a lost stream, a clean close.
-TEST(tcp_owner_driven_engine) {
+CONTRACT(owner_driven_engine) {
   Pair p(3, 14, false);
   std::mt19937_64 rng(test::seed() + 38);
   std::vector<std::vector<uint8_t>> msgs;
@@ -411,7 +470,7 @@ TEST(tcp_owner_driven_engine) {
 }
 
 // A large message's receiver reports progress; the sender sees it rise.
-TEST(tcp_progress_reports) {
+CONTRACT(progress_reports) {
   Pair p(2, 14);
   std::mt19937_64 rng(test::seed() + 39);
   auto big = random_bytes(32u << 20, rng);
@@ -431,7 +490,7 @@ TEST(tcp_progress_reports) {
 // acknowledging what arrives until the sender has drained, so nothing hangs:
 // every message is either acknowledged (and delivered) or failed as CLOSED,
 // and both ends close cleanly.
-TEST(tcp_close_while_the_peer_sends) {
+CONTRACT(close_while_the_peer_sends) {
   for (int round = 0; round < 3; round++) {
     Pair p(3, 14);
     std::vector<uint8_t> m(300000, static_cast<uint8_t>(round));
@@ -453,7 +512,7 @@ TEST(tcp_close_while_the_peer_sends) {
 }
 
 // Both ends close at once while each still has messages in flight.
-TEST(tcp_both_ends_close_at_once) {
+CONTRACT(both_ends_close_at_once) {
   for (int round = 0; round < 10; round++) {
     Pair p(static_cast<uint16_t>(1 + round % 4), 14);
     std::vector<uint8_t> m(100000 + static_cast<size_t>(round) * 1000, 0x5c);
@@ -542,18 +601,15 @@ TEST(tcp_spliced_sends) {
 // A lending listener's connections receive large messages into the
 // lender's slabs (small ones, and large ones while none is free, as owned
 // buffers); a connection that goes mid-message gives its slab back.
-TEST(tcp_lent_slabs) {
+CONTRACT(lent_slabs) {
   test::FixedLender lender(2, 1u << 20);
   Sink sink;
   Engine engine(&sink);
   engine.set_lender(&lender);
+  prepare(engine);
   const uint64_t l = engine.listen("127.0.0.1", 0, true);
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kListening, l) == 1; }));
-  ConnectOptions o;
-  o.host = "127.0.0.1";
-  o.port = static_cast<uint16_t>(sink.first(Type::kListening, l).value);
-  o.streams = 2;
-  o.chunk_shift = 16;
+  ConnectOptions o = dial(static_cast<uint16_t>(sink.first(Type::kListening, l).value), 2, 16);
   const uint64_t c = engine.connect(o);
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kConnected, c) == 1 && sink.count_locked(Type::kIncoming, 0) == 1; }));
   const uint64_t server = sink.first(Type::kIncoming).id;
@@ -655,7 +711,7 @@ TEST(tcp_set_streams_while_dialling) {
   CHECK(p.sink.first(Type::kClosed, p.client).status == Status::kOk);
 }
 
-TEST(tcp_packed_messages) {
+CONTRACT(packed_messages) {
   // send_many with packs: one id each, counted as their messages at both
   // ends; a pack whose layout is wrong fails at the sender, before the wire.
   Pair p(2, 12);
@@ -679,4 +735,241 @@ TEST(tcp_packed_messages) {
   p.engine.send_many(p.client, 3, {{broken.data(), broken.size(), kFlagPacked}, {oversize.data(), oversize.size(), kFlagPacked}});
   CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendFailed, p.client) == 2; }));
   for (auto& e : p.sink.all(Type::kSendFailed, p.client)) CHECK(e.status == Status::kInvalidArgument);
+}
+
+// ---- RDMA lanes: selection and fallback (emulated verbs) ------------------
+
+namespace {
+
+// Forwards a second engine's events into a shared Sink with its ids moved
+// up by kServerIds, so they cannot be taken for the first engine's (both
+// number from 1).
+constexpr uint64_t kServerIds = 1u << 20;
+class OffsetSink : public EventSink {
+ public:
+  explicit OffsetSink(Sink* to) : to_(to) {}
+  void deliver(std::vector<Event>& events) override {
+    for (auto& e : events) {
+      e.id += kServerIds;
+      if (e.listener) e.listener += kServerIds;
+    }
+    to_->deliver(events);
+  }
+
+ private:
+  Sink* to_;
+};
+
+// A listener and a client on separate engines, each with its own verbs;
+// server-side ids in `sink` are offset by kServerIds.
+struct RdmaPair {
+  Sink sink;
+  OffsetSink server_sink{&sink};
+  Engine server_engine{&server_sink}, client_engine{&sink};
+  uint64_t listener = 0, client = 0, server = 0;
+  RdmaPair(rdma::Verbs* server_verbs, rdma::Verbs* client_verbs, Transport listen_as, Transport connect_as, uint16_t streams = 3) {
+    server_engine.set_verbs(server_verbs);
+    client_engine.set_verbs(client_verbs);
+    listener = server_engine.listen("127.0.0.1", 0, false, listen_as) + kServerIds;
+    CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kListening, listener) == 1; }));
+    ConnectOptions o = dial(static_cast<uint16_t>(sink.first(Type::kListening, listener).value), streams, 16);
+    o.transport = connect_as;
+    client = client_engine.connect(o);
+    CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, client) == 1 || sink.count_locked(Type::kConnected, client) == 1; }));
+    if (sink.count(Type::kConnected, client)) {
+      CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kIncoming, 0) == 1; }));
+      server = sink.first(Type::kIncoming).id;
+    }
+  }
+  bool rdma(Engine& e, uint64_t conn) {
+    ConnectionStats st;
+    CHECK(e.stats(&e == &server_engine ? conn - kServerIds : conn, &st));
+    return st.rdma;
+  }
+};
+
+}  // namespace
+
+TEST(rdma_selection_auto_rdma_and_tcp) {
+  test::EmulatedFabric fabric;
+  test::NoDevices none;
+  {
+    // auto at both ends with devices: RDMA.
+    RdmaPair p(&fabric, &fabric, Transport::kAuto, Transport::kAuto);
+    CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kTransport, p.server) == 1; }));
+    CHECK(p.rdma(p.client_engine, p.client) && p.rdma(p.server_engine, p.server));
+    ConnectionStats st;
+    CHECK(p.client_engine.stats(p.client, &st));
+    CHECK_EQ(st.lanes, 3u);  // one per stream by default
+  }
+  {
+    // No device here: auto is TCP, rdma fails at once with UNAVAILABLE.
+    RdmaPair p(&fabric, &none, Transport::kAuto, Transport::kAuto);
+    CHECK_EQ(p.sink.count(Type::kConnected, p.client), 1u);
+    CHECK(!p.rdma(p.client_engine, p.client));
+    RdmaPair q(&fabric, &none, Transport::kAuto, Transport::kRdma);
+    CHECK_EQ(q.sink.count(Type::kConnected, q.client), 0u);
+    CHECK(q.sink.first(Type::kError, q.client).status == Status::kUnavailable);
+    CHECK(q.sink.first(Type::kClosed, q.client).status == Status::kUnavailable);
+  }
+  {
+    // No device at the peer, or a peer that takes TCP only: it declines;
+    // auto carries on over TCP, rdma fails with UNAVAILABLE.
+    for (auto [verbs, as] : {std::pair<rdma::Verbs*, Transport>{&none, Transport::kAuto}, {&fabric, Transport::kTcp}}) {
+      RdmaPair p(verbs, &fabric, as, Transport::kAuto);
+      CHECK_EQ(p.sink.count(Type::kConnected, p.client), 1u);
+      CHECK(!p.rdma(p.client_engine, p.client));
+      std::vector<uint8_t> m(300000, 1);
+      p.client_engine.send(p.client, 0, m.data(), m.size());
+      CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) == 1; }));
+      RdmaPair q(verbs, &fabric, as, Transport::kRdma);
+      CHECK_EQ(q.sink.count(Type::kConnected, q.client), 0u);
+      CHECK(q.sink.first(Type::kClosed, q.client).status == Status::kUnavailable);
+    }
+  }
+  CHECK(fabric.qpns().empty());  // every QP went with its connection
+}
+
+// Lanes share their device's completion queue; a connection that would
+// need more room than is left stays on TCP (auto) or fails (rdma), and the
+// room comes back when connections close.
+TEST(rdma_lanes_stay_within_the_completion_queue) {
+  test::EmulatedFabric fabric;
+  rdma::ChannelOptions defaults;
+  fabric.cq_capacity = 3 * rdma::Channel::cq_entries(defaults);  // three lanes per device
+  Sink sink;
+  OffsetSink server_sink(&sink);
+  Engine server(&server_sink), client(&sink);
+  server.set_verbs(&fabric);
+  client.set_verbs(&fabric);
+  const uint64_t l = server.listen("127.0.0.1", 0) + kServerIds;
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kListening, l) == 1; }));
+  const auto port = static_cast<uint16_t>(sink.first(Type::kListening, l).value);
+  auto open = [&](Transport t) {
+    ConnectOptions o = dial(port, 3, 16);
+    o.transport = t;
+    const uint64_t id = client.connect(o);
+    CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kConnected, id) + sink.count_locked(Type::kClosed, id) == 1; }));
+    return id;
+  };
+  auto rdma = [&](uint64_t id) {
+    ConnectionStats st;
+    return client.stats(id, &st) && st.rdma;
+  };
+  const uint64_t a = open(Transport::kAuto);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kTransport, a) == 1; }));
+  CHECK(rdma(a));
+  const uint64_t b = open(Transport::kAuto);  // no room: TCP
+  CHECK_EQ(sink.count(Type::kConnected, b), 1u);
+  CHECK(!rdma(b));
+  const uint64_t c = open(Transport::kRdma);  // no room: fails
+  CHECK(sink.first(Type::kClosed, c).status == Status::kUnavailable);
+  client.destroy(a);
+  // Both ends of `a` go, and their queue pairs with them.
+  for (int i = 0; i < 2000 && !fabric.qpns().empty(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(fabric.qpns().empty());
+  const uint64_t d = open(Transport::kRdma);  // room again
+  CHECK_EQ(sink.count(Type::kConnected, d), 1u);
+  CHECK(rdma(d));
+}
+
+// Queue pairs die mid-transfer, one and then all: what they carried goes
+// again on the others and then on TCP; every message arrives once, whole
+// and in order; both ends end up on TCP and say so.
+TEST(rdma_falls_back_to_tcp_without_losing_a_message) {
+  test::EmulatedFabric fabric;
+  RdmaPair p(&fabric, &fabric, Transport::kAuto, Transport::kRdma, 4);
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kTransport, p.server) == 1; }));
+  std::mt19937_64 rng(test::seed() + 70);
+  std::vector<std::vector<uint8_t>> msgs;
+  for (size_t n : {100u, 70000u, 1u << 20, (4u << 20) + 3, 5000u, 300000u}) msgs.push_back(random_bytes(n, rng));
+  const uint64_t n = msgs.size();
+  uint64_t next = 0;
+  auto send_round = [&] {
+    for (uint64_t i = 0; i < n; i++, next++) p.client_engine.send(p.client, next, msgs[next % n].data(), msgs[next % n].size());
+  };
+  send_round();
+  // One lane's QP fails (as after a fatal async event): the others carry on.
+  fabric.fail_qp(fabric.qpns().front());
+  send_round();
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == next; }));
+  ConnectionStats st;
+  CHECK(p.client_engine.stats(p.client, &st));
+  CHECK(st.rdma);
+  CHECK_EQ(st.lanes, 3u);
+  // Then every QP: the connection moves to TCP.
+  send_round();
+  for (uint32_t qpn : fabric.qpns()) fabric.fail_qp(qpn);
+  send_round();
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == next; }));
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kTransport, p.client) == 2 && p.sink.count_locked(Type::kTransport, p.server) == 2; }));
+  CHECK_EQ(p.sink.all(Type::kTransport, p.client).back().value, 0u);
+  CHECK(p.sink.all(Type::kTransport, p.client).back().status == Status::kDeviceError);
+  CHECK_EQ(p.sink.count(Type::kSendFailed), 0u);
+  // The server's engine acknowledges a batch before its sink sees it.
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) >= next; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // and no duplicate follows
+  auto got = p.sink.all(Type::kMessage, p.server);
+  CHECK_EQ(got.size(), next);
+  for (uint64_t i = 0; i < got.size(); i++) {
+    CHECK_EQ(got[i].value, i);
+    CHECK(test::same_bytes(*got[i].data, msgs[i % n]));
+  }
+  CHECK(!p.rdma(p.client_engine, p.client) && !p.rdma(p.server_engine, p.server));
+  // And TCP carries what follows; a clean close.
+  send_round();
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kMessage, p.server) == next; }));
+  p.client_engine.close(p.client);
+  CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kClosed, p.client) == 1 && p.sink.count_locked(Type::kClosed, p.server) == 1; }));
+  CHECK(p.sink.first(Type::kClosed, p.client).status == Status::kOk);
+  CHECK(p.sink.first(Type::kClosed, p.server).status == Status::kOk);
+}
+
+// Set-up steps that break the protocol close the connection.
+TEST(rdma_hostile_setup_steps) {
+  test::EmulatedFabric fabric;
+  Sink sink;
+  Engine engine(&sink);
+  engine.set_verbs(&fabric);
+  const uint64_t l = engine.listen("127.0.0.1", 0, false, Transport::kAuto);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kListening, l) == 1; }));
+  const auto port = static_cast<uint16_t>(sink.first(Type::kListening, l).value);
+  auto try_step = [&](uint8_t id, RdmaStep step, std::vector<uint8_t> payload) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+    Hello h;
+    h.connection_id[0] = id;
+    uint8_t buf[kHelloSize];
+    write_hello(h, buf);
+    CHECK(::write(fd, buf, sizeof(buf)) == static_cast<ssize_t>(sizeof(buf)));
+    ChunkHeader ch;
+    ch.type = ChunkType::kRdma;
+    ch.chunk_shift = 0;
+    ch.offset = static_cast<uint64_t>(step);
+    ch.payload_len = static_cast<uint32_t>(payload.size());
+    ch.payload_crc = crc32c(0, payload.data(), payload.size());
+    uint8_t header[kChunkHeaderSize];
+    write_chunk_header(ch, header);
+    CHECK(::write(fd, header, sizeof(header)) == static_cast<ssize_t>(sizeof(header)));
+    if (!payload.empty()) CHECK(::write(fd, payload.data(), payload.size()) == static_cast<ssize_t>(payload.size()));
+    return fd;
+  };
+  std::vector<uint8_t> garbage(kLaneSetupSize, 0xff);  // qpn, mtu, sizes all out of range
+  const int f1 = try_step(1, RdmaStep::kOffer, garbage);
+  const int f2 = try_step(2, RdmaStep::kAccept, {});     // a server never gets ACCEPT, and it has no records
+  const int f3 = try_step(3, RdmaStep::kReady, {});      // READY with no offer
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, 0) == 3; }));
+  size_t protocol = 0;
+  for (uint64_t id = 1; id < 20; id++) {
+    for (auto& e : sink.all(Type::kClosed, id)) protocol += e.status == Status::kProtocol;
+  }
+  CHECK_EQ(protocol, 3u);
+  ::close(f1);
+  ::close(f2);
+  ::close(f3);
+  CHECK(fabric.qpns().empty());
 }

@@ -37,7 +37,39 @@ enum class ChunkType : uint8_t {
   kPong = 5,      // echo reply
   kProgress = 6,  // the peer holds `offset` of the `message_len` bytes of message `message_id`
   kRetire = 7,    // this stream carries nothing more; its end is not a failure
+  kRdma = 8,      // RDMA set-up: `offset` the RdmaStep, `message_id` its argument, payload LaneSetup records
 };
+
+// The steps of moving a connection's data onto RDMA queue pairs ("lanes"),
+// negotiated over its TCP streams, which stay up as the fallback:
+//   client OFFER (its lanes) -> server ACCEPT (its lanes, already connected
+//   to the client's) or DECLINE (`message_id`: a RdmaDecline) -> client
+//   READY (its lanes connected: the server may send on them now).
+// Either end sends DOWN (`message_id`: the lane) when a lane fails, so the
+// other stops using it at once instead of after its transport retries.
+enum class RdmaStep : uint8_t { kOffer = 1, kAccept = 2, kDecline = 3, kReady = 4, kDown = 5 };
+enum class RdmaDecline : uint8_t { kNoDevice = 1, kRefused = 2, kDeviceError = 3, kBadOffer = 4 };
+
+// What one end tells the other about one lane: its queue pair and the ring
+// the other end WRITEs large messages into. 64 bytes on the wire.
+struct LaneSetup {
+  uint32_t qpn = 0;
+  uint32_t psn = 0;
+  uint16_t lid = 0;
+  uint8_t gid[16] = {};
+  uint32_t mtu = 0;
+  uint64_t ring_addr = 0;
+  uint32_t ring_rkey = 0;
+  uint32_t ring_bytes = 0;
+  uint32_t slots = 0;
+  uint32_t slot_bytes = 0;
+};
+constexpr size_t kLaneSetupSize = 64;
+constexpr uint32_t kMaxLanes = 16;
+
+void write_lane_setups(const std::vector<LaneSetup>& lanes, std::vector<uint8_t>* out);
+// Checks every record (sizes and counts within what a channel can use).
+[[nodiscard]] Status parse_lane_setups(const uint8_t* data, size_t len, std::vector<LaneSetup>* out);
 
 // DATA flags (byte 2 of the header; every chunk of a message carries the same).
 // kFlagPacked: the message is many small messages in one, laid out as
@@ -253,6 +285,14 @@ class Reassembler {
   std::pair<const uint8_t*, size_t> partial_buffer(uint64_t id) const;
   // Whether message `id` has arrived whole (delivered or held for order).
   bool complete(uint64_t id) const { return id < next_ || held_.count(id) > 0; }
+  // Every id below this one has been delivered.
+  uint64_t next_id() const { return next_; }
+  // Ids complete and waiting for an earlier one, in order.
+  std::vector<uint64_t> held_ids() const {
+    std::vector<uint64_t> ids;
+    for (const auto& [id, h] : held_) ids.push_back(id);
+    return ids;
+  }
   size_t pending_messages() const { return partial_.size() + held_.size(); }
   uint64_t pending_bytes() const { return pending_bytes_; }
 

@@ -30,6 +30,11 @@ commands:
       --rounds N            ping-pong round trips (default 5000)
       --bulk-rounds N       interleaved bulk rounds (default 3)
       --busy-poll US        busy-poll window of the busy-polling ping-pong (default 50)
+      --transport rdma      instead: bandwidth and 64-byte latency over RDMA, against TCP to the
+                            same peer (ib_write_bw / ib_write_lat style; needs RDMA devices)
+      --peer HOST:PORT      (rdma) a peer started with --serve; default: one on this host
+      --serve               (rdma) be that peer; --host ADDR --port P (default 0.0.0.0:7711)
+      --lanes N --sizes B,.. (rdma) queue pairs (default 4), message sizes (default 64 KiB, 1 MiB, 4 MiB)
   bench boot [--runs 5]     node start to /ready, and parallel against sequential start
   bench veth [options]      AMST through a tbf-shaped veth pair into a network namespace (root)
       --rate-mbit N         link rate (default 1000)
@@ -137,9 +142,37 @@ async function benchTransport(args: string[]): Promise<void> {
       rounds: { type: 'string' },
       'bulk-rounds': { type: 'string' },
       'busy-poll': { type: 'string' },
+      transport: { type: 'string' },
+      peer: { type: 'string' },
+      serve: { type: 'boolean' },
+      host: { type: 'string' },
+      port: { type: 'string' },
+      lanes: { type: 'string' },
+      sizes: { type: 'string' },
     },
     strict: true,
   });
+  const transport = values.transport ?? 'tcp';
+  if (transport === 'rdma') {
+    const lanes = positive(values.lanes, 'lanes');
+    if (lanes !== undefined && (!Number.isInteger(lanes) || lanes > 16)) throw new UsageError('--lanes must be an integer from 1 to 16');
+    const rdma = (await import(pathToFileURL(join(root, 'bench', 'transport-rdma.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
+    await rdma.run({
+      gib: positive(values.gib, 'gib'),
+      rounds: positive(values.rounds, 'rounds'),
+      lanes,
+      sizes: values.sizes?.split(',').map((s) => positive(s, 'sizes')!),
+      peer: values.peer,
+      serve: values.serve ?? false,
+      host: values.host,
+      port: positive(values.port, 'port'),
+    });
+    return;
+  }
+  if (transport !== 'tcp') throw new UsageError(`--transport must be tcp or rdma, got ${transport}`);
+  for (const only of ['peer', 'serve', 'host', 'port', 'lanes', 'sizes'] as const) {
+    if (values[only] !== undefined) throw new UsageError(`--${only} goes with --transport rdma`);
+  }
   const streams = values.streams?.split(',').map((s) => positive(s, 'streams')!);
   const mod = (await import(pathToFileURL(join(root, 'bench', 'transport.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
   await mod.run({

@@ -24,6 +24,24 @@ t.test('bench transport prints a JSON summary line last', async (t) => {
   t.ok('iperf3_gbps' in summary && 'sockperf_p50_us' in summary);
 });
 
+// No RDMA device here: the RDMA benchmark says so clearly and exits 2. (On
+// RDMA hosts it measures; it has not run on hardware yet.)
+t.test('bench transport --transport rdma without a device stops with a clear error', async (t) => {
+  const err = await run(process.execPath, [cli, 'bench', 'transport', '--transport', 'rdma'], {
+    timeout: 60000,
+    env: { ...process.env, NODE_OPTIONS: '' },
+  }).catch((e: unknown) => e as { code: number; stdout: string });
+  t.equal((err as { code: number }).code, 2);
+  const out = (err as { stdout: string }).stdout.trim().split('\n');
+  t.match(out[0], /RDMA unavailable.*ERR_AMST_UNAVAILABLE/);
+  t.same(JSON.parse(out.at(-1)!), { bench: 'transport-rdma', error: 'ERR_AMST_UNAVAILABLE' });
+  const usage = await run(process.execPath, [cli, 'bench', 'transport', '--peer', 'h:1'], { env: { ...process.env, NODE_OPTIONS: '' } }).catch(
+    (e: unknown) => e as { code: number; stderr: string },
+  );
+  t.equal((usage as { code: number }).code, 2);
+  t.match((usage as { stderr: string }).stderr, /--peer goes with --transport rdma/);
+});
+
 // Needs root and network namespaces; skipped where either is missing.
 const canNetns = process.getuid?.() === 0 && (() => {
   try {

@@ -112,6 +112,7 @@ t.test('status names are shared with TypeScript', async (t) => {
     'CONNECTION_LOST',
     'PROTOCOL',
     'DEVICE_ERROR',
+    'UNAVAILABLE',
   ]);
   t.equal(statusName(7), 'CORRUPT');
   for (let i = 1; i < native.statusNames().length; i++) {

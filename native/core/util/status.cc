@@ -22,6 +22,7 @@ const char* status_name(Status s) {
     case Status::kConnectionLost: return "CONNECTION_LOST";
     case Status::kProtocol: return "PROTOCOL";
     case Status::kDeviceError: return "DEVICE_ERROR";
+    case Status::kUnavailable: return "UNAVAILABLE";
   }
   return "UNKNOWN";
 }

@@ -24,10 +24,11 @@ enum class Status : uint8_t {
   kConnectionLost,    // every stream of a connection failed
   kProtocol,          // the peer broke the wire protocol
   kDeviceError,       // an RDMA device call failed (open, registration, queue pair)
+  kUnavailable,       // what was asked for is not available here (RDMA: no device, or the peer declined)
 };
 
 // The last status, for tables over all of them.
-constexpr Status kLastStatus = Status::kDeviceError;
+constexpr Status kLastStatus = Status::kUnavailable;
 
 const char* status_name(Status s);
 

@@ -22,6 +22,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <unordered_map>
@@ -50,27 +51,32 @@ struct ChannelSetup {
   uint32_t slot_bytes = 0;
 };
 
-// Registrations of caller buffers, reused while the same buffer is sent
-// again (registration pins pages: far too slow per message), bounded.
+// Registrations of caller buffers in flight, shared by every message that
+// lies inside one (chunks of one large buffer, a buffer sliced into many
+// messages). An entry goes when its last user releases it: a registration
+// kept after the buffer is freed would pin pages the allocator may hand to
+// someone else, and later WRITEs from "the same address" would send stale
+// bytes. Callers that own long-lived buffers register them once themselves
+// and pass the Region (Channel::send).
 class RegistrationCache {
  public:
-  explicit RegistrationCache(Device* dev, size_t max_entries = 64) : dev_(dev), max_(max_entries) {}
+  explicit RegistrationCache(Device* dev) : dev_(dev) {}
   ~RegistrationCache();
   RegistrationCache(const RegistrationCache&) = delete;
   RegistrationCache& operator=(const RegistrationCache&) = delete;
-  // A region covering [data, data + len), registered now or found.
+  // A region covering [data, data + len): found (one more user) or registered now.
   Status get(const uint8_t* data, size_t len, Region* out);
+  // One user of region `r` (from get) is done with it.
+  void release(const Region& r);
   size_t size() const { return entries_.size(); }
 
  private:
   struct Entry {
     Region region;
-    uint64_t used;
+    uint32_t users;
   };
   Device* dev_;
-  size_t max_;
-  uint64_t tick_ = 0;
-  std::map<const uint8_t*, Entry> entries_;  // by start address
+  std::map<std::pair<const uint8_t*, size_t>, Entry> entries_;  // by start and length
 };
 
 class Channel {
@@ -83,17 +89,35 @@ class Channel {
   Channel& operator=(const Channel&) = delete;
 
   static uint32_t channel_of(uint64_t wr_id) { return static_cast<uint32_t>(wr_id >> 40); }
+  // Completion-queue entries a channel with `o` may need at once.
+  static size_t cq_entries(const ChannelOptions& o) { return static_cast<size_t>(o.max_send) + o.slots; }
 
   ChannelSetup local() const;
   Status connect(const ChannelSetup& peer);
 
-  // Queues message `id` (ids increase); `data` must stay valid and
-  // unchanged until the id appears in take_done() or unfinished().
-  void send(uint64_t id, const uint8_t* data, size_t len);
+  // Bytes a message's head (see send) may have.
+  static constexpr size_t kMaxHead = 64;
+  // A whole message received: its head and its body, valid during the call
+  // only (the body may sit in the ring the peer writes into).
+  using OnMessage = std::function<void(const uint8_t* head, size_t head_len, const uint8_t* body, size_t len)>;
+  // Where received messages go; without one they collect for take_received().
+  void set_on_message(OnMessage f) { on_message_ = std::move(f); }
+
+  // Queues message `id` (ids increase): `head` (up to kMaxHead bytes,
+  // copied now) then `body`, which must stay valid and unchanged until the
+  // id appears in take_done() or unfinished(). A large body goes by RDMA
+  // WRITE from `mr` when given (a registration covering it, kept by the
+  // caller until then), else from a registration made for the message.
+  void send(uint64_t id, const uint8_t* head, size_t head_len, const uint8_t* body, size_t len, const Region* mr = nullptr);
+  void send(uint64_t id, const uint8_t* data, size_t len) { send(id, nullptr, 0, data, len); }
   // Handles one completion of this channel's requests.
   void on_completion(const Completion& c);
+  // While held, the peer gets no new credits: it stops once it has used
+  // those it has (the receiver's back-pressure). Releasing sends them.
+  void hold_credits(bool hold);
 
-  // Whole messages received since the last call, in order.
+  // Whole messages received since the last call, in order (head and body
+  // together), when no OnMessage is set.
   std::vector<Bytes> take_received();
   // Messages whose every request has completed (the peer's adapter holds them).
   std::vector<uint64_t> take_done();
@@ -111,13 +135,18 @@ class Channel {
     uint64_t id;
     const uint8_t* data;
     size_t len;
+    uint8_t head[kMaxHead];
+    uint8_t head_len = 0;
+    Region mr{};               // large: where the body is WRITTEN from
+    bool own_reg = false;      // mr came from regs_ (released when done)
     size_t sent = 0;           // bytes posted (large), or 0/len (small)
     bool begun = false;        // large: the announcing SEND is posted
     uint32_t requests = 0;     // posted and not yet completed
   };
   uint64_t wr(Kind k, uint32_t index) const { return (static_cast<uint64_t>(tag_) << 40) | (static_cast<uint64_t>(k) << 32) | index; }
   size_t place(size_t pos, size_t len) const { return pos + len <= ring_bytes_peer_ ? pos : 0; }
-  bool post_header(Msg kind, uint64_t value, Out* msg, const uint8_t* payload, size_t len);
+  bool post_header(Msg kind, uint64_t value, Out* msg, const uint8_t* head, size_t head_len, const uint8_t* payload, size_t len);
+  void deliver(const uint8_t* head, size_t head_len, const uint8_t* body, size_t len);
   void pump();
   void fail(WcStatus s);
   void repost(uint32_t slot);
@@ -152,8 +181,13 @@ class Channel {
   uint64_t owed_ring_ = 0;
   size_t ring_pos_ = 0;
   uint64_t large_total_ = 0;  // a large message in progress (0: none)
-  Bytes large_;
+  uint64_t large_have_ = 0;
+  uint8_t large_head_[kMaxHead];
+  size_t large_head_len_ = 0;
+  Bytes large_;               // pieces of a message that took more than one WRITE
   std::vector<Bytes> received_;
+  OnMessage on_message_;
+  bool hold_ = false;
 
   bool connected_ = false;
   bool failed_ = false;

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <infiniband/verbs.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -230,8 +231,15 @@ class IbDevice : public Device {
     channel_ = api_->create_comp_channel(ctx_);
     if (!pd_ || !channel_) return;
     fcntl(channel_->fd, F_SETFL, fcntl(channel_->fd, F_GETFL) | O_NONBLOCK);
-    cq_ = api_->create_cq(ctx_, 4096, nullptr, channel_, 0);
+    // One completion queue for every QP of the device: as deep as the
+    // adapter allows, up to 256 Ki entries; the engine keeps the requests
+    // its lanes may have outstanding within it (cq_capacity).
+    ibv_device_attr da{};
+    const int max_cqe = api_->query_device(ctx_, &da) == 0 && da.max_cqe > 0 ? da.max_cqe : 4096;
+    capacity_ = static_cast<size_t>(std::min(max_cqe, 256 * 1024));
+    cq_ = api_->create_cq(ctx_, static_cast<int>(capacity_), nullptr, channel_, 0);
     if (!cq_ || ibv_req_notify_cq(cq_, 0) != 0) return;
+    capacity_ = static_cast<size_t>(cq_->cqe);
     *st = Status::kOk;
   }
   ~IbDevice() override {
@@ -300,10 +308,12 @@ class IbDevice : public Device {
     return k;
   }
   int event_fd() const override { return channel_ ? channel_->fd : -1; }
+  size_t cq_capacity() const override { return capacity_; }
 
  private:
   const Api* api_;
   ibv_context* ctx_;
+  size_t capacity_ = 0;
   ibv_pd* pd_ = nullptr;
   ibv_comp_channel* channel_ = nullptr;
   ibv_cq* cq_ = nullptr;

@@ -96,6 +96,9 @@ class Device {
   virtual size_t poll(Completion* out, size_t n) = 0;
   // Readable when completions may be waiting (an epoll-able fd); re-armed by poll().
   virtual int event_fd() const = 0;
+  // Completions the queue holds: requests outstanding on all QPs together
+  // (sends and posted receives) must stay within it, or it overruns.
+  virtual size_t cq_capacity() const = 0;
 };
 
 class Verbs {

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <random>
 
+#include "transport/rdma/channel.h"
 #include "util/crc32c.h"
 
 namespace dwcp::transport::tcp {
@@ -28,8 +29,15 @@ constexpr uint32_t kZeroCopyMin = 16 * 1024;
 // Payloads from this size go by vmsplice + splice on splicing streams.
 constexpr uint32_t kSpliceMin = 64 * 1024;
 
-enum class HandleKind : uint8_t { kStream, kListener, kTimer };
+enum class HandleKind : uint8_t { kStream, kListener, kTimer, kRdma };
 HandleKind timer_tag = HandleKind::kTimer;  // epoll data of the timerfd
+HandleKind rdma_tag = HandleKind::kRdma;    // epoll data of the RDMA completion channel
+
+// RDMA lanes are streams without a socket; their indices sit above any TCP
+// stream's so chunk bookkeeping (sent_on) tells them apart.
+constexpr int32_t kLaneBase = 1 << 16;
+// A bulk payload is registered whole (once for all its chunks) from this size.
+constexpr uint64_t kRegisterMin = 64 * 1024;
 
 }  // namespace
 
@@ -49,7 +57,16 @@ struct Engine::OutMessage {
   bool acked = false;              // the peer holds it; done once no chunk is in flight
   int inflight = 0;                // chunks in stream queues (they point into `data`)
   int zc_pending = 0;              // MSG_ZEROCOPY sends of it the kernel may still read
+  // Its registration for RDMA WRITEs, made when a chunk first goes by RDMA.
+  rdma::Device* mr_device = nullptr;
+  rdma::Region mr{};
   bool all_sent() const { return next_chunk == chunks && resend.empty(); }
+  OutMessage() = default;
+  OutMessage(const OutMessage&) = delete;
+  OutMessage& operator=(const OutMessage&) = delete;
+  ~OutMessage() {
+    if (mr_device) mr_device->deregister(mr);
+  }
 };
 
 namespace {
@@ -149,12 +166,21 @@ struct Engine::Stream {
   size_t out_bytes = 0;
   std::atomic<uint64_t> bytes_sent{0};
   std::atomic<uint64_t> bytes_received{0};
+  // An RDMA lane (no fd): chunks go to `channel`; `out` holds those handed
+  // over and not yet reported done, oldest first.
+  bool lane = false;
+  bool lane_ready = false;  // may carry our data: the peer's end is connected
+  uint32_t tag = 0;
+  size_t lane_posted = 0;   // leading chunks of `out` handed to the channel
+  uint64_t lane_next_id = 0;
+  std::unique_ptr<rdma::Channel> channel;
 };
 
 struct Engine::Listener {
   HandleKind kind = HandleKind::kListener;
   uint64_t id = 0;
   bool lend = false;
+  Transport transport = Transport::kAuto;
   Fd fd;
 };
 
@@ -196,8 +222,36 @@ struct Engine::Connection {
   size_t rr = 0;
   std::atomic<uint64_t> messages_sent{0}, messages_received{0}, bytes_sent{0}, bytes_received{0}, chunks_resent{0};
   std::atomic<uint64_t> zerocopy_sends{0}, zerocopy_copied{0}, spliced_bytes{0};
+  // RDMA. kOffered: a client waits for the server's answer (kConnected
+  // waits with it). kAccepted: a server's lanes are connected; it sends on
+  // them once the client says READY. kActive: lanes carry the data.
+  // kOff: TCP only (never offered, declined, or fallen back).
+  enum class Rdma : uint8_t { kNone, kOffered, kAccepted, kActive, kOff };
+  Transport transport = Transport::kTcp;
+  RdmaOptions rdma_opts;
+  Rdma rdma = Rdma::kNone;
+  Stream* offer_stream = nullptr;
+  std::vector<std::unique_ptr<Stream>> lanes;
+  size_t lane_rr = 0;
+  std::vector<uint8_t> rdma_payload;  // our OFFER or ACCEPT records, while they are written
+  std::atomic<uint64_t> lane_bytes_sent{0}, lane_bytes_received{0};
+  // What stats() reports from other threads (note_lanes keeps them).
+  std::atomic<bool> on_rdma{false};
+  std::atomic<uint32_t> lanes_alive{0};
 
   explicit Connection(Limits limits) : reasm(limits) {}
+  void note_lanes() {
+    uint32_t n = 0;
+    for (const auto& l : lanes) n += l->alive;
+    lanes_alive.store(n);
+    on_rdma.store(rdma == Rdma::kActive && lanes_up());
+  }
+  bool lanes_up() const {
+    for (const auto& l : lanes) {
+      if (l->alive && l->lane_ready) return true;
+    }
+    return false;
+  }
   size_t live_streams() const {
     size_t n = 0;
     for (const auto& s : streams) n += s->alive && !s->connecting;
@@ -244,13 +298,14 @@ void Engine::post(Command&& c) {
   (void)!::write(wake_.get(), &one, sizeof(one));
 }
 
-uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend) {
+uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Transport transport) {
   Command c;
   c.type = Command::Type::kListen;
   c.id = next_id_++;
   c.host = host;
   c.port = port;
   c.lend = lend;
+  c.transport = transport;
   const uint64_t id = c.id;
   post(std::move(c));
   return id;
@@ -337,6 +392,10 @@ bool Engine::stats(uint64_t conn, ConnectionStats* out) {
   out->zerocopy_sends = c.zerocopy_sends.load();
   out->zerocopy_copied = c.zerocopy_copied.load();
   out->spliced_bytes = c.spliced_bytes.load();
+  out->rdma = c.on_rdma.load();
+  out->lanes = c.lanes_alive.load();
+  out->lane_bytes_sent = c.lane_bytes_sent.load();
+  out->lane_bytes_received = c.lane_bytes_received.load();
   out->streams.clear();
   for (const auto& s : c.streams) {
     StreamStats st;
@@ -378,6 +437,8 @@ void Engine::iterate(int timeout_ms) {
       uint64_t v;
       (void)!::read(timer_.get(), &v, sizeof(v));
       run_timers();
+    } else if (p == &rdma_tag) {
+      on_rdma_completions();
     } else if (*static_cast<HandleKind*>(p) == HandleKind::kListener) {
       on_listener(static_cast<Listener*>(p));
     } else {
@@ -385,6 +446,9 @@ void Engine::iterate(int timeout_ms) {
     }
   }
   flush_touched();
+  // Queue pairs of lanes that died in this batch go before the events that
+  // may let the application free what they were sending.
+  dead_channels_.clear();
   if (!pending_.empty()) {
     // The sink may call back in (an owner-driven engine's sink runs JS,
     // which may send): events raised meanwhile wait for the next round.
@@ -394,6 +458,7 @@ void Engine::iterate(int timeout_ms) {
   }
   graveyard_.clear();
   dead_conns_.clear();
+  dead_channels_.clear();
 }
 
 // Closes everything without reporting (the sink may be going).
@@ -404,6 +469,8 @@ void Engine::shutdown_all() {
   orphans_.clear();
   graveyard_.clear();
   dead_conns_.clear();
+  dead_channels_.clear();
+  lanes_by_tag_.clear();
   touched_.clear();
   for (auto& e : pending_) {
     if (e.slab < 0) delete e.data;
@@ -426,6 +493,7 @@ void Engine::handle(Command& c) {
       auto l = std::make_unique<Listener>();
       l->id = c.id;
       l->lend = c.lend;
+      l->transport = c.transport;
       int err = 0;
       uint16_t port = c.port;
       l->fd = tcp_listen(c.host, &port, 1024, &err);
@@ -500,6 +568,13 @@ void Engine::handle(Command& c) {
           if (st->read_paused) {
             st->read_paused = false;
             update_epoll(st.get());
+          }
+        }
+        for (auto& l : conn->lanes) {
+          if (l->read_paused && l->alive) {
+            l->read_paused = false;
+            l->channel->hold_credits(false);
+            lane_progress(l.get());
           }
         }
       }
@@ -650,6 +725,7 @@ void Engine::push_control(Stream* s, ChunkType type, uint64_t message_id, uint64
   write_chunk_header(h, oc.header);
   s->out.push_back(oc);
   s->out_bytes += kChunkHeaderSize;
+  if (s->lane) post_lane(s);
 }
 
 // Closes a stream's socket without reporting anything.
@@ -722,6 +798,21 @@ void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
   conn->sockopts = opts.socket;
   conn->redial = opts.redial;
   if (opts.lend && lender_) conn->reasm.set_lender(lender_);
+  conn->transport = opts.transport;
+  conn->rdma_opts = opts.rdma;
+  if (opts.transport != Transport::kTcp) {
+    std::string why;
+    if (!rdma_device(opts.rdma.device, &why)) {
+      if (opts.transport == Transport::kRdma) {
+        emit(Event{Event::Type::kError, id, 0, 0, Status::kUnavailable, 0, nullptr});
+        emit(Event{Event::Type::kClosed, id, 0, 0, Status::kUnavailable, 0, nullptr});
+        return;
+      }
+      conn->rdma = Connection::Rdma::kOff;  // auto, and no device here: TCP
+    }
+  } else {
+    conn->rdma = Connection::Rdma::kOff;
+  }
   conn->target_streams = conn->expected_streams;
   Connection* c = conn.get();
   {
@@ -764,12 +855,36 @@ void Engine::stream_ready(Stream* s) {
     return;
   }
   c->connect_resolved++;
-  if (!c->announced && c->connect_resolved == c->expected_streams) {
-    c->announced = true;
-    emit(Event{Event::Type::kConnected, c->id, 0, c->connected, Status::kOk, 0, nullptr});
+  if (c->rdma == Connection::Rdma::kNone) {
+    // The first stream up carries the RDMA offer, after its HELLO.
+    std::vector<LaneSetup> setups;
+    const size_t want = c->rdma_opts.lanes ? c->rdma_opts.lanes : c->expected_streams;
+    const Status made = make_lanes(c, std::clamp<size_t>(want, 1, kMaxLanes), &setups);
+    if (made == Status::kOk) {
+      c->rdma = Connection::Rdma::kOffered;
+      c->offer_stream = s;
+      send_rdma(c, s, RdmaStep::kOffer, 0, &setups);
+    } else {
+      rdma_refused(c, made, 0);
+      if (c->finished) return;
+    }
   }
+  maybe_announce(c);
   pump(c);
   flush(s);
+}
+
+// A client connection is announced once every first dial has resolved and
+// an RDMA offer, if any, has its answer.
+void Engine::maybe_announce(Connection* c) {
+  if (c->announced || c->finished || c->connect_resolved < c->expected_streams || c->rdma == Connection::Rdma::kOffered) return;
+  if (c->connected == 0) {
+    emit(Event{Event::Type::kError, c->id, 0, 0, Status::kConnectionLost, ECONNREFUSED, nullptr});
+    finish_close(c, Status::kConnectionLost);
+    return;
+  }
+  c->announced = true;
+  emit(Event{Event::Type::kConnected, c->id, 0, c->connected, Status::kOk, 0, nullptr});
 }
 
 void Engine::on_listener(Listener* l) {
@@ -812,6 +927,7 @@ Status Engine::on_hello(Stream* s, const Hello& h) {
     conn->listener = s->listener;
     auto l = listeners_.find(s->listener);
     if (l != listeners_.end() && l->second->lend && lender_) conn->reasm.set_lender(lender_);
+    conn->transport = l != listeners_.end() ? l->second->transport : Transport::kTcp;
     conn->conn_id = key;
     conn->shift = h.chunk_shift;
     conn->expected_streams = h.stream_count;
@@ -970,6 +1086,8 @@ Status Engine::on_chunk(Stream* s, const ChunkHeader& h, const uint8_t* payload)
     case ChunkType::kPing:
     case ChunkType::kPong:
       return Status::kOk;
+    case ChunkType::kRdma:
+      return s->lane ? Status::kProtocol : on_rdma(s, h, payload);
   }
   return Status::kProtocol;
 }
@@ -1006,6 +1124,15 @@ void Engine::flush_touched() {
 
 void Engine::queue_control(Connection* c, ChunkType type, uint64_t message_id, uint64_t offset, uint64_t len) {
   Stream* target = nullptr;
+  // ACKs and progress reports take the RDMA lanes when the data does: the
+  // shortest way back. One lost with its lane is made good: the sender
+  // resends what that lane carried, and the resent chunks are acknowledged.
+  if (c->rdma == Connection::Rdma::kActive) {
+    for (size_t i = 0; i < c->lanes.size() && !target; i++) {
+      Stream* l = c->lanes[(c->lane_rr + i) % c->lanes.size()].get();
+      if (l->alive && l->lane_ready) target = l;
+    }
+  }
   for (size_t i = 0; i < c->streams.size() && !target; i++) {
     Stream* s = c->streams[(c->rr + i) % c->streams.size()].get();
     if (s->alive && !s->connecting && !s->write_shut && !s->retiring) target = s;
@@ -1021,15 +1148,21 @@ void Engine::pump(Connection* c) {
   // Fill the streams, then write. A stream whose socket took everything has
   // room again and no EPOLLOUT to call us back, so go round until the queue
   // is empty or every stream with data is waiting on its socket.
+  // Lanes take the data while any is up; they keep up to half the peer's
+  // ring each in flight (RDMA has no socket buffer to fill).
+  const bool rdma = c->rdma == Connection::Rdma::kActive && c->lanes_up();
+  auto& carriers = rdma ? c->lanes : c->streams;
+  size_t& rr = rdma ? c->lane_rr : c->rr;
+  const size_t water = rdma ? std::max<size_t>(high_water, c->rdma_opts.ring_bytes / 2) : high_water;
   for (;;) {
     while (!c->queue.empty()) {
       Stream* s = nullptr;
-      for (size_t i = 0; i < c->streams.size() && !s; i++) {
-        Stream* t = c->streams[(c->rr + i) % c->streams.size()].get();
-        if (t->alive && !t->connecting && !t->write_shut && !t->retiring && t->out_bytes < high_water) s = t;
+      for (size_t i = 0; i < carriers.size() && !s; i++) {
+        Stream* t = carriers[(rr + i) % carriers.size()].get();
+        if (t->alive && !t->connecting && !t->write_shut && !t->retiring && (!t->lane || t->lane_ready) && t->out_bytes < water) s = t;
       }
       if (!s) break;
-      c->rr = (c->rr + 1) % c->streams.size();
+      rr = (rr + 1) % carriers.size();
       OutMessage* m = c->queue.front();
       uint64_t chunk;
       if (!m->resend.empty()) {
@@ -1061,13 +1194,39 @@ void Engine::pump(Connection* c) {
         m->queued = false;
         c->queue.pop_front();
       }
+      if (s->lane) {
+        if (!m->mr_device && m->len >= kRegisterMin && device_) {
+          // One registration for all the message's chunks, on every lane;
+          // without it (registration failed) the channel registers each.
+          rdma::Region r;
+          if (device_->register_memory(const_cast<uint8_t*>(m->data), m->len, &r) == Status::kOk) {
+            m->mr = r;
+            m->mr_device = device_.get();
+          }
+        }
+        post_lane(s);
+        if (c->finished) return;
+      }
+    }
+    if (rdma) {
+      // Set-up steps and CLOSEs still go by TCP.
+      for (auto& sp : c->streams) {
+        if (sp->alive && !sp->connecting && !sp->out.empty()) flush(sp.get());
+        if (c->finished) return;
+      }
     }
     bool room = false;
-    for (auto& s : c->streams) {
+    for (auto& sp : carriers) {
+      Stream* s = sp.get();
       if (!s->alive || s->connecting) continue;
-      if (!s->out.empty() && !flush(s.get())) continue;
+      if (!s->lane && !s->out.empty() && !flush(s)) continue;
       if (c->finished) return;
-      room |= s->alive && !s->write_shut && !s->retiring && s->out_bytes < high_water;
+      room |= s->alive && !s->write_shut && !s->retiring && s->out_bytes < water;
+    }
+    if (rdma && !c->lanes_up()) {
+      // The last lane failed just now and gave its chunks back: to TCP.
+      pump(c);
+      return;
     }
     if (c->queue.empty() || !room) return;
   }
@@ -1400,27 +1559,37 @@ void Engine::stream_failed(Stream* s, int err) {
   }
   if (was_connecting) {
     c->connect_resolved++;
-    if (c->connect_resolved == c->expected_streams && !c->announced) {
-      if (c->connected == 0) {
-        emit(Event{Event::Type::kError, c->id, 0, 0, Status::kConnectionLost, err, nullptr});
-        finish_close(c, Status::kConnectionLost);
-        return;
-      }
-      c->announced = true;
-      emit(Event{Event::Type::kConnected, c->id, 0, c->connected, Status::kOk, 0, nullptr});
+    if (c->connect_resolved == c->expected_streams && !c->announced && c->connected == 0) {
+      emit(Event{Event::Type::kError, c->id, 0, 0, Status::kConnectionLost, err, nullptr});
+      finish_close(c, Status::kConnectionLost);
+      return;
     }
+    maybe_announce(c);
     return;
+  }
+  if (c->rdma == Connection::Rdma::kOffered && c->offer_stream == s) {
+    // The offer went down with its stream: no answer will come.
+    c->offer_stream = nullptr;
+    rdma_refused(c, Status::kUnavailable, err);
+    if (c->finished) return;
   }
   if (c->live_streams() == 0) {
     finish_close(c, c->closing && c->unacked.empty() ? Status::kOk : Status::kConnectionLost);
     return;
   }
-  // Everything this stream carried for unacknowledged messages goes again
-  // on the others; the receiver drops whatever it already had.
+  requeue(c, s->index);
+  emit(Event{Event::Type::kStreamLost, c->id, 0, static_cast<uint64_t>(s->index), Status::kOk, err, nullptr});
+  if (c->client && !s->retiring) schedule_redial(c, s->index, 0);
+  pump(c);
+}
+
+// Everything stream (or lane) `index` carried for unacknowledged messages
+// goes again on the others; the receiver drops whatever it already had.
+void Engine::requeue(Connection* c, int32_t index) {
   c->unacked.for_each([&](OutMessage* m) {
     if (m->acked) return;
     for (uint64_t k = 0; k < m->next_chunk; k++) {
-      if (m->sent_on[k] == s->index) {
+      if (m->sent_on[k] == index) {
         m->resend.push_back(k);
         m->sent_on[k] = -1;
         c->chunks_resent++;
@@ -1431,9 +1600,385 @@ void Engine::stream_failed(Stream* s, int err) {
       c->queue.push_front(m);
     }
   });
-  emit(Event{Event::Type::kStreamLost, c->id, 0, static_cast<uint64_t>(s->index), Status::kOk, err, nullptr});
-  if (c->client && !s->retiring) schedule_redial(c, s->index, 0);
-  pump(c);
+}
+
+// ---- RDMA lanes ----------------------------------------------------------
+
+namespace {
+
+LaneSetup to_wire(const rdma::ChannelSetup& c) {
+  LaneSetup l;
+  l.qpn = c.endpoint.qpn;
+  l.psn = c.endpoint.psn;
+  l.lid = c.endpoint.lid;
+  std::memcpy(l.gid, c.endpoint.gid, 16);
+  l.mtu = c.endpoint.mtu;
+  l.ring_addr = c.ring_addr;
+  l.ring_rkey = c.ring_rkey;
+  l.ring_bytes = c.ring_bytes;
+  l.slots = c.slots;
+  l.slot_bytes = c.slot_bytes;
+  return l;
+}
+
+rdma::ChannelSetup from_wire(const LaneSetup& l) {
+  rdma::ChannelSetup c;
+  c.endpoint.qpn = l.qpn;
+  c.endpoint.psn = l.psn;
+  c.endpoint.lid = l.lid;
+  std::memcpy(c.endpoint.gid, l.gid, 16);
+  c.endpoint.mtu = l.mtu;
+  c.ring_addr = l.ring_addr;
+  c.ring_rkey = l.ring_rkey;
+  c.ring_bytes = l.ring_bytes;
+  c.slots = l.slots;
+  c.slot_bytes = l.slot_bytes;
+  return c;
+}
+
+constexpr uint64_t kAllLanes = 0xffff;  // DOWN: every lane
+
+}  // namespace
+
+// The engine's device, opened the first time a connection wants RDMA; its
+// completion channel joins the epoll set, so completions are handled on
+// the I/O thread like socket readiness.
+rdma::Device* Engine::rdma_device(const std::string& name, std::string* why) {
+  if (device_) return device_.get();
+  if (!device_tried_) {
+    device_tried_ = true;
+    if (!verbs_) {
+      own_verbs_ = rdma::open_ibverbs(&device_error_);
+      verbs_ = own_verbs_.get();
+    }
+    if (verbs_) {
+      std::string pick;
+      for (const auto& d : verbs_->devices()) {
+        if (!name.empty() && d.name != name) continue;
+        for (const auto& p : d.ports) {
+          if (p.state == "active" && pick.empty()) pick = d.name;
+        }
+      }
+      if (pick.empty()) {
+        device_error_ = name.empty() ? "no RDMA device with an active port" : "no RDMA device " + name + " with an active port";
+      } else {
+        Status st;
+        device_ = verbs_->open(pick, &st);
+        if (!device_) device_error_ = "cannot open RDMA device " + pick + ": " + status_name(st);
+      }
+    }
+    if (device_) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.ptr = &rdma_tag;
+      epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, device_->event_fd(), &ev);
+    }
+  }
+  if (why) *why = device_error_;
+  return device_.get();
+}
+
+// kOk, kUnavailable (no device, or no room left in its completion queue)
+// or kDeviceError.
+Status Engine::make_lanes(Connection* c, size_t n, std::vector<LaneSetup>* setups) {
+  rdma::Device* dev = rdma_device(c->rdma_opts.device, nullptr);
+  if (!dev) return Status::kUnavailable;
+  rdma::ChannelOptions o;
+  o.ring_bytes = c->rdma_opts.ring_bytes;
+  o.max_piece = std::min<uint32_t>(o.max_piece, o.ring_bytes / 2);
+  // Every lane of the engine shares the device's completion queue: more
+  // lanes than it has room for and it would overrun, so this connection
+  // stays on TCP instead (auto) or fails (rdma).
+  if ((lanes_by_tag_.size() + n) * rdma::Channel::cq_entries(o) > dev->cq_capacity()) return Status::kUnavailable;
+  setups->clear();
+  for (size_t i = 0; i < n; i++) {
+    auto l = std::make_unique<Stream>();
+    l->lane = true;
+    l->conn = c;
+    l->index = kLaneBase + static_cast<int32_t>(i);
+    do {
+      l->tag = next_tag_;
+      next_tag_ = next_tag_ + 1 < (1u << 24) ? next_tag_ + 1 : 1;
+    } while (lanes_by_tag_.count(l->tag));
+    Status st;
+    l->channel = std::make_unique<rdma::Channel>(dev, l->tag, o, &st);
+    if (st != Status::kOk) {
+      drop_lanes(c);
+      return Status::kDeviceError;
+    }
+    Stream* lp = l.get();
+    l->channel->set_on_message([this, lp](const uint8_t* h, size_t hl, const uint8_t* b, size_t len) { on_lane_message(lp, h, hl, b, len); });
+    lanes_by_tag_[l->tag] = lp;
+    setups->push_back(to_wire(l->channel->local()));
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    c->lanes.push_back(std::move(l));
+  }
+  c->note_lanes();
+  return Status::kOk;
+}
+
+// A client's RDMA set-up did not work out: `rdma` connections fail with
+// `why`, `auto` ones go on over TCP.
+void Engine::rdma_refused(Connection* c, Status why, int err) {
+  drop_lanes(c);
+  c->rdma = Connection::Rdma::kOff;
+  if (c->transport == Transport::kRdma) {
+    emit(Event{Event::Type::kError, c->id, 0, 0, why, err, nullptr});
+    finish_close(c, why);
+    return;
+  }
+  maybe_announce(c);
+}
+
+// Lanes that never carried data (set-up refused or failed).
+void Engine::drop_lanes(Connection* c) {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  for (auto& l : c->lanes) {
+    lanes_by_tag_.erase(l->tag);
+    l->alive = false;
+    if (l.get() == current_lane_) dead_channels_.push_back(std::move(l->channel));
+    else l->channel.reset();
+    graveyard_.push_back(std::move(l));
+  }
+  c->lanes.clear();
+  c->note_lanes();
+}
+
+// A set-up step over TCP, on `via` or any live stream; it goes out with the
+// rest of the batch.
+void Engine::send_rdma(Connection* c, Stream* via, RdmaStep step, uint64_t arg, const std::vector<LaneSetup>* setups) {
+  Stream* s = via && via->alive && !via->connecting && !via->write_shut ? via : nullptr;
+  for (size_t i = 0; i < c->streams.size() && !s; i++) {
+    Stream* t = c->streams[i].get();
+    if (t->alive && !t->connecting && !t->write_shut) s = t;
+  }
+  if (!s) return;
+  OutChunk oc;
+  ChunkHeader h;
+  h.type = ChunkType::kRdma;
+  h.chunk_shift = 0;
+  h.message_id = arg;
+  h.offset = static_cast<uint64_t>(step);
+  h.message_len = 0;
+  if (setups) {
+    write_lane_setups(*setups, &c->rdma_payload);
+    h.payload_len = static_cast<uint32_t>(c->rdma_payload.size());
+    h.payload_crc = crc32c(0, c->rdma_payload.data(), c->rdma_payload.size());
+    oc.payload = c->rdma_payload.data();
+    oc.len = h.payload_len;
+  }
+  write_chunk_header(h, oc.header);
+  s->out.push_back(oc);
+  s->out_bytes += oc.total();
+  touch(c);
+}
+
+Status Engine::on_rdma(Stream* s, const ChunkHeader& h, const uint8_t* payload) {
+  const Status st = rdma_step(s, h, payload);
+  s->conn->note_lanes();
+  return st;
+}
+
+Status Engine::rdma_step(Stream* s, const ChunkHeader& h, const uint8_t* payload) {
+  Connection* c = s->conn;
+  const auto step = static_cast<RdmaStep>(h.offset);
+  const bool records = step == RdmaStep::kOffer || step == RdmaStep::kAccept;
+  if (records != (h.payload_len > 0)) return Status::kProtocol;
+  std::vector<LaneSetup> peer;
+  if (records && parse_lane_setups(payload, h.payload_len, &peer) != Status::kOk) return Status::kProtocol;
+  using R = Connection::Rdma;
+  switch (step) {
+    case RdmaStep::kOffer: {
+      if (c->client || c->rdma != R::kNone) return Status::kProtocol;
+      c->rdma = R::kOff;
+      if (c->transport == Transport::kTcp) {
+        send_rdma(c, s, RdmaStep::kDecline, static_cast<uint64_t>(RdmaDecline::kRefused), nullptr);
+        return Status::kOk;
+      }
+      std::vector<LaneSetup> mine;
+      const Status made = make_lanes(c, peer.size(), &mine);
+      bool ok = made == Status::kOk;
+      for (size_t i = 0; ok && i < peer.size(); i++) ok = c->lanes[i]->channel->connect(from_wire(peer[i])) == Status::kOk;
+      if (!ok) {
+        drop_lanes(c);
+        const RdmaDecline why = !device_ ? RdmaDecline::kNoDevice : made == Status::kUnavailable ? RdmaDecline::kRefused : RdmaDecline::kDeviceError;
+        send_rdma(c, s, RdmaStep::kDecline, static_cast<uint64_t>(why), nullptr);
+        return Status::kOk;
+      }
+      c->rdma = R::kAccepted;
+      send_rdma(c, s, RdmaStep::kAccept, 0, &mine);
+      return Status::kOk;
+    }
+    case RdmaStep::kAccept: {
+      if (!c->client || c->rdma != R::kOffered || peer.size() != c->lanes.size()) return Status::kProtocol;
+      c->offer_stream = nullptr;
+      bool ok = true;
+      for (size_t i = 0; ok && i < peer.size(); i++) ok = c->lanes[i]->channel->connect(from_wire(peer[i])) == Status::kOk;
+      if (!ok) {
+        send_rdma(c, s, RdmaStep::kDown, kAllLanes, nullptr);
+        rdma_refused(c, Status::kDeviceError, 0);
+        return Status::kOk;
+      }
+      for (auto& l : c->lanes) l->lane_ready = true;
+      c->rdma = R::kActive;
+      send_rdma(c, s, RdmaStep::kReady, 0, nullptr);
+      emit(Event{Event::Type::kTransport, c->id, 0, 1, Status::kOk, 0, nullptr});
+      maybe_announce(c);
+      touch(c);
+      return Status::kOk;
+    }
+    case RdmaStep::kDecline: {
+      if (!c->client || c->rdma != R::kOffered || h.message_id < 1 || h.message_id > 4) return Status::kProtocol;
+      c->offer_stream = nullptr;
+      rdma_refused(c, Status::kUnavailable, 0);
+      return Status::kOk;
+    }
+    case RdmaStep::kReady:
+      if (c->client || c->rdma != R::kAccepted) return Status::kProtocol;
+      for (auto& l : c->lanes) l->lane_ready = l->alive;
+      c->rdma = R::kActive;
+      emit(Event{Event::Type::kTransport, c->id, 0, 1, Status::kOk, 0, nullptr});
+      touch(c);
+      return Status::kOk;
+    case RdmaStep::kDown:
+      // The peer lost a lane (or all): stop using ours at once. Late or
+      // repeated notices are harmless.
+      if (c->rdma == R::kAccepted && h.message_id == kAllLanes) {
+        drop_lanes(c);
+        c->rdma = R::kOff;
+        return Status::kOk;
+      }
+      for (size_t i = 0; i < c->lanes.size(); i++) {
+        if ((h.message_id == kAllLanes || h.message_id == i) && c->lanes[i]->alive) lane_failed(c->lanes[i].get(), false, Status::kDeviceError);
+        if (c->finished) break;
+      }
+      return Status::kOk;
+  }
+  return Status::kProtocol;
+}
+
+void Engine::on_rdma_completions() {
+  if (!device_) return;
+  rdma::Completion cs[64];
+  std::vector<Stream*> moved;
+  for (size_t n; (n = device_->poll(cs, 64)) > 0;) {
+    for (size_t i = 0; i < n; i++) {
+      auto it = lanes_by_tag_.find(rdma::Channel::channel_of(cs[i].wr_id));
+      if (it == lanes_by_tag_.end()) continue;  // a lane gone since it was posted
+      Stream* l = it->second;
+      current_lane_ = l;
+      l->channel->on_completion(cs[i]);
+      current_lane_ = nullptr;
+      if (std::find(moved.begin(), moved.end(), l) == moved.end()) moved.push_back(l);
+    }
+  }
+  for (Stream* l : moved) lane_progress(l);
+}
+
+// After completions: chunks the adapter is done with, or a failed lane.
+void Engine::lane_progress(Stream* l) {
+  if (!l->alive || !l->channel) return;
+  Connection* c = l->conn;
+  if (l->channel->failed()) {
+    lane_failed(l, true, Status::kDeviceError);
+    return;
+  }
+  const auto done = l->channel->take_done();
+  std::vector<OutMessage*> finished;
+  for (size_t i = 0; i < done.size() && !l->out.empty(); i++) {
+    OutChunk& f = l->out.front();
+    l->out_bytes -= f.total();
+    if (f.msg && --f.msg->inflight == 0 && f.msg->acked) finished.push_back(f.msg);
+    l->out.pop_front();
+    l->lane_posted--;
+  }
+  for (OutMessage* m : finished) {
+    maybe_complete(c, m);
+    if (c->finished) return;
+  }
+  if (!done.empty()) touch(c);  // room on the lane: pump at the end of the batch
+}
+
+void Engine::on_lane_message(Stream* l, const uint8_t* head, size_t head_len, const uint8_t* body, size_t len) {
+  Connection* c = l->conn;
+  if (!l->alive || c->finished) return;
+  l->bytes_received += head_len + len;
+  c->lane_bytes_received += head_len + len;
+  ChunkHeader h;
+  Status st = head_len == kChunkHeaderSize ? parse_chunk_header(head, limits_, &h) : Status::kProtocol;
+  if (st == Status::kOk && (h.payload_len != len || (h.type != ChunkType::kData && h.type != ChunkType::kAck && h.type != ChunkType::kProgress))) {
+    st = Status::kProtocol;
+  }
+  if (st == Status::kOk && (len ? crc32c(0, body, len) : 0u) != h.payload_crc) st = Status::kPayloadChecksum;
+  if (st == Status::kOk) st = on_chunk(l, h, body);
+  if (st != Status::kOk) {
+    finish_close(c, st == Status::kLimitExceeded ? st : Status::kProtocol);
+    return;
+  }
+  const auto limit = static_cast<int64_t>(limits_.max_undelivered_bytes);
+  if (limit && undelivered_.load() > limit && !l->read_paused) {
+    // The application is behind: the peer gets no more credits on this lane.
+    l->read_paused = true;
+    reading_paused_ = true;
+    l->channel->hold_credits(true);
+  }
+}
+
+// Hands the lane's new chunks to its channel. They stay in `out` until the
+// channel reports them done: the adapter may read them until then.
+void Engine::post_lane(Stream* l) {
+  Connection* c = l->conn;
+  while (l->alive && l->lane_posted < l->out.size()) {
+    OutChunk& oc = l->out[l->lane_posted++];
+    const rdma::Region* mr = oc.msg && oc.msg->mr_device ? &oc.msg->mr : nullptr;
+    oc.written = oc.total();  // ACKs must not drop it: it is the channel's now
+    l->channel->send(l->lane_next_id++, oc.header, kChunkHeaderSize, oc.payload, oc.len, mr);
+    l->bytes_sent += oc.total();
+    c->lane_bytes_sent += oc.total();
+  }
+  if (l->alive && l->channel->failed()) lane_failed(l, true, Status::kDeviceError);
+}
+
+// Takes a lane out of service; what it carried for unacknowledged messages
+// goes again on the other lanes or, with none left, on TCP.
+void Engine::lane_failed(Stream* l, bool tell_peer, Status why) {
+  if (!l->alive) return;
+  Connection* c = l->conn;
+  l->alive = false;
+  l->lane_ready = false;
+  lanes_by_tag_.erase(l->tag);
+  // The queue pair goes first: the adapter reads none of these chunks after.
+  if (l == current_lane_) dead_channels_.push_back(std::move(l->channel));
+  else l->channel.reset();
+  std::vector<OutMessage*> finished;
+  for (auto& oc : l->out) {
+    if (oc.msg && --oc.msg->inflight == 0 && oc.msg->acked) finished.push_back(oc.msg);
+  }
+  l->out.clear();
+  l->out_bytes = 0;
+  l->lane_posted = 0;
+  for (OutMessage* m : finished) {
+    maybe_complete(c, m);
+    if (c->finished) return;
+  }
+  requeue(c, l->index);
+  // ACKs that went down with the lane are gone too, and a message whose
+  // chunks all went by other lanes will not be resent to draw another:
+  // acknowledge again everything complete here (the sender ignores what it
+  // no longer waits for).
+  const uint64_t next = c->reasm.next_id();
+  if (next > 0) {
+    const uint64_t first = next > kMaxAckRange ? next - kMaxAckRange : 0;
+    c->acks.emplace_back(first, next - first);
+  }
+  for (uint64_t id : c->reasm.held_ids()) c->acks.emplace_back(id, 1);
+  if (tell_peer) send_rdma(c, nullptr, RdmaStep::kDown, static_cast<uint64_t>(l->index - kLaneBase), nullptr);
+  if (c->rdma == Connection::Rdma::kActive && !c->lanes_up()) {
+    c->rdma = Connection::Rdma::kOff;
+    emit(Event{Event::Type::kTransport, c->id, 0, 0, why, 0, nullptr});
+  }
+  c->note_lanes();
+  touch(c);
 }
 
 void Engine::maybe_complete(Connection* c, OutMessage* m) {
@@ -1473,6 +2018,16 @@ void Engine::finish_close(Connection* c, Status status) {
   // It is freed at the end of this round; touched_ may outlive that.
   if (c->touched) touched_.erase(std::remove(touched_.begin(), touched_.end(), c), touched_.end());
   c->touched = false;
+  for (auto& l : c->lanes) {
+    // Queue pairs go now (nothing of the caller's is read after this),
+    // unless a completion of this lane is being handled: then at the end of
+    // the batch.
+    lanes_by_tag_.erase(l->tag);
+    l->alive = false;
+    if (l.get() == current_lane_) dead_channels_.push_back(std::move(l->channel));
+    else l->channel.reset();
+  }
+  c->note_lanes();
   c->unacked.for_each([&](OutMessage* m) {
     if (m->acked) {
       emit(Event{Event::Type::kSendDone, c->id, 0, m->id, Status::kOk, 0, nullptr});

@@ -27,10 +27,28 @@
 
 #include "queue/spsc_ring.h"
 #include "transport/frame.h"
+#include "transport/rdma/verbs.h"
 #include "transport/tcp/socket.h"
 #include "util/status.h"
 
+namespace dwcp::transport::rdma {
+class Channel;
+}
+
 namespace dwcp::transport::tcp {
+
+// What carries a connection's data. kAuto: RDMA queue pairs when this host
+// has an RDMA device and the peer agrees, else TCP. kRdma: RDMA or fail
+// (kUnavailable). Either way the TCP streams stay up: they set RDMA up, and
+// the connection falls back to them, without losing a message, when RDMA
+// fails mid-connection.
+enum class Transport : uint8_t { kTcp, kAuto, kRdma };
+
+struct RdmaOptions {
+  uint16_t lanes = 0;               // queue pairs per connection (0: one per stream, at most kMaxLanes)
+  uint32_t ring_bytes = 4u << 20;   // per lane: where the peer's RDMA WRITEs land
+  std::string device;               // empty: the first device with an active port
+};
 
 struct Event {
   enum class Type : uint8_t {
@@ -44,6 +62,7 @@ struct Event {
     kStreamLost,  // connection `id` lost stream `value` and carries on (`os_error`)
     kStreamUp,    // connection `id` gained stream `value` (re-dialled, or added by set_streams)
     kStreamRetired,  // connection `id` retired stream `value` cleanly (set_streams, by either end)
+    kTransport,   // connection `id` now carries its data over `value` (0 TCP, 1 RDMA); `status` says why it left RDMA
     kClosed,      // connection or listener `id` is closed (`status` kOk when cleanly)
     kError,       // listen/connect `id` failed (`status`, `os_error`); a connection then also gets kClosed
   };
@@ -79,6 +98,8 @@ struct ConnectOptions {
   bool redial = true;
   // Receive large messages into the engine's Lender's slabs (set_lender).
   bool lend = false;
+  Transport transport = Transport::kTcp;
+  RdmaOptions rdma;
 };
 
 constexpr int kRedialAttempts = 6;
@@ -103,6 +124,10 @@ struct ConnectionStats {
   uint64_t bytes_sent = 0;      // payload bytes acknowledged by the peer
   uint64_t bytes_received = 0;  // payload bytes of messages received whole
   uint64_t chunks_resent = 0;
+  bool rdma = false;             // data goes over RDMA lanes now
+  uint32_t lanes = 0;            // RDMA lanes alive
+  uint64_t lane_bytes_sent = 0;  // bytes posted to RDMA lanes (chunk headers included)
+  uint64_t lane_bytes_received = 0;
   std::vector<StreamStats> streams;
 };
 
@@ -126,6 +151,7 @@ struct EngineCommand {
   std::string host;
   uint16_t port = 0;
   bool lend = false;  // kListen
+  Transport transport = Transport::kTcp;  // kListen: whether RDMA offers are taken
 };
 
 class Engine {
@@ -148,7 +174,13 @@ class Engine {
 
   // Each returns an id at once; the outcome arrives as events.
   // With `lend`, accepted connections receive into the Lender's slabs.
-  uint64_t listen(const std::string& host, uint16_t port, bool lend = false);
+  // With `transport` other than kTcp, RDMA offers from clients are taken
+  // when this host has a device.
+  uint64_t listen(const std::string& host, uint16_t port, bool lend = false, Transport transport = Transport::kAuto);
+  // The verbs RDMA connections use (tests: an emulation). Call before
+  // listen/connect; `verbs` outlives the engine. Without it the engine
+  // opens libibverbs the first time a connection asks for RDMA.
+  void set_verbs(rdma::Verbs* verbs) { verbs_ = verbs; }
   // Where connections that lend (ConnectOptions::lend, listen) receive
   // large messages. Call before listen/connect; `lender` outlives the engine.
   void set_lender(transport::Lender* lender) { lender_ = lender; }
@@ -219,9 +251,35 @@ class Engine {
   void maybe_finish_graceful(Connection* c);
   void update_epoll(Stream* s);
   void emit(Event e) { pending_.push_back(e); }
+  // RDMA lanes (engine.cc, "RDMA lanes").
+  rdma::Device* rdma_device(const std::string& name, std::string* why);
+  Status make_lanes(Connection* c, size_t n, std::vector<LaneSetup>* setups);
+  void send_rdma(Connection* c, Stream* via, RdmaStep step, uint64_t arg, const std::vector<LaneSetup>* setups);
+  Status on_rdma(Stream* s, const ChunkHeader& h, const uint8_t* payload);
+  Status rdma_step(Stream* s, const ChunkHeader& h, const uint8_t* payload);
+  void on_rdma_completions();
+  void lane_progress(Stream* lane);
+  void on_lane_message(Stream* lane, const uint8_t* head, size_t head_len, const uint8_t* body, size_t len);
+  void post_lane(Stream* lane);
+  void lane_failed(Stream* lane, bool tell_peer, Status why);
+  void drop_lanes(Connection* c);
+  void rdma_refused(Connection* c, Status why, int err);
+  void requeue(Connection* c, int32_t index);
+  void maybe_announce(Connection* c);
 
   EventSink* sink_;
   transport::Lender* lender_ = nullptr;
+  // RDMA: declared before the connections, so their queue pairs and
+  // registrations go before the device that made them.
+  rdma::Verbs* verbs_ = nullptr;
+  std::unique_ptr<rdma::Verbs> own_verbs_;
+  std::unique_ptr<rdma::Device> device_;
+  std::string device_error_;  // why device_ is null, once tried
+  bool device_tried_ = false;
+  uint32_t next_tag_ = 1;
+  std::unordered_map<uint32_t, Stream*> lanes_by_tag_;
+  Stream* current_lane_ = nullptr;  // whose completion is being handled
+  std::vector<std::unique_ptr<rdma::Channel>> dead_channels_;  // freed after the current batch
   Limits limits_;
   Fd epoll_;
   Fd wake_;

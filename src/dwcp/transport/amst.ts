@@ -42,7 +42,22 @@ export interface ListenOptions {
   lendBuffers?: boolean;
   /** See ConnectOptions.busyPollMicros. */
   busyPollMicros?: number;
+  /**
+   * `auto`: take clients' RDMA offers when this host has an RDMA device
+   * with an active port; `tcp`: decline them (clients asking for `rdma`
+   * then fail with ERR_AMST_UNAVAILABLE, `auto` ones use TCP). Default `auto`.
+   */
+  transport?: 'auto' | 'tcp';
 }
+
+/**
+ * What carries a connection's data. `auto`: RDMA queue pairs when both hosts
+ * have an RDMA device and the server agrees, else TCP. `rdma`: RDMA or the
+ * connect fails with ERR_AMST_UNAVAILABLE. `tcp`: TCP only. Over RDMA the
+ * TCP streams stay up: they set RDMA up, and the connection moves back to
+ * them without losing a message if RDMA fails (a `transport` event says so).
+ */
+export type Transport = 'auto' | 'rdma' | 'tcp';
 
 export interface ConnectOptions {
   /** Numeric IPv4 or IPv6 address of the peer. */
@@ -96,6 +111,14 @@ export interface ConnectOptions {
    * uses the largest value asked for. Default 0.
    */
   busyPollMicros?: number;
+  /** See Transport. Default `auto`. */
+  transport?: Transport;
+  /** RDMA queue pairs per connection, 1 to 16. Default: one per stream, at most 16. */
+  rdmaLanes?: number;
+  /** Per lane, the ring the peer writes large chunks into: 64 KiB to 1 GiB. Default 4 MiB. */
+  rdmaRingBytes?: number;
+  /** RDMA device to use (as `novacron doctor` lists them). Default: the first with an active port. */
+  rdmaDevice?: string;
 }
 
 /** Per-stream figures, TCP_INFO included. */
@@ -104,7 +127,8 @@ export type StreamStats = NativeAmstStreamStats;
 /**
  * Counters of a connection: messages and payload bytes sent (acknowledged by
  * the peer) and received, chunks sent again after a lost stream, payloads
- * sent with MSG_ZEROCOPY and of those the ones the kernel copied anyway, and
+ * sent with MSG_ZEROCOPY and of those the ones the kernel copied anyway, what
+ * carries the data (`transport`, and RDMA lanes with their bytes), and
  * per-stream figures.
  */
 export type ConnectionStats = NativeAmstStats;
@@ -118,7 +142,7 @@ function errnoName(n: number | undefined): string | undefined {
 // Event type codes, in the native Event::Type order.
 const EVENT_TYPES = [
   'listening', 'incoming', 'connected', 'message', 'sendDone', 'sendProgress', 'sendFailed',
-  'streamLost', 'streamUp', 'streamRetired', 'closed', 'error',
+  'streamLost', 'streamUp', 'streamRetired', 'transport', 'closed', 'error',
 ] as const;
 const EVENT_FIELDS = 7;
 
@@ -376,12 +400,15 @@ function eachPacked(data: Buffer, count: number, fn: (m: Buffer) => void): void 
  * (MessageBatch: every message arrives in one then, and `message` is not
  * emitted), `streamLost` (index, errno name), `streamUp`
  * (index: re-dialled or added), `streamRetired` (index: removed by
- * setStreams at either end), `close` (error or undefined).
+ * setStreams at either end), `transport` ('rdma' | 'tcp', and the error
+ * that took it off RDMA), `close` (error or undefined).
  */
 export class AmstConnection extends EventEmitter implements Handler {
   readonly id: number;
   /** Streams the connection was set up with. */
   streams: number;
+  /** What carries the data now: `rdma` once RDMA is set up, `tcp` before, without it, or after a fallback. */
+  transport: 'tcp' | 'rdma' = 'tcp';
   #router: Router;
   #nextMessage = 0;
   #pending = new Map<number, PendingSend>();
@@ -589,6 +616,10 @@ export class AmstConnection extends EventEmitter implements Handler {
       case 'streamRetired':
         this.emit('streamRetired', e.value);
         return;
+      case 'transport':
+        this.transport = e.value === 1 ? 'rdma' : 'tcp';
+        this.emit('transport', this.transport, e.status ? eventError(e, 'rdma') : undefined);
+        return;
       case 'closed': {
         this.#closed = true;
         this.#router.handlers.delete(this.id);
@@ -687,9 +718,11 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
   const host = checkHost(options.host ?? '127.0.0.1');
   const port = checkPort(options.port ?? 0, true);
   const busy = checkBusyPoll(options.busyPollMicros, options.io);
+  const transport = options.transport ?? 'auto';
+  if (transport !== 'auto' && transport !== 'tcp') throw new InvalidArgumentError(`listen transport must be 'auto' or 'tcp', got ${String(transport)}`);
   const r = getRouter(options.io);
   r.busyPoll(busy);
-  const id = r.engine.listen(host, port, options.lendBuffers ?? false);
+  const id = r.engine.listen(host, port, options.lendBuffers ?? false, transport === 'tcp' ? 0 : 1);
   return new AmstServer(r, id).waitListening();
 }
 
@@ -708,6 +741,21 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
     return Promise.reject(new InvalidArgumentError(`chunkSize must be a power of two from 4096 to 16777216, got ${String(chunk)}`));
   }
   const congestion = options.congestion ?? (mode === 'internet' ? 'bbr' : mode === 'datacenter' ? 'cubic' : '');
+  const transport = options.transport ?? 'auto';
+  const transportCode = transport === 'tcp' ? 0 : transport === 'auto' ? 1 : transport === 'rdma' ? 2 : -1;
+  if (transportCode < 0) {
+    return Promise.reject(new InvalidArgumentError(`transport must be 'auto', 'rdma' or 'tcp', got ${String(transport)}`));
+  }
+  const lanes = options.rdmaLanes ?? 0;
+  if (options.rdmaLanes !== undefined && (!Number.isInteger(lanes) || lanes < 1 || lanes > 16)) {
+    return Promise.reject(new InvalidArgumentError(`rdmaLanes must be an integer from 1 to 16, got ${String(lanes)}`));
+  }
+  const ring = options.rdmaRingBytes ?? 4 * 1024 * 1024;
+  if (!Number.isInteger(ring) || ring < 64 * 1024 || ring > 1024 * 1024 * 1024) {
+    return Promise.reject(new InvalidArgumentError(`rdmaRingBytes must be an integer from 65536 to 1073741824, got ${String(ring)}`));
+  }
+  const device = options.rdmaDevice ?? '';
+  if (typeof device !== 'string') return Promise.reject(new InvalidArgumentError('rdmaDevice must be a string'));
   let r: Router;
   try {
     const busy = checkBusyPoll(options.busyPollMicros, options.io);
@@ -728,6 +776,10 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
     zeroCopy: options.zeroCopy ?? false,
     splice: options.splice ?? true,
     lendBuffers: options.lendBuffers ?? false,
+    transport: transportCode,
+    rdmaLanes: lanes,
+    rdmaRingBytes: ring,
+    rdmaDevice: device,
   });
   return new AmstConnection(r, id, streams, true).waitConnected();
 }

@@ -362,6 +362,42 @@ t.test('refused connections and bad arguments', async (t) => {
   await s2.close();
 });
 
+// No RDMA device on the machines this runs on (the RDMA path itself is
+// tested natively against emulated verbs: npm run test:native).
+t.test('transport selection without an RDMA device: auto is TCP, rdma fails clearly', async (t) => {
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, transport: 'infiniband' as never }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaLanes: 0 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaLanes: 17 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaRingBytes: 4096 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaDevice: 7 as never }), { code: 'ERR_INVALID_ARGUMENT' });
+  t.throws(() => listen({ port: 0, transport: 'rdma' as never }), { code: 'ERR_INVALID_ARGUMENT' });
+  const server = await listen({ port: 0 });
+  const peers: AmstConnection[] = [];
+  server.on('connection', (c: AmstConnection) => peers.push(c));
+  const err = await connect({ host: '127.0.0.1', port: server.port, transport: 'rdma' }).catch((e: unknown) => e);
+  t.type(err, TransportError);
+  t.equal((err as TransportError).code, 'ERR_AMST_UNAVAILABLE');
+  t.match((err as TransportError).message, /unavailable/);
+  for (const transport of [undefined, 'auto', 'tcp'] as const) {
+    const client = await connect({ host: '127.0.0.1', port: server.port, streams: 2, ...(transport ? { transport } : {}) });
+    t.equal(client.transport, 'tcp', `${transport ?? 'default'}: TCP`);
+    const got: Buffer[] = [];
+    await until(() => peers.length > 0);
+    const peer = peers.shift()!;
+    peer.on('message', (m: Buffer) => got.push(m));
+    const m = randomBytes(300000);
+    await client.send(m);
+    await until(() => got.length === 1);
+    t.ok(got[0]!.equals(m));
+    const st = client.stats()!;
+    t.equal(st.transport, 'tcp');
+    t.equal(st.rdmaLanes, 0);
+    t.equal(st.laneBytesSent, 0);
+    client.destroy();
+  }
+  await server.close();
+});
+
 t.test('hostile peers are dropped', async (t) => {
   const server = await listen({ port: 0 });
   let connections = 0;
