@@ -211,6 +211,21 @@ TEST(rdma_heads_travel_with_bodies) {
   }
 }
 
+TEST(rdma_an_oversized_announcement_fails_the_channel) {
+  ChannelOptions o = with_ring(256u << 10, 64u << 10);
+  o.max_message = 100000;
+  Ends e(o);
+  std::mt19937_64 rng(test::seed() + 67);
+  auto ok = bytes(100000, rng), big = bytes(100001, rng);
+  e.a->send(0, ok.data(), ok.size());
+  e.drive();
+  CHECK_EQ(e.at_b.size(), 1u);
+  e.a->send(1, big.data(), big.size());
+  e.drive();
+  CHECK(e.b->failed());  // it would not buffer what it does not accept
+  CHECK_EQ(e.at_b.size(), 1u);
+}
+
 TEST(rdma_held_credits_stop_the_sender) {
   ChannelOptions o = with_ring(256u << 10, 64u << 10);
   o.slots = 8;

@@ -292,7 +292,7 @@ void Channel::consume(uint64_t wr_id, const Completion& c) {
           deliver(head, head_len, head + head_len, value);
           break;
         case kLargeBegin:
-          if (large_total_ != 0 || value == 0 || c.byte_len != kHeader + head_len) {
+          if (large_total_ != 0 || value == 0 || value > opt_.max_message || c.byte_len != kHeader + head_len) {
             fail(WcStatus::kLocalError);
             return;
           }

@@ -39,6 +39,9 @@ struct ChannelOptions {
   uint32_t ring_bytes = 4u << 20;  // the ring the peer WRITEs large messages into
   uint32_t max_piece = 1u << 20;   // largest single WRITE
   uint32_t max_send = 128;       // send requests outstanding at once
+  // Largest message body accepted: a peer announcing more fails the
+  // channel rather than making it buffer without bound.
+  uint64_t max_message = (16u << 20) + 4096;
 };
 
 // What the peer needs besides the QP endpoint; exchanged out of band.
