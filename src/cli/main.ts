@@ -46,12 +46,14 @@ commands:
   send FILE --to HOST:PORT  send a file (a disk or memory image) over AMST, HDE-encoded
       --baseline OLD        previous version, also held by the receiver: send only what changed
       --streams N           TCP streams (default 8)
+      --transport T         auto (default: RDMA when both hosts have a device), rdma, tcp
       --compression C       lz4 (default), zstd or none
       --segment-mib N       MiB per segment; each side holds two (default 128)
       --json                summary as JSON
   receive --port P --out DIR
                             receive files into DIR (written whole, fsynced, SHA-256 verified)
       --host ADDR           address to bind (default 0.0.0.0)
+      --transport T         auto (default: take RDMA offers when this host has a device) or tcp
       --keep                keep receiving after the first file
       --json                one JSON line per file
   consensus node [options]  one member of a Raft key-value cluster (foreground)

@@ -54,6 +54,11 @@ function ioOption(v: string | undefined): IoMode | undefined {
   throw new Error(`--io must be thread or loop, got ${v}`);
 }
 
+function transportOption(v: string | undefined, allowed: readonly string[]): string | undefined {
+  if (v === undefined || allowed.includes(v)) return v;
+  throw new Error(`--transport must be ${allowed.join(', ')}, got ${v}`);
+}
+
 export async function cmdSend(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
@@ -63,6 +68,7 @@ export async function cmdSend(args: string[]): Promise<void> {
       baseline: { type: 'string' },
       streams: { type: 'string' },
       io: { type: 'string' },
+      transport: { type: 'string' },
       'segment-mib': { type: 'string' },
       compression: { type: 'string' },
       json: { type: 'boolean', default: false },
@@ -74,6 +80,7 @@ export async function cmdSend(args: string[]): Promise<void> {
   const compression = values.compression ?? 'lz4';
   if (compression !== 'lz4' && compression !== 'zstd' && compression !== 'none') throw new Error(`--compression must be lz4, zstd or none`);
   const io = ioOption(values.io);
+  const transport = transportOption(values.transport, ['auto', 'rdma', 'tcp']) as 'auto' | 'rdma' | 'tcp' | undefined;
   const summary = await sendFile(positionals[0]!, {
     host,
     port,
@@ -81,6 +88,7 @@ export async function cmdSend(args: string[]): Promise<void> {
     ...(values.baseline !== undefined ? { baseline: values.baseline } : {}),
     ...(values.streams !== undefined ? { streams: Number(values.streams) } : {}),
     ...(io ? { io } : {}),
+    ...(transport ? { transport } : {}),
     ...(values['segment-mib'] !== undefined ? { segmentBytes: Number(values['segment-mib']) * MiB } : {}),
     onProgress: progressBar(process.stderr),
   });
@@ -96,6 +104,7 @@ export async function cmdReceive(args: string[]): Promise<void> {
       host: { type: 'string' },
       out: { type: 'string' },
       io: { type: 'string' },
+      transport: { type: 'string' },
       keep: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
     },
@@ -105,7 +114,14 @@ export async function cmdReceive(args: string[]): Promise<void> {
   if (!values.port || !Number.isInteger(port) || port < 0 || port > 65535) throw new Error('usage: novacron receive --port P --out DIR [--keep]');
   if (!values.out) throw new Error('--out DIR is required');
   const io = ioOption(values.io);
-  const rx = await receiveFiles({ port, outDir: values.out, ...(values.host ? { host: values.host } : {}), ...(io ? { io } : {}) });
+  const transport = transportOption(values.transport, ['auto', 'tcp']) as 'auto' | 'tcp' | undefined;
+  const rx = await receiveFiles({
+    port,
+    outDir: values.out,
+    ...(values.host ? { host: values.host } : {}),
+    ...(io ? { io } : {}),
+    ...(transport ? { transport } : {}),
+  });
   process.stderr.write(`receiving into ${values.out} on port ${rx.port}${values.keep ? '' : ' (one file)'}\n`);
   const stop = (): void => void rx.close();
   process.once('SIGINT', stop);

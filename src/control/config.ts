@@ -55,6 +55,7 @@ export const SCHEMA = {
     port: f({ kind: 'integer', default: 7701, min: 0, max: 65535, doc: 'Port of the data plane; 0 picks a free one' }),
     streams: f({ kind: 'integer', default: 0, min: 0, max: 512, doc: 'TCP streams per connection; 0: from the link mode' }),
     io: f({ kind: 'enum', default: 'thread', values: ['thread', 'loop'], doc: 'Where socket I/O runs (see the transport docs)' }),
+    transport: f({ kind: 'enum', default: 'auto', values: ['auto', 'tcp'], doc: "RDMA: auto takes peers' RDMA offers when this host has an RDMA device; tcp declines them" }),
   },
   dwcp: {
     mode: f({ kind: 'enum', default: 'auto', values: ['auto', 'datacenter', 'internet', 'hybrid'], reloadable: true, doc: 'Link mode; auto: detected per peer from RTT, bandwidth and loss' }),

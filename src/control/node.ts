@@ -481,7 +481,7 @@ export class NovacronNode {
 
   async #startNetwork(): Promise<void> {
     try {
-      this.#amst = await listen({ host: this.config.data.host, port: this.config.data.port, io: this.config.data.io });
+      this.#amst = await listen({ host: this.config.data.host, port: this.config.data.port, io: this.config.data.io, transport: this.config.data.transport });
     } catch (err) {
       if ((err as { syscallError?: string }).syscallError === 'EADDRINUSE') throw new RetriableError(`data port ${this.config.data.port} is in use`, { cause: err });
       throw err;

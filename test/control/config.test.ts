@@ -60,6 +60,7 @@ t.test('every validation error names field, value and source', async (t) => {
     [{ env: { NOVACRON_API__PORT: '70000' } }, 'ERR_CONFIG_INVALID', 'api.port', /must be from 0 to 65535/],
     [{ env: {}, flags: { 'data.streams': '1.5' } }, 'ERR_CONFIG_INVALID', 'data.streams', /expected an integer/],
     [{ env: {}, flags: { 'log.level': 'loud' } }, 'ERR_CONFIG_INVALID', 'log.level', /expected one of trace, debug/],
+    [{ env: { NOVACRON_DATA__TRANSPORT: 'rdma' } }, 'ERR_CONFIG_INVALID', 'data.transport', /expected one of auto, tcp/],
     [{ env: {}, files: [file('t.json', '{"api":{"port":"7700"}}')] }, 'ERR_CONFIG_INVALID', 'api.port', /from file .*t\.json: expected a number/],
     [{ env: {}, files: [file('l.json', '{"security":{"apiTokens":"abc"}}')] }, 'ERR_CONFIG_INVALID', 'security.apiTokens', /expected a list/],
     [{ env: {}, files: [file('u.yaml', 'api:\n  prot: 1\n')] }, 'ERR_CONFIG_UNKNOWN', 'api.prot', /unknown setting api\.prot from file/],

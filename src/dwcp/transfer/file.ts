@@ -24,7 +24,7 @@ import { basename, join } from 'node:path';
 import { NovacronError, InvalidArgumentError } from '../../errors.js';
 import { HdeDecoder, HdeEncoder } from '../encoding/hde.js';
 import type { Compression } from '../encoding/compression.js';
-import { connect, listen, type AmstConnection, type AmstServer, type IoMode } from '../transport/amst.js';
+import { connect, listen, type AmstConnection, type AmstServer, type IoMode, type Transport } from '../transport/amst.js';
 import { sendPages } from './pages.js';
 
 /** Errors of a file transfer; `code` is `ERR_TRANSFER_<WHAT>`. */
@@ -45,6 +45,8 @@ export interface SendFileOptions {
   /** TCP streams. Default 8. */
   streams?: number;
   io?: IoMode;
+  /** What carries the data (see ConnectOptions.transport). Default `auto`. */
+  transport?: Transport;
   /** Previous version of the file, also present in the receiver's output directory under its own name. */
   baseline?: string;
   /** Default 4096. */
@@ -194,7 +196,13 @@ export async function sendFile(path: string, options: SendFileOptions): Promise<
     baseline = { name: checkName(basename(options.baseline)), size: (await stat(options.baseline)).size, sha256: await sha256File(options.baseline) };
   }
   const started = process.hrtime.bigint();
-  const conn = await connect({ host: options.host, port: options.port, streams: options.streams ?? 8, ...(options.io ? { io: options.io } : {}) });
+  const conn = await connect({
+    host: options.host,
+    port: options.port,
+    streams: options.streams ?? 8,
+    ...(options.io ? { io: options.io } : {}),
+    ...(options.transport ? { transport: options.transport } : {}),
+  });
   const inbox: Buffer[] = [];
   const keep = (m: Buffer): void => void inbox.push(m);
   conn.on('message', keep);
@@ -290,6 +298,8 @@ export interface ReceiveOptions {
   /** Directory files are written to (it must exist). Baselines are looked up here too. */
   outDir: string;
   io?: IoMode;
+  /** `tcp` declines senders' RDMA offers (see ListenOptions.transport). Default `auto`. */
+  transport?: 'auto' | 'tcp';
   /** Largest file accepted, bytes. Default 1 TiB. */
   maxBytes?: number;
 }
@@ -547,6 +557,11 @@ class ReceiveSession {
 export async function receiveFiles(options: ReceiveOptions): Promise<FileReceiver> {
   const st = await stat(options.outDir).catch(() => null);
   if (!st?.isDirectory()) throw new InvalidArgumentError(`output directory ${options.outDir} does not exist`);
-  const server = await listen({ host: options.host ?? '0.0.0.0', port: options.port, ...(options.io ? { io: options.io } : {}) });
+  const server = await listen({
+    host: options.host ?? '0.0.0.0',
+    port: options.port,
+    ...(options.io ? { io: options.io } : {}),
+    ...(options.transport ? { transport: options.transport } : {}),
+  });
   return new FileReceiver(server, options.outDir, options.maxBytes ?? 2 ** 40);
 }

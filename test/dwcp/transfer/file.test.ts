@@ -70,6 +70,12 @@ t.test('a file arrives whole, verified, with no partial file left', async (t) =>
   const e = await sendFile(join(src, 'empty.img'), { host: '127.0.0.1', port: rx.port });
   t.ok(e.verified);
   t.equal(readFileSync(join(dst, 'empty.img')).length, 0);
+  // Transport choice: no RDMA device here, so `rdma` fails before anything
+  // is sent and `tcp` (like the default `auto`) goes ahead.
+  await t.rejects(sendFile(join(src, 'vm.mem'), { host: '127.0.0.1', port: rx.port, transport: 'rdma' }), { code: 'ERR_AMST_UNAVAILABLE' });
+  const again = once(rx, 'file') as Promise<[ReceivedFile]>;
+  t.ok((await sendFile(join(src, 'vm.mem'), { host: '127.0.0.1', port: rx.port, transport: 'tcp' })).verified);
+  await again;
   await rx.close();
 });
 
