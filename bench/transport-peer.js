@@ -5,7 +5,8 @@
 // `amst-echo`, `amst-mixed` (echoes messages under 1 KiB, takes larger ones
 // in: the peer of `bench transport --transport rdma`), `net-sink`,
 // `net-echo`; then the AMST I/O mode (`thread`,
-// `loop`), the address to bind and the busy-poll window in microseconds (loop mode).
+// `loop`), the address to bind, the busy-poll window in microseconds (loop
+// mode), the port (0: any) and the RDMA GID index (empty: picked).
 // Prints its port, then on SIGTERM its peak RSS in bytes.
 import net from 'node:net';
 import { listen } from '../dist/index.js';
@@ -24,6 +25,7 @@ if (mode === 'amst-sink' || mode === 'amst-lend-sink' || mode === 'amst-batch-si
     host: process.argv[4] ?? '127.0.0.1',
     lendBuffers: mode === 'amst-lend-sink' || mode === 'amst-mixed',
     busyPollMicros: Number(process.argv[5] ?? 0),
+    ...(process.argv[7] !== undefined && process.argv[7] !== '' ? { rdmaGidIndex: Number(process.argv[7]) } : {}),
   });
   server.on('connection', (conn) => {
     if (mode === 'amst-echo') conn.on('message', (m) => void conn.send(m).catch(() => {}));

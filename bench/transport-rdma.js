@@ -27,13 +27,13 @@ function percentiles(samples) {
 }
 
 // Runs the peer in this process's stead until killed (`--serve`).
-function serve(host, port) {
-  const child = spawn(process.execPath, [peerScript, 'amst-mixed', 'thread', host, '0', String(port)], { stdio: 'inherit' });
+function serve(host, port, gid) {
+  const child = spawn(process.execPath, [peerScript, 'amst-mixed', 'thread', host, '0', String(port), gid ?? ''], { stdio: 'inherit' });
   return new Promise((resolve) => child.once('exit', resolve));
 }
 
-async function localPeer() {
-  const child = spawn(process.execPath, [peerScript, 'amst-mixed', 'thread', '127.0.0.1', '0', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function localPeer(gid) {
+  const child = spawn(process.execPath, [peerScript, 'amst-mixed', 'thread', '127.0.0.1', '0', '0', gid ?? ''], { stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await peerPort(child, 'rdma bench peer').port;
   return { host: '127.0.0.1', port, stop: () => child.kill('SIGTERM') };
 }
@@ -70,7 +70,7 @@ async function pingPong(conn, rounds) {
 export async function run(opts = {}) {
   if (opts.serve) {
     log(`serving the RDMA benchmark on ${opts.host ?? '0.0.0.0'}:${opts.port ?? 7711} (Ctrl-C to stop)`);
-    await serve(opts.host ?? '0.0.0.0', opts.port ?? 7711);
+    await serve(opts.host ?? '0.0.0.0', opts.port ?? 7711, opts.gidIndex === undefined ? undefined : String(opts.gidIndex));
     return;
   }
   const sizes = opts.sizes ?? [65536, 1 << 20, 4 << 20];
@@ -83,10 +83,11 @@ export async function run(opts = {}) {
     if (!m) throw new Error(`--peer must be host:port, got ${opts.peer}`);
     peer = { host: m[1], port: Number(m[2]), stop: () => {} };
   } else {
-    peer = await localPeer();
+    peer = await localPeer(opts.gidIndex === undefined ? undefined : String(opts.gidIndex));
   }
   try {
-    const dial = (transport) => connect({ host: peer.host, port: peer.port, streams: lanes, rdmaLanes: lanes, transport, congestion: 'cubic' });
+    const gid = opts.gidIndex === undefined ? {} : { rdmaGidIndex: opts.gidIndex };
+    const dial = (transport) => connect({ host: peer.host, port: peer.port, streams: lanes, rdmaLanes: lanes, transport, congestion: 'cubic', ...gid });
     let rdma;
     try {
       rdma = await dial('rdma');

@@ -106,11 +106,13 @@ export interface NativeAmstConnectOptions {
   rdmaRingBytes: number;
   /** Empty: the first device with an active port. */
   rdmaDevice: string;
+  /** -1: picked (RoCE: the first RoCE v2 IPv4 GID). */
+  rdmaGidIndex: number;
 }
 
 export interface NativeAmstEngine {
-  /** `transport`: 0 tcp (decline RDMA offers), 1 auto. */
-  listen(host: string, port: number, lendBuffers: boolean, transport: number): number;
+  /** `transport`: 0 tcp (decline RDMA offers), 1 auto; then the RDMA device, GID index (-1: picked) and ring bytes of accepted connections. */
+  listen(host: string, port: number, lendBuffers: boolean, transport: number, rdmaDevice: string, rdmaGidIndex: number, rdmaRingBytes: number): number;
   connect(options: NativeAmstConnectOptions): number;
   send(conn: number, messageId: number, data: Uint8Array): void;
   /** `packed[i]` non-zero: `data[i]` is a pack of small messages (see amst.ts). */
@@ -137,6 +139,8 @@ export interface NativeRdmaPort {
   mtu: number;
   /** GID index 0. */
   gid: string;
+  /** The GID index the transport uses on this port (RoCE: the first RoCE v2 IPv4 entry). */
+  gidIndex: number;
 }
 
 export interface NativeCpuFeatures {

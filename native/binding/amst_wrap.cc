@@ -387,7 +387,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     const auto port = static_cast<uint16_t>(info[1].As<Napi::Number>().Uint32Value());
     const bool lend = info[2].ToBoolean().Value();
     const auto transport = static_cast<transport::tcp::Transport>(info[3].As<Napi::Number>().Uint32Value());
-    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport)));
+    transport::tcp::RdmaOptions rdma;
+    rdma.device = info[4].As<Napi::String>().Utf8Value();
+    rdma.gid_index = info[5].As<Napi::Number>().Int32Value();
+    rdma.ring_bytes = info[6].As<Napi::Number>().Uint32Value();
+    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport, rdma)));
   }
 
   // release(slab): the listeners of a message lent from `slab` have returned.
@@ -417,6 +421,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     opts.rdma.lanes = static_cast<uint16_t>(o.Get("rdmaLanes").As<Napi::Number>().Uint32Value());
     opts.rdma.ring_bytes = o.Get("rdmaRingBytes").As<Napi::Number>().Uint32Value();
     opts.rdma.device = o.Get("rdmaDevice").As<Napi::String>().Utf8Value();
+    opts.rdma.gid_index = o.Get("rdmaGidIndex").As<Napi::Number>().Int32Value();
     return Napi::Number::New(info.Env(), static_cast<double>(e.connect(opts)));
   }
 

@@ -105,6 +105,7 @@ Napi::Value ProbeRdma(const Napi::CallbackInfo& info) {
       po.Set("linkLayer", p.link_layer);
       po.Set("mtu", p.mtu);
       po.Set("gid", p.gid);
+      po.Set("gidIndex", p.gid_index);
       ports.Set(np++, po);
     }
   }

@@ -32,7 +32,7 @@ class EmulatedDevice : public Device {
   EmulatedDevice(EmulatedFabric* fabric, std::string name, size_t cq_capacity)
       : cq_capacity_(cq_capacity), fabric_(fabric), name_(std::move(name)), efd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
   ~EmulatedDevice() override { ::close(efd_); }
-  Status register_memory(void* addr, size_t len, Region* out) override;
+  Status register_memory(void* addr, size_t len, Access access, Region* out) override;
   void deregister(const Region& r) override;
   std::unique_ptr<QueuePair> create_qp(uint32_t max_send, uint32_t max_recv, Status* st) override;
   size_t poll(Completion* out, size_t n) override {
@@ -73,7 +73,7 @@ class EmulatedQp;
 class NoDevices : public Verbs {
  public:
   std::vector<DeviceInfo> devices() override { return {}; }
-  std::unique_ptr<Device> open(const std::string&, Status* st) override {
+  std::unique_ptr<Device> open(const std::string&, int, Status* st) override {
     *st = Status::kDeviceError;
     return nullptr;
   }
@@ -85,10 +85,10 @@ class EmulatedFabric : public Verbs {
   std::vector<DeviceInfo> devices() override {
     DeviceInfo d;
     d.name = "emu0";
-    d.ports.push_back(PortInfo{1, "active", "Ethernet", 4096, "fe80::1"});
+    d.ports.push_back(PortInfo{1, "active", "Ethernet", 4096, 0, "fe80::1"});
     return {d};
   }
-  std::unique_ptr<Device> open(const std::string& name, Status* st) override {
+  std::unique_ptr<Device> open(const std::string& name, int, Status* st) override {
     *st = Status::kOk;
     return std::make_unique<EmulatedDevice>(this, name, cq_capacity);
   }
@@ -106,6 +106,7 @@ class EmulatedFabric : public Verbs {
   struct Mr {
     uint8_t* addr;
     size_t len;
+    bool remote_write;
   };
   std::mutex mu;
   std::map<uint32_t, EmulatedQp*> qps;
@@ -180,7 +181,7 @@ class EmulatedQp : public QueuePair {
     Recv r = peer->recvs_.front();
     if (write) {
       auto mr = f_->rkeys.find(rkey);
-      if (mr == f_->rkeys.end() || raddr < mr->second.addr || raddr + len > mr->second.addr + mr->second.len) {
+      if (mr == f_->rkeys.end() || !mr->second.remote_write || raddr < mr->second.addr || raddr + len > mr->second.addr + mr->second.len) {
         peer->fail_locked();
         return bad(WcStatus::kRemoteAccess);
       }
@@ -209,10 +210,10 @@ class EmulatedQp : public QueuePair {
   std::deque<Recv> recvs_;
 };
 
-inline Status EmulatedDevice::register_memory(void* addr, size_t len, Region* out) {
+inline Status EmulatedDevice::register_memory(void* addr, size_t len, Access access, Region* out) {
   std::lock_guard<std::mutex> lock(fabric_->mu);
   const uint32_t key = fabric_->next_key++;
-  fabric_->rkeys[key] = EmulatedFabric::Mr{static_cast<uint8_t*>(addr), len};
+  fabric_->rkeys[key] = EmulatedFabric::Mr{static_cast<uint8_t*>(addr), len, access == Access::kRemoteWrite};
   *out = Region{static_cast<uint8_t*>(addr), len, key, key};
   regions_++;
   return Status::kOk;

@@ -23,8 +23,8 @@ struct Ends {
 
   explicit Ends(ChannelOptions o = {}) {
     Status st;
-    da = fabric.open("emu0", &st);
-    db = fabric.open("emu0", &st);
+    da = fabric.open("emu0", -1, &st);
+    db = fabric.open("emu0", -1, &st);
     a = std::make_unique<Channel>(da.get(), 1, o, &st);
     CHECK(st == Status::kOk);
     b = std::make_unique<Channel>(db.get(), 2, o, &st);
@@ -141,7 +141,7 @@ TEST(rdma_a_failed_queue_pair_lists_what_to_resend) {
 TEST(rdma_registrations_live_while_used) {
   test::EmulatedFabric fabric;
   Status st;
-  auto dev = fabric.open("emu0", &st);
+  auto dev = fabric.open("emu0", -1, &st);
   auto* emu = static_cast<test::EmulatedDevice*>(dev.get());
   std::vector<uint8_t> buf(1u << 20);
   {
@@ -181,7 +181,7 @@ TEST(rdma_channel_registers_bodies_only_while_in_flight) {
   CHECK_EQ(emu->registered(), fixed);
   // A caller's own registration is used as given and left alone.
   Region mine;
-  CHECK(e.da->register_memory(big.data(), big.size(), &mine) == Status::kOk);
+  CHECK(e.da->register_memory(big.data(), big.size(), Access::kLocal, &mine) == Status::kOk);
   e.a->send(3, nullptr, 0, big.data(), big.size(), &mine);
   e.drive();
   CHECK_EQ(e.done_a.size(), 4u);
@@ -274,6 +274,35 @@ TEST(rdma_libibverbs_opens_at_run_time) {
   std::fprintf(stderr, "    libibverbs loaded, %zu device(s)\n", devices.size());
   for (const auto& d : devices) CHECK(!d.name.empty());
   Status st;
-  CHECK(verbs->open("no-such-device", &st) == nullptr);
+  CHECK(verbs->open("no-such-device", -1, &st) == nullptr);
   CHECK(st != Status::kOk);
+}
+
+TEST(rdma_only_remote_write_memory_takes_writes) {
+  // What the channel relies on: the emulation, like an adapter, refuses an
+  // RDMA WRITE into memory registered for local access only.
+  test::EmulatedFabric fabric;
+  Status st;
+  auto da = fabric.open("emu0", -1, &st), db = fabric.open("emu0", -1, &st);
+  auto qa = da->create_qp(4, 4, &st), qb = db->create_qp(4, 4, &st);
+  CHECK(qa->connect(qb->local()) == Status::kOk && qb->connect(qa->local()) == Status::kOk);
+  std::vector<uint8_t> src(4096, 1), local(4096), open(4096), slot(64);
+  Region rs, rl, ro, rslot;
+  CHECK(da->register_memory(src.data(), src.size(), Access::kLocal, &rs) == Status::kOk);
+  CHECK(db->register_memory(local.data(), local.size(), Access::kLocal, &rl) == Status::kOk);
+  CHECK(db->register_memory(open.data(), open.size(), Access::kRemoteWrite, &ro) == Status::kOk);
+  CHECK(db->register_memory(slot.data(), slot.size(), Access::kLocal, &rslot) == Status::kOk);
+  CHECK(qb->post_recv(1, rslot, 0, slot.size()) == Status::kOk);
+  CHECK(qa->post_write_imm(2, rs, 0, 100, reinterpret_cast<uint64_t>(open.data()), ro.rkey, 100) == Status::kOk);
+  Completion c[4];
+  CHECK_EQ(da->poll(c, 4), 1u);
+  CHECK(c[0].status == WcStatus::kSuccess);
+  CHECK_EQ(open[0], 1);
+  CHECK(qb->post_recv(3, rslot, 0, slot.size()) == Status::kOk);
+  CHECK(qa->post_write_imm(4, rs, 0, 100, reinterpret_cast<uint64_t>(local.data()), rl.rkey, 100) == Status::kOk);
+  CHECK_EQ(da->poll(c, 4), 1u);
+  CHECK(c[0].status == WcStatus::kRemoteAccess);
+  CHECK_EQ(local[0], 0);
+  for (Region r : {rs}) da->deregister(r);
+  for (Region r : {rl, ro, rslot}) db->deregister(r);
 }

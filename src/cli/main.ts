@@ -35,6 +35,7 @@ commands:
       --peer HOST:PORT      (rdma) a peer started with --serve; default: one on this host
       --serve               (rdma) be that peer; --host ADDR --port P (default 0.0.0.0:7711)
       --lanes N --sizes B,.. (rdma) queue pairs (default 4), message sizes (default 64 KiB, 1 MiB, 4 MiB)
+      --gid-index N         (rdma) RoCE GID index at this end (default: as doctor shows)
   bench boot [--runs 5]     node start to /ready, and parallel against sequential start
   bench veth [options]      AMST through a tbf-shaped veth pair into a network namespace (root)
       --rate-mbit N         link rate (default 1000)
@@ -134,6 +135,12 @@ async function cmdBench(args: string[]): Promise<void> {
   });
 }
 
+function gidIndex(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 255) throw new UsageError(`--gid-index must be an integer from 0 to 255, got ${v}`);
+  return n;
+}
+
 async function benchTransport(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -151,6 +158,7 @@ async function benchTransport(args: string[]): Promise<void> {
       port: { type: 'string' },
       lanes: { type: 'string' },
       sizes: { type: 'string' },
+      'gid-index': { type: 'string' },
     },
     strict: true,
   });
@@ -168,11 +176,12 @@ async function benchTransport(args: string[]): Promise<void> {
       serve: values.serve ?? false,
       host: values.host,
       port: positive(values.port, 'port'),
+      gidIndex: values['gid-index'] === undefined ? undefined : gidIndex(values['gid-index']),
     });
     return;
   }
   if (transport !== 'tcp') throw new UsageError(`--transport must be tcp or rdma, got ${transport}`);
-  for (const only of ['peer', 'serve', 'host', 'port', 'lanes', 'sizes'] as const) {
+  for (const only of ['peer', 'serve', 'host', 'port', 'lanes', 'sizes', 'gid-index'] as const) {
     if (values[only] !== undefined) throw new UsageError(`--${only} goes with --transport rdma`);
   }
   const streams = values.streams?.split(',').map((s) => positive(s, 'streams')!);

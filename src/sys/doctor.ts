@@ -74,7 +74,7 @@ export function formatDoctor(r: DoctorReport): string {
     `congestion   available: ${r.congestion.available.join(', ') || 'unknown'}; default ${r.congestion.default ?? 'unknown'}; bbr ${yes(r.congestion.bbr)}, cubic ${yes(r.congestion.cubic)}`,
     `rdma         libibverbs: ${r.rdma.library ?? 'not found'}; devices: ${r.rdma.devices.join(', ') || 'none'}` +
       (r.rdma.devices.length === 0 ? ' (multi-stream TCP will be used)' : '') +
-      r.rdma.ports.map((p) => `\n             ${p.device} port ${p.port}: ${p.state}, ${p.linkLayer}, MTU ${p.mtu}, GID ${p.gid}`).join(''),
+      r.rdma.ports.map((p) => `\n             ${p.device} port ${p.port}: ${p.state}, ${p.linkLayer}, MTU ${p.mtu}, GID ${p.gid} (index ${p.gidIndex})`).join(''),
     `io_uring     ${r.io_uring.available ? 'available' : `unavailable (${r.io_uring.error ?? 'unknown'})`}`,
   ].join('\n');
 }

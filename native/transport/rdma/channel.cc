@@ -44,7 +44,7 @@ Status RegistrationCache::get(const uint8_t* data, size_t len, Region* out) {
     }
   }
   Region r;
-  if (Status st = dev_->register_memory(const_cast<uint8_t*>(data), len, &r); st != Status::kOk) return st;
+  if (Status st = dev_->register_memory(const_cast<uint8_t*>(data), len, Access::kLocal, &r); st != Status::kOk) return st;
   auto [it, fresh] = entries_.try_emplace({r.addr, r.len}, Entry{r, 0});
   if (!fresh) dev_->deregister(r);  // cannot happen: an equal entry would have covered it
   it->second.users++;
@@ -72,9 +72,10 @@ Channel::Channel(Device* dev, uint32_t tag, const ChannelOptions& options, Statu
   recv_buf_.resize(static_cast<size_t>(opt_.slots) * opt_.slot_bytes);
   send_buf_.resize(static_cast<size_t>(opt_.max_send) * opt_.slot_bytes);
   ring_.resize(opt_.ring_bytes);
-  if ((*st = dev_->register_memory(recv_buf_.data(), recv_buf_.size(), &recv_mr_)) != Status::kOk) return;
-  if ((*st = dev_->register_memory(send_buf_.data(), send_buf_.size(), &send_mr_)) != Status::kOk) return;
-  if ((*st = dev_->register_memory(ring_.data(), ring_.size(), &ring_mr_)) != Status::kOk) return;
+  if ((*st = dev_->register_memory(recv_buf_.data(), recv_buf_.size(), Access::kLocal, &recv_mr_)) != Status::kOk) return;
+  if ((*st = dev_->register_memory(send_buf_.data(), send_buf_.size(), Access::kLocal, &send_mr_)) != Status::kOk) return;
+  // Only the ring is open to the peer's WRITEs.
+  if ((*st = dev_->register_memory(ring_.data(), ring_.size(), Access::kRemoteWrite, &ring_mr_)) != Status::kOk) return;
   for (uint32_t i = 0; i < opt_.max_send; i++) free_send_slots_.push_back(opt_.max_send - 1 - i);
   for (uint32_t i = 0; i < opt_.slots; i++) {
     if ((*st = qp_->post_recv(wr(kRecvSlot, i), recv_mr_, static_cast<size_t>(i) * opt_.slot_bytes, opt_.slot_bytes)) != Status::kOk) return;

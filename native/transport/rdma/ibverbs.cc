@@ -47,6 +47,8 @@ struct Api {
   decltype(&::ibv_create_qp) create_qp = nullptr;
   decltype(&::ibv_destroy_qp) destroy_qp = nullptr;
   decltype(&::ibv_modify_qp) modify_qp = nullptr;
+  // Optional (rdma-core 32 and later): GID types, to pick a RoCE v2 GID.
+  decltype(&::_ibv_query_gid_ex) query_gid_ex = nullptr;
 
   ~Api() {
     if (lib) dlclose(lib);
@@ -87,6 +89,7 @@ struct Api {
     sym(create_qp, "ibv_create_qp");
     sym(destroy_qp, "ibv_destroy_qp");
     sym(modify_qp, "ibv_modify_qp");
+    query_gid_ex = reinterpret_cast<decltype(query_gid_ex)>(dlsym(lib, "_ibv_query_gid_ex"));
     return ok;
   }
 };
@@ -125,14 +128,14 @@ constexpr uint8_t kPort = 1;
 
 class IbQp : public QueuePair {
  public:
-  IbQp(const Api* api, ibv_qp* qp, ibv_context* ctx) : api_(api), qp_(qp) {
+  IbQp(const Api* api, ibv_qp* qp, ibv_context* ctx, int gid_index) : api_(api), qp_(qp), gid_index_(gid_index) {
     ibv_port_attr pa{};
     api_->query_port(ctx, kPort, &pa);
     local_.qpn = qp->qp_num;
     local_.lid = pa.lid;
     local_.mtu = mtu_bytes(pa.active_mtu);
     ibv_gid gid{};
-    if (api_->query_gid(ctx, kPort, 0, &gid) == 0) std::memcpy(local_.gid, gid.raw, 16);
+    if (api_->query_gid(ctx, kPort, gid_index, &gid) == 0) std::memcpy(local_.gid, gid.raw, 16);
     local_.psn = std::random_device{}() & 0xffffff;
   }
   ~IbQp() override { api_->destroy_qp(qp_); }
@@ -160,7 +163,7 @@ class IbQp : public QueuePair {
     if (gid) {
       a.ah_attr.is_global = 1;
       std::memcpy(a.ah_attr.grh.dgid.raw, peer.gid, 16);
-      a.ah_attr.grh.sgid_index = 0;
+      a.ah_attr.grh.sgid_index = static_cast<uint8_t>(gid_index_);
       a.ah_attr.grh.hop_limit = 64;
     }
     if (api_->modify_qp(qp_, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
@@ -220,13 +223,35 @@ class IbQp : public QueuePair {
 
   const Api* api_;
   ibv_qp* qp_;
+  int gid_index_;
   Endpoint local_;
 };
 
+// The GID index to use on `port` when the caller did not name one: on RoCE
+// the first RoCE v2 entry holding an IPv4-mapped address (routable, and
+// what rdma_cm picks for IPv4 peers), else the first RoCE v2 entry, else 0;
+// on InfiniBand 0.
+int pick_gid(const Api* api, ibv_context* ctx, uint8_t port) {
+  ibv_port_attr pa{};
+  if (api->query_port(ctx, port, &pa) != 0 || pa.link_layer != IBV_LINK_LAYER_ETHERNET || !api->query_gid_ex) return 0;
+  int first_v2 = -1;
+  for (int i = 0; i < pa.gid_tbl_len; i++) {
+    ibv_gid_entry e{};
+    if (api->query_gid_ex(ctx, port, static_cast<uint32_t>(i), &e, 0, sizeof(e)) != 0 || e.gid_type != IBV_GID_TYPE_ROCE_V2) continue;
+    const uint8_t* g = e.gid.raw;
+    bool v4 = g[10] == 0xff && g[11] == 0xff;
+    for (int k = 0; k < 10; k++) v4 = v4 && g[k] == 0;
+    if (v4) return i;
+    if (first_v2 < 0) first_v2 = i;
+  }
+  return first_v2 >= 0 ? first_v2 : 0;
+}
+
 class IbDevice : public Device {
  public:
-  IbDevice(const Api* api, ibv_context* ctx, Status* st) : api_(api), ctx_(ctx) {
+  IbDevice(const Api* api, ibv_context* ctx, int gid_index, Status* st) : api_(api), ctx_(ctx) {
     *st = Status::kDeviceError;
+    gid_index_ = gid_index >= 0 ? gid_index : pick_gid(api_, ctx_, kPort);
     pd_ = api_->alloc_pd(ctx_);
     channel_ = api_->create_comp_channel(ctx_);
     if (!pd_ || !channel_) return;
@@ -248,8 +273,9 @@ class IbDevice : public Device {
     if (pd_) api_->dealloc_pd(pd_);
     api_->close_device(ctx_);
   }
-  Status register_memory(void* addr, size_t len, Region* out) override {
-    ibv_mr* mr = api_->reg_mr(pd_, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+  Status register_memory(void* addr, size_t len, Access access, Region* out) override {
+    const int flags = IBV_ACCESS_LOCAL_WRITE | (access == Access::kRemoteWrite ? IBV_ACCESS_REMOTE_WRITE : 0);
+    ibv_mr* mr = api_->reg_mr(pd_, addr, len, flags);
     if (!mr) return Status::kDeviceError;
     *out = Region{static_cast<uint8_t*>(addr), len, mr->lkey, mr->rkey};
     mrs_.push_back(mr);
@@ -275,7 +301,7 @@ class IbDevice : public Device {
     a.cap.max_recv_sge = 1;
     ibv_qp* qp = api_->create_qp(pd_, &a);
     *st = qp ? Status::kOk : Status::kDeviceError;
-    return qp ? std::make_unique<IbQp>(api_, qp, ctx_) : nullptr;
+    return qp ? std::make_unique<IbQp>(api_, qp, ctx_, gid_index_) : nullptr;
   }
   size_t poll(Completion* out, size_t n) override {
     // Take the notification, re-arm, then drain: a completion arriving in
@@ -314,6 +340,7 @@ class IbDevice : public Device {
   const Api* api_;
   ibv_context* ctx_;
   size_t capacity_ = 0;
+  int gid_index_ = 0;
   ibv_pd* pd_ = nullptr;
   ibv_comp_channel* channel_ = nullptr;
   ibv_cq* cq_ = nullptr;
@@ -344,7 +371,8 @@ class IbVerbs : public Verbs {
             pi.link_layer = pa.link_layer == IBV_LINK_LAYER_ETHERNET ? "Ethernet" : "InfiniBand";
             pi.mtu = mtu_bytes(pa.active_mtu);
             ibv_gid gid{};
-            if (api_->query_gid(ctx, p, 0, &gid) == 0) {
+            pi.gid_index = pick_gid(api_.get(), ctx, p);
+            if (api_->query_gid(ctx, p, pi.gid_index, &gid) == 0) {
               char text[INET6_ADDRSTRLEN] = {};
               inet_ntop(AF_INET6, gid.raw, text, sizeof(text));
               pi.gid = text;
@@ -360,7 +388,7 @@ class IbVerbs : public Verbs {
     return out;
   }
 
-  std::unique_ptr<Device> open(const std::string& name, Status* st) override {
+  std::unique_ptr<Device> open(const std::string& name, int gid_index, Status* st) override {
     *st = Status::kInvalidArgument;
     int n = 0;
     ibv_device** list = api_->get_device_list(&n);
@@ -373,7 +401,7 @@ class IbVerbs : public Verbs {
         *st = Status::kDeviceError;
         break;
       }
-      auto d = std::make_unique<IbDevice>(api_.get(), ctx, st);
+      auto d = std::make_unique<IbDevice>(api_.get(), ctx, gid_index, st);
       if (*st == Status::kOk) dev = std::move(d);
     }
     api_->free_device_list(list);

@@ -46,6 +46,10 @@ struct Endpoint {
   uint32_t mtu = 4096;
 };
 
+// Who may touch registered memory: our adapter only (what we send from,
+// where receives land), or the peer's RDMA WRITEs too (the ring).
+enum class Access : uint8_t { kLocal, kRemoteWrite };
+
 // Registered memory: local key for our own requests, remote key for the
 // peer's RDMA WRITEs into it.
 struct Region {
@@ -77,7 +81,8 @@ struct PortInfo {
   std::string state;       // "active", "down", ...
   std::string link_layer;  // "InfiniBand" or "Ethernet" (RoCE)
   uint32_t mtu = 0;        // active MTU, bytes
-  std::string gid;         // GID index 0, as text
+  int gid_index = 0;       // the GID the transport picks (see Verbs::open)
+  std::string gid;         // that GID, as text
 };
 
 struct DeviceInfo {
@@ -89,7 +94,7 @@ struct DeviceInfo {
 class Device {
  public:
   virtual ~Device() = default;
-  virtual Status register_memory(void* addr, size_t len, Region* out) = 0;
+  virtual Status register_memory(void* addr, size_t len, Access access, Region* out) = 0;
   virtual void deregister(const Region& r) = 0;
   virtual std::unique_ptr<QueuePair> create_qp(uint32_t max_send, uint32_t max_recv, Status* st) = 0;
   // Up to `n` completions of any of this device's QPs; 0 when none.
@@ -105,7 +110,10 @@ class Verbs {
  public:
   virtual ~Verbs() = default;
   virtual std::vector<DeviceInfo> devices() = 0;
-  virtual std::unique_ptr<Device> open(const std::string& name, Status* st) = 0;
+  // `gid_index` < 0: on RoCE ports the first RoCE v2 GID holding an IPv4
+  // address (as rdma_cm picks), else the first RoCE v2 one, else 0; on
+  // InfiniBand 0.
+  virtual std::unique_ptr<Device> open(const std::string& name, int gid_index, Status* st) = 0;
 };
 
 // libibverbs, opened at run time; null with *error set when it is not

@@ -181,6 +181,7 @@ struct Engine::Listener {
   uint64_t id = 0;
   bool lend = false;
   Transport transport = Transport::kAuto;
+  RdmaOptions rdma;
   Fd fd;
 };
 
@@ -298,7 +299,7 @@ void Engine::post(Command&& c) {
   (void)!::write(wake_.get(), &one, sizeof(one));
 }
 
-uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Transport transport) {
+uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Transport transport, const RdmaOptions& rdma) {
   Command c;
   c.type = Command::Type::kListen;
   c.id = next_id_++;
@@ -306,6 +307,7 @@ uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Trans
   c.port = port;
   c.lend = lend;
   c.transport = transport;
+  c.rdma = rdma;
   const uint64_t id = c.id;
   post(std::move(c));
   return id;
@@ -494,6 +496,7 @@ void Engine::handle(Command& c) {
       l->id = c.id;
       l->lend = c.lend;
       l->transport = c.transport;
+      l->rdma = c.rdma;
       int err = 0;
       uint16_t port = c.port;
       l->fd = tcp_listen(c.host, &port, 1024, &err);
@@ -802,7 +805,7 @@ void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
   conn->rdma_opts = opts.rdma;
   if (opts.transport != Transport::kTcp) {
     std::string why;
-    if (!rdma_device(opts.rdma.device, &why)) {
+    if (!rdma_device(opts.rdma.device, opts.rdma.gid_index, &why)) {
       if (opts.transport == Transport::kRdma) {
         emit(Event{Event::Type::kError, id, 0, 0, Status::kUnavailable, 0, nullptr});
         emit(Event{Event::Type::kClosed, id, 0, 0, Status::kUnavailable, 0, nullptr});
@@ -928,6 +931,7 @@ Status Engine::on_hello(Stream* s, const Hello& h) {
     auto l = listeners_.find(s->listener);
     if (l != listeners_.end() && l->second->lend && lender_) conn->reasm.set_lender(lender_);
     conn->transport = l != listeners_.end() ? l->second->transport : Transport::kTcp;
+    if (l != listeners_.end()) conn->rdma_opts = l->second->rdma;
     conn->conn_id = key;
     conn->shift = h.chunk_shift;
     conn->expected_streams = h.stream_count;
@@ -1199,7 +1203,7 @@ void Engine::pump(Connection* c) {
           // One registration for all the message's chunks, on every lane;
           // without it (registration failed) the channel registers each.
           rdma::Region r;
-          if (device_->register_memory(const_cast<uint8_t*>(m->data), m->len, &r) == Status::kOk) {
+          if (device_->register_memory(const_cast<uint8_t*>(m->data), m->len, rdma::Access::kLocal, &r) == Status::kOk) {
             m->mr = r;
             m->mr_device = device_.get();
           }
@@ -1643,7 +1647,7 @@ constexpr uint64_t kAllLanes = 0xffff;  // DOWN: every lane
 // The engine's device, opened the first time a connection wants RDMA; its
 // completion channel joins the epoll set, so completions are handled on
 // the I/O thread like socket readiness.
-rdma::Device* Engine::rdma_device(const std::string& name, std::string* why) {
+rdma::Device* Engine::rdma_device(const std::string& name, int gid_index, std::string* why) {
   if (device_) return device_.get();
   if (!device_tried_) {
     device_tried_ = true;
@@ -1663,7 +1667,7 @@ rdma::Device* Engine::rdma_device(const std::string& name, std::string* why) {
         device_error_ = name.empty() ? "no RDMA device with an active port" : "no RDMA device " + name + " with an active port";
       } else {
         Status st;
-        device_ = verbs_->open(pick, &st);
+        device_ = verbs_->open(pick, gid_index, &st);
         if (!device_) device_error_ = "cannot open RDMA device " + pick + ": " + status_name(st);
       }
     }
@@ -1681,7 +1685,7 @@ rdma::Device* Engine::rdma_device(const std::string& name, std::string* why) {
 // kOk, kUnavailable (no device, or no room left in its completion queue)
 // or kDeviceError.
 Status Engine::make_lanes(Connection* c, size_t n, std::vector<LaneSetup>* setups) {
-  rdma::Device* dev = rdma_device(c->rdma_opts.device, nullptr);
+  rdma::Device* dev = rdma_device(c->rdma_opts.device, c->rdma_opts.gid_index, nullptr);
   if (!dev) return Status::kUnavailable;
   rdma::ChannelOptions o;
   o.ring_bytes = c->rdma_opts.ring_bytes;

@@ -48,6 +48,7 @@ struct RdmaOptions {
   uint16_t lanes = 0;               // queue pairs per connection (0: one per stream, at most kMaxLanes)
   uint32_t ring_bytes = 4u << 20;   // per lane: where the peer's RDMA WRITEs land
   std::string device;               // empty: the first device with an active port
+  int gid_index = -1;               // RoCE: which GID to use; -1 picks (see Verbs::open)
 };
 
 struct Event {
@@ -152,6 +153,7 @@ struct EngineCommand {
   uint16_t port = 0;
   bool lend = false;  // kListen
   Transport transport = Transport::kTcp;  // kListen: whether RDMA offers are taken
+  RdmaOptions rdma;                        // kListen: for accepted connections' lanes
 };
 
 class Engine {
@@ -176,7 +178,8 @@ class Engine {
   // With `lend`, accepted connections receive into the Lender's slabs.
   // With `transport` other than kTcp, RDMA offers from clients are taken
   // when this host has a device.
-  uint64_t listen(const std::string& host, uint16_t port, bool lend = false, Transport transport = Transport::kAuto);
+  uint64_t listen(const std::string& host, uint16_t port, bool lend = false, Transport transport = Transport::kAuto,
+                  const RdmaOptions& rdma = RdmaOptions{});
   // The verbs RDMA connections use (tests: an emulation). Call before
   // listen/connect; `verbs` outlives the engine. Without it the engine
   // opens libibverbs the first time a connection asks for RDMA.
@@ -252,7 +255,7 @@ class Engine {
   void update_epoll(Stream* s);
   void emit(Event e) { pending_.push_back(e); }
   // RDMA lanes (engine.cc, "RDMA lanes").
-  rdma::Device* rdma_device(const std::string& name, std::string* why);
+  rdma::Device* rdma_device(const std::string& name, int gid_index, std::string* why);
   Status make_lanes(Connection* c, size_t n, std::vector<LaneSetup>* setups);
   void send_rdma(Connection* c, Stream* via, RdmaStep step, uint64_t arg, const std::vector<LaneSetup>* setups);
   Status on_rdma(Stream* s, const ChunkHeader& h, const uint8_t* payload);

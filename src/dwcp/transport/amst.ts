@@ -48,6 +48,10 @@ export interface ListenOptions {
    * then fail with ERR_AMST_UNAVAILABLE, `auto` ones use TCP). Default `auto`.
    */
   transport?: 'auto' | 'tcp';
+  /** RDMA device, GID index and ring size of accepted connections' lanes: see ConnectOptions. */
+  rdmaDevice?: string;
+  rdmaGidIndex?: number;
+  rdmaRingBytes?: number;
 }
 
 /**
@@ -119,6 +123,13 @@ export interface ConnectOptions {
   rdmaRingBytes?: number;
   /** RDMA device to use (as `novacron doctor` lists them). Default: the first with an active port. */
   rdmaDevice?: string;
+  /**
+   * GID table index (RoCE). Default: the first RoCE v2 GID holding an IPv4
+   * address, as rdma_cm picks (`novacron doctor` shows it); InfiniBand: 0.
+   * One engine (per Node thread and I/O mode) opens one device, with the
+   * device and GID of the first connection or listener that uses RDMA.
+   */
+  rdmaGidIndex?: number;
 }
 
 /** Per-stream figures, TCP_INFO included. */
@@ -265,6 +276,26 @@ function checkBusyPoll(us: unknown, io: unknown): number {
   }
   if (io !== 'loop') throw new InvalidArgumentError("busyPollMicros needs io: 'loop'");
   return us;
+}
+
+interface RdmaChoice {
+  device: string;
+  gidIndex: number;
+  ringBytes: number;
+}
+
+function checkRdma(o: { rdmaDevice?: unknown; rdmaGidIndex?: unknown; rdmaRingBytes?: unknown }): RdmaChoice {
+  const ringBytes = o.rdmaRingBytes ?? 4 * 1024 * 1024;
+  if (typeof ringBytes !== 'number' || !Number.isInteger(ringBytes) || ringBytes < 64 * 1024 || ringBytes > 1024 * 1024 * 1024) {
+    throw new InvalidArgumentError(`rdmaRingBytes must be an integer from 65536 to 1073741824, got ${String(ringBytes)}`);
+  }
+  const device = o.rdmaDevice ?? '';
+  if (typeof device !== 'string') throw new InvalidArgumentError('rdmaDevice must be a string');
+  const gidIndex = o.rdmaGidIndex;
+  if (gidIndex !== undefined && (typeof gidIndex !== 'number' || !Number.isInteger(gidIndex) || gidIndex < 0 || gidIndex > 255)) {
+    throw new InvalidArgumentError(`rdmaGidIndex must be an integer from 0 to 255, got ${String(gidIndex)}`);
+  }
+  return { device, gidIndex: gidIndex ?? -1, ringBytes };
 }
 
 function checkPort(port: unknown, allowZero: boolean): number {
@@ -720,9 +751,10 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
   const busy = checkBusyPoll(options.busyPollMicros, options.io);
   const transport = options.transport ?? 'auto';
   if (transport !== 'auto' && transport !== 'tcp') throw new InvalidArgumentError(`listen transport must be 'auto' or 'tcp', got ${String(transport)}`);
+  const rdma = checkRdma(options);
   const r = getRouter(options.io);
   r.busyPoll(busy);
-  const id = r.engine.listen(host, port, options.lendBuffers ?? false, transport === 'tcp' ? 0 : 1);
+  const id = r.engine.listen(host, port, options.lendBuffers ?? false, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes);
   return new AmstServer(r, id).waitListening();
 }
 
@@ -750,12 +782,12 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
   if (options.rdmaLanes !== undefined && (!Number.isInteger(lanes) || lanes < 1 || lanes > 16)) {
     return Promise.reject(new InvalidArgumentError(`rdmaLanes must be an integer from 1 to 16, got ${String(lanes)}`));
   }
-  const ring = options.rdmaRingBytes ?? 4 * 1024 * 1024;
-  if (!Number.isInteger(ring) || ring < 64 * 1024 || ring > 1024 * 1024 * 1024) {
-    return Promise.reject(new InvalidArgumentError(`rdmaRingBytes must be an integer from 65536 to 1073741824, got ${String(ring)}`));
+  let rdma: RdmaChoice;
+  try {
+    rdma = checkRdma(options);
+  } catch (err) {
+    return Promise.reject(err as Error);
   }
-  const device = options.rdmaDevice ?? '';
-  if (typeof device !== 'string') return Promise.reject(new InvalidArgumentError('rdmaDevice must be a string'));
   let r: Router;
   try {
     const busy = checkBusyPoll(options.busyPollMicros, options.io);
@@ -778,8 +810,9 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
     lendBuffers: options.lendBuffers ?? false,
     transport: transportCode,
     rdmaLanes: lanes,
-    rdmaRingBytes: ring,
-    rdmaDevice: device,
+    rdmaRingBytes: rdma.ringBytes,
+    rdmaDevice: rdma.device,
+    rdmaGidIndex: rdma.gidIndex,
   });
   return new AmstConnection(r, id, streams, true).waitConnected();
 }

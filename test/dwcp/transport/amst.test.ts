@@ -370,7 +370,11 @@ t.test('transport selection without an RDMA device: auto is TCP, rdma fails clea
   await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaLanes: 17 }), { code: 'ERR_INVALID_ARGUMENT' });
   await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaRingBytes: 4096 }), { code: 'ERR_INVALID_ARGUMENT' });
   await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaDevice: 7 as never }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaGidIndex: -1 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaGidIndex: 256 }), { code: 'ERR_INVALID_ARGUMENT' });
   t.throws(() => listen({ port: 0, transport: 'rdma' as never }), { code: 'ERR_INVALID_ARGUMENT' });
+  t.throws(() => listen({ port: 0, rdmaRingBytes: 1 }), { code: 'ERR_INVALID_ARGUMENT' });
+  t.throws(() => listen({ port: 0, rdmaGidIndex: 1.5 }), { code: 'ERR_INVALID_ARGUMENT' });
   const server = await listen({ port: 0 });
   const peers: AmstConnection[] = [];
   server.on('connection', (c: AmstConnection) => peers.push(c));
