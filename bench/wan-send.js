@@ -17,28 +17,37 @@ const controller = new ModeController(conn, {
   onChange: (c) => (chosen = { mode: c.to, streams: c.streams ?? conn.streams, congestion: c.congestion }),
 });
 const msg = Buffer.alloc(4 << 20, 0x3c);
-const t0 = Date.now();
 // Bytes the peer holds, from progress reports (about every sixteenth of a
-// message), so slow links are measured finer than whole messages.
+// message), so slow links are measured finer than whole messages. The
+// measurement ends on the clock, not on a message: on a link slower than a
+// message per few seconds, waiting for one would stretch it without bound.
 let acked = 0;
-let ackedAtOmit = -1;
+let ackedAtOmit = 0;
+let ackedAtEnd = 0;
+setTimeout(() => (ackedAtOmit = acked), omit * 1000);
+let over = false;
+const end = new Promise((resolve) => setTimeout(() => {
+  ackedAtEnd = acked;
+  over = true;
+  resolve();
+}, seconds * 1000));
 // 16 x 4 MiB in flight: several round trips of data at (a), so a chunk in loss
 // recovery on one stream does not hold the others back.
 const inflight = [];
-while (Date.now() - t0 < seconds * 1000) {
-  if (ackedAtOmit < 0 && Date.now() - t0 >= omit * 1000) ackedAtOmit = acked;
+while (!over) {
   let held = 0;
-  inflight.push(conn.send(msg, {
+  const sent = conn.send(msg, {
     onProgress: (n) => {
       acked += n - held;
       held = n;
     },
-  }));
-  if (inflight.length >= 16) await inflight.shift();
+  });
+  sent.catch(() => {});  // the connection is destroyed with sends in flight
+  inflight.push(sent);
+  if (inflight.length >= 16) await Promise.race([inflight.shift(), end]);
 }
-const elapsed = (Date.now() - t0) / 1000;
 controller.stop();
-const mbps = ((acked - Math.max(0, ackedAtOmit)) * 8) / (elapsed - omit) / 1e6;
+const mbps = ((ackedAtEnd - ackedAtOmit) * 8) / (seconds - omit) / 1e6;
 process.stdout.write(`${JSON.stringify({ mbps, ...chosen, liveStreams: conn.stats()?.streams.filter((s) => s.alive).length ?? 0 })}\n`);
 conn.destroy();
 process.exit(0);

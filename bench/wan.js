@@ -1,14 +1,16 @@
 // AMST over emulated WAN links (src/sys/wan.ts): (a) 1 Gbit/s, 50 ms RTT,
 // 0.5 % loss; (b) 200 Mbit/s, 120 ms, 1 % loss; (c) a replayed Pantheon
-// cellular trace (bench/traces/). For each: one CUBIC stream and one BBR
+// cellular trace (bench/traces/, or any Pantheon JSON or schedule given as
+// `trace`, e.g. from ../shared/data/traces/pantheon-datalink/cellular/).
+// For each: one CUBIC stream and one BBR
 // stream (iperf3), and AMST with the streams and congestion control its mode
 // controller picks for the link. Needs root and iperf3. Prints a table, then
 // one JSON line:
 // {"bench":"wan","links":{"a":{"cubic1_mbps":..,"bbr1_mbps":..,"amst_mbps":..,"amst_streams":..,"utilization":..},...}}
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { wanUp, wanDown, wanUnavailable } from '../dist/sys/wan.js';
+import { wanUp, wanDown, wanUnavailable, traceSchedule } from '../dist/sys/wan.js';
 import { peerPort } from './peer-port.js';
 
 const peerScript = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
@@ -16,9 +18,9 @@ const senderScript = fileURLToPath(new URL('./wan-send.js', import.meta.url));
 const cellular = fileURLToPath(new URL('./traces/pantheon-aws-india2-stanford-cellular.txt', import.meta.url));
 const NAME = 'nvbench';
 
-// The mean rate of a schedule from `from` seconds on, for utilization.
+// The mean rate of a trace from `from` seconds on, for utilization.
 function meanRate(path, from = 0) {
-  const steps = readFileSync(path, 'utf8').split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(/\s+/).map(Number));
+  const steps = traceSchedule(path).split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(/\s+/).map(Number));
   const rates = steps.filter((s) => s[0] >= from).map((s) => s[1]);
   return rates.reduce((a, b) => a + b, 0) / rates.length;
 }
@@ -64,6 +66,11 @@ export async function run(opts = {}) {
     // The whole trace (31 s) once, measured after its first second.
     c: { what: 'Pantheon cellular trace (AWS India-2 to Stanford), replayed', options: { trace: cellular, queueBytes: 15000 }, rate: meanRate(cellular, 1), seconds: 30, omit: 1 },
   };
+  if (opts.trace) {
+    // Another trace for (c), with Pantheon's 10-packet queue.
+    const name = `${basename(dirname(opts.trace))}/${basename(opts.trace)}`;
+    links.c = { ...links.c, what: `trace ${name}, replayed`, options: { trace: opts.trace, queueBytes: 15000 }, rate: meanRate(opts.trace, 1) };
+  }
   const which = opts.links ?? Object.keys(links);
   const log = (s) => process.stdout.write(`${s}\n`);
   log(`AMST over emulated WAN links (user-space forwarder between network namespaces), ${seconds} s each after ${omit} s of warm-up`);

@@ -44,6 +44,7 @@ commands:
   bench wan [options]       AMST over emulated WAN links against one CUBIC and one BBR stream (root, iperf3)
       --links a,b,c         (a) 1 Gbit/s 50 ms 0.5 % loss, (b) 200 Mbit/s 120 ms 1 %, (c) a cellular trace
       --seconds S           measured seconds per run, after 3 s of warm-up (default 10)
+      --trace FILE          replay this trace (Pantheon JSON or schedule) as link (c)
   send FILE --to HOST:PORT  send a file (a disk or memory image) over AMST, HDE-encoded
       --baseline OLD        previous version, also held by the receiver: send only what changed
       --streams N           TCP streams (default 8)
@@ -197,9 +198,9 @@ async function benchTransport(args: string[]): Promise<void> {
 }
 
 async function benchWan(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { seconds: { type: 'string' }, links: { type: 'string' } }, strict: true });
+  const { values } = parseArgs({ args, options: { seconds: { type: 'string' }, links: { type: 'string' }, trace: { type: 'string' } }, strict: true });
   const mod = (await import(pathToFileURL(join(root, 'bench', 'wan.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
-  await mod.run({ seconds: positive(values.seconds, 'seconds'), links: values.links?.split(',') });
+  await mod.run({ seconds: positive(values.seconds, 'seconds'), links: values.links?.split(','), trace: values.trace });
 }
 
 async function benchVeth(args: string[]): Promise<void> {

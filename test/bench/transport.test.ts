@@ -64,3 +64,15 @@ t.test('bench veth shapes a link, measures through it and cleans up', { skip: ca
   t.ok(got > 20 && got <= 200 * 1.05, `${got} Mbit/s through a 200 Mbit/s link`);
   t.notMatch(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), /novacron-bench/, 'namespace removed');
 });
+
+// `bench wan --trace` reads the trace before it sets up anything: a trace
+// that is not there is a clear error, and no namespace is left behind.
+t.test('bench wan --trace with a missing file fails clearly', { skip: canNetns ? false : 'needs root and ip netns' }, async (t) => {
+  const err = await run(process.execPath, [cli, 'bench', 'wan', '--links', 'c', '--trace', '/nonexistent/trace.json'], {
+    timeout: 60000,
+    env: { ...process.env, NODE_OPTIONS: '' },
+  }).catch((e: unknown) => e as { code: number; stderr: string });
+  t.not((err as { code: number }).code, 0);
+  t.match((err as { stderr: string }).stderr, /cannot read trace \/nonexistent\/trace\.json/);
+  t.notMatch(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), /nvbench/);
+});
