@@ -48,6 +48,9 @@ while (!over) {
 }
 controller.stop();
 const mbps = ((ackedAtEnd - ackedAtOmit) * 8) / (seconds - omit) / 1e6;
-process.stdout.write(`${JSON.stringify({ mbps, ...chosen, liveStreams: conn.stats()?.streams.filter((s) => s.alive).length ?? 0 })}\n`);
+// TCP retransmissions of all streams, to tell a lossy run from a stalled one.
+const st = conn.stats();
+const retransmits = st?.streams.reduce((n, s) => n + s.retransmits, 0) ?? 0;
+process.stdout.write(`${JSON.stringify({ mbps, ...chosen, liveStreams: st?.streams.filter((s) => s.alive).length ?? 0, retransmits })}\n`);
 conn.destroy();
 process.exit(0);

@@ -103,10 +103,11 @@ export async function run(opts = {}) {
       utilization: Number((a.mbps / l.rate).toFixed(3)),
       amst_vs_cubic1: Number((a.mbps / cubic).toFixed(2)),
       amst_vs_bbr1: Number((a.mbps / bbr).toFixed(2)),
+      amst_retransmits: a.retransmits,
     };
     results[key] = r;
     log(`  (${key}) ${l.what}: one CUBIC stream ${r.cubic1_mbps} Mbit/s, one BBR stream ${r.bbr1_mbps}; ` +
-        `AMST ${r.amst_mbps} (${r.amst_mode ?? 'no mode'} mode: ${r.amst_streams} streams, ${r.amst_congestion}), ` +
+        `AMST ${r.amst_mbps} (${r.amst_mode ?? 'no mode'} mode: ${r.amst_streams} streams, ${r.amst_congestion}, ${r.amst_retransmits} retransmitted segments), ` +
         `${(r.utilization * 100).toFixed(1)} % of ${l.rate.toFixed(1)} Mbit/s, ${r.amst_vs_cubic1}x CUBIC, ${r.amst_vs_bbr1}x BBR`);
   }
   log(JSON.stringify({ bench: 'wan', links: results }));
