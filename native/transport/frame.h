@@ -48,7 +48,7 @@ enum class ChunkType : uint8_t {
 // Either end sends DOWN (`message_id`: the lane) when a lane fails, so the
 // other stops using it at once instead of after its transport retries.
 enum class RdmaStep : uint8_t { kOffer = 1, kAccept = 2, kDecline = 3, kReady = 4, kDown = 5 };
-enum class RdmaDecline : uint8_t { kNoDevice = 1, kRefused = 2, kDeviceError = 3, kBadOffer = 4 };
+enum class RdmaDecline : uint8_t { kNoDevice = 1, kRefused = 2, kDeviceError = 3 };  // a malformed offer is a protocol error
 
 // What one end tells the other about one lane: its queue pair and the ring
 // the other end WRITEs large messages into. 64 bytes on the wire.

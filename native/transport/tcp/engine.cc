@@ -1832,7 +1832,10 @@ Status Engine::rdma_step(Stream* s, const ChunkHeader& h, const uint8_t* payload
       return Status::kOk;
     }
     case RdmaStep::kDecline: {
-      if (!c->client || c->rdma != R::kOffered || h.message_id < 1 || h.message_id > 4) return Status::kProtocol;
+      if (!c->client || c->rdma != R::kOffered || h.message_id < static_cast<uint64_t>(RdmaDecline::kNoDevice) ||
+          h.message_id > static_cast<uint64_t>(RdmaDecline::kDeviceError)) {
+        return Status::kProtocol;
+      }
       c->offer_stream = nullptr;
       rdma_refused(c, Status::kUnavailable, 0);
       return Status::kOk;
