@@ -189,6 +189,12 @@ t.test('sendMany: batches of small messages, mixed with single sends, in order',
   await client.sendMany([]);
   await t.rejects(client.sendMany([Buffer.alloc(0)]), InvalidArgumentError);
   await t.rejects(client.sendMany('x' as never), InvalidArgumentError);
+  // A bad message after a run already packed: nothing of the batch goes out.
+  const sentBefore = client.stats()!.messagesSent;
+  await t.rejects(client.sendMany([Buffer.from('a'), Buffer.from('b'), 'c' as never, Buffer.from('d')]), InvalidArgumentError);
+  await t.rejects(client.sendMany([...Array.from({ length: 3000 }, () => Buffer.alloc(64, 1)), Buffer.alloc(0)]), InvalidArgumentError);
+  t.equal(client.pendingSends, 0);
+  t.equal(client.stats()!.messagesSent, sentBefore, 'a rejected batch sends nothing');
   // A batch cut off by the peer rejects once, with the transport's code.
   const big = Array.from({ length: 64 }, () => Buffer.alloc(1 << 20, 1));
   const cut = client.sendMany(big);
