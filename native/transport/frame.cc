@@ -18,17 +18,23 @@ void put32(uint8_t* p, uint32_t v) {
 void put64(uint8_t* p, uint64_t v) {
   for (int i = 0; i < 8; i++) p[i] = static_cast<uint8_t>(v >> (8 * i));
 }
-uint16_t get16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
-uint32_t get32(const uint8_t* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
+// Little-endian loads as single loads: the byte-by-byte form compiles to a
+// chain of byte loads and shifts, and check_pack walks a chain of lengths
+// where each load's address depends on the one before.
+template <class T>
+T load_le(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  if constexpr (sizeof v == 2) v = __builtin_bswap16(v);
+  else if constexpr (sizeof v == 4) v = __builtin_bswap32(v);
+  else v = __builtin_bswap64(v);
+#endif
   return v;
 }
-uint64_t get64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
+uint16_t get16(const uint8_t* p) { return load_le<uint16_t>(p); }
+uint32_t get32(const uint8_t* p) { return load_le<uint32_t>(p); }
+uint64_t get64(const uint8_t* p) { return load_le<uint64_t>(p); }
 
 }  // namespace
 
