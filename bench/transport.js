@@ -32,6 +32,8 @@ async function startPeer(mode, io = 'thread', busyPollMicros = 0) {
 }
 
 const hrSeconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
+// Ratios as `median 1.52x (1.31-1.96x)`.
+const ratios = (xs) => `median ${median(xs).toFixed(2)}x (${Math.min(...xs).toFixed(2)}-${Math.max(...xs).toFixed(2)}x)`;
 
 // A graceful close that does not finish within 5 s is reported and forced,
 // so one stuck close cannot stall the whole benchmark.
@@ -261,28 +263,34 @@ export async function run(opts = {}) {
   const ip = runsOf.iperf3.length ? median(runsOf.iperf3) : null;
   log(ip === null ? '  iperf3: not installed, skipped' : `  iperf3 one stream (cubic): ${range(runsOf.iperf3)} Gbit/s`);
   const best = Math.max(...streamCounts.map((n) => bulk[n]));
+  // Also paired: each round's best AMST run over that round's Node run,
+  // measured within a minute of each other (this VM's speed drifts 2-3x from
+  // one minute to the next); the median and range of those ratios.
+  const bulkPaired = runsOf.node.map((nodeGbps, i) => Math.max(...streamCounts.map((n) => runsOf[n][i])) / nodeGbps);
   log(`  best amst median ${best.toFixed(2)} Gbit/s: ${(best / nodeNet).toFixed(2)}x node net` +
-      (ip === null ? '' : `, ${(best / ip).toFixed(2)}x iperf3`));
+      (ip === null ? '' : `, ${(best / ip).toFixed(2)}x iperf3`) + `; round by round ${ratios(bulkPaired)} node net`);
 
   // 64-byte messages. sendMany packs them (a few per-message JS operations
   // and a copy); the receiver takes them in `batch` events (no object per
   // message) or as one `message` event each. One send() per message is the
-  // slow path, for comparison. Median of three runs each, Node's alike.
+  // slow path, for comparison. Medians of `msgRounds` (3) runs each, Node's alike.
   const msgCount = opts.messages ?? 200000;
   const manyCount = msgCount * 50;
   // Interleaved, so that all three see the same state of this noisy VM.
   const runs = { batch: [], events: [], node: [] };
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < (opts.msgRounds ?? 3); i++) {
     runs.batch.push(await amstMsgRate(manyCount, 4096, 'thread', true, 'amst-batch-sink'));
     runs.events.push(await amstMsgRate(manyCount, 4096, 'thread', true, 'amst-sink'));
     runs.node.push(await netMsgRate(manyCount));
   }
   const [rate, rateEvents, nodeRate] = [runs.batch, runs.events, runs.node].map(median);
+  const msgPaired = runs.batch.map((r, i) => r / runs.node[i]);
   const rateSend = await amstMsgRate(msgCount, 4096, 'thread');
   const rateSendLoop = await amstMsgRate(msgCount, 4096, 'loop');
   const m = (r) => `${(r / 1e6).toFixed(2)} M msg/s`;
   log(`64-byte messages: amst sendMany ${m(rate)} into batch events, ${m(rateEvents)} into one message event each; ` +
-      `node net batched into 64 KiB writes ${m(nodeRate)} (${(rate / nodeRate).toFixed(2)}x, ${(rateEvents / nodeRate).toFixed(2)}x); ` +
+      `node net batched into 64 KiB writes ${m(nodeRate)} (${(rate / nodeRate).toFixed(2)}x, ${(rateEvents / nodeRate).toFixed(2)}x; ` +
+      `batch events round by round ${ratios(msgPaired)}); ` +
       `one send() each ${m(rateSend)} (io thread), ${m(rateSendLoop)} (io loop)`);
 
   const rounds = opts.rounds ?? 5000;
@@ -308,11 +316,13 @@ export async function run(opts = {}) {
     iperf3_gbps: fmt(ip),
     bulk_vs_node: fmt(best / nodeNet),
     bulk_vs_iperf3: ip === null ? null : fmt(best / ip),
+    bulk_vs_node_paired: fmt(median(bulkPaired)),
     msg_rate: Math.round(rate),
     msg_rate_events: Math.round(rateEvents),
     msg_rate_send: Math.round(rateSend),
     msg_rate_send_loop: Math.round(rateSendLoop),
     node_msg_rate: Math.round(nodeRate),
+    msg_rate_vs_node_paired: fmt(median(msgPaired)),
     rtt_p50_us: fmt(rtt.p50, 1),
     rtt_p99_us: fmt(rtt.p99, 1),
     rtt_busy_poll_p50_us: fmt(rttBusy.p50, 1),

@@ -29,6 +29,7 @@ commands:
       --messages N          64-byte messages for the rate run (default 200000)
       --rounds N            ping-pong round trips (default 5000)
       --bulk-rounds N       interleaved bulk rounds (default 3)
+      --msg-rounds N        interleaved 64-byte message-rate rounds (default 3)
       --busy-poll US        busy-poll window of the busy-polling ping-pong (default 50)
       --transport rdma      instead: bandwidth and 64-byte latency over RDMA, against TCP to the
                             same peer (ib_write_bw / ib_write_lat style; needs RDMA devices)
@@ -151,6 +152,7 @@ async function benchTransport(args: string[]): Promise<void> {
       messages: { type: 'string' },
       rounds: { type: 'string' },
       'bulk-rounds': { type: 'string' },
+      'msg-rounds': { type: 'string' },
       'busy-poll': { type: 'string' },
       transport: { type: 'string' },
       peer: { type: 'string' },
@@ -193,6 +195,7 @@ async function benchTransport(args: string[]): Promise<void> {
     messages: positive(values.messages, 'messages'),
     rounds: positive(values.rounds, 'rounds'),
     bulkRounds: positive(values['bulk-rounds'], 'bulk-rounds'),
+    msgRounds: positive(values['msg-rounds'], 'msg-rounds'),
     busyPoll: positive(values['busy-poll'], 'busy-poll'),
   });
 }

@@ -20,7 +20,7 @@ t.test('bench transport prints a JSON summary line last', async (t) => {
   t.equal(summary.bench, 'transport');
   const bulk = summary.bulk_gbps as Record<string, number>;
   t.ok(bulk['1']! > 0 && bulk['4']! > 0);
-  for (const k of ['node_net_gbps', 'msg_rate', 'node_msg_rate', 'rtt_p50_us']) t.ok((summary[k] as number) > 0, k);
+  for (const k of ['node_net_gbps', 'msg_rate', 'node_msg_rate', 'rtt_p50_us', 'bulk_vs_node_paired', 'msg_rate_vs_node_paired']) t.ok((summary[k] as number) > 0, k);
   t.ok('iperf3_gbps' in summary && 'sockperf_p50_us' in summary);
 });
 
