@@ -35,6 +35,18 @@ std::vector<std::vector<uint8_t>> chunks_of(const std::vector<uint8_t>& msg, uin
   return out;
 }
 
+// An on-chunk callback that adds each chunk to `re` and moves every message
+// it delivers to `out`.
+StreamReader::OnChunk adder(Reassembler& re, std::vector<Bytes>& out) {
+  return [&re, &out](const ChunkHeader& h, const uint8_t* p) {
+    bool done, dup;
+    std::vector<Received> ready;
+    Status s = re.add(h, p, &done, &ready, &dup);
+    for (auto& r : ready) out.push_back(std::move(r.data.own));
+    return s;
+  };
+}
+
 }  // namespace
 
 TEST(frame_hello_round_trip_and_checks) {
@@ -242,13 +254,16 @@ TEST(frame_reassembly_limits) {
 }
 
 // Payloads read in place (as the engine does with readv), in random pieces,
-// mixed with buffered feeding: every message comes out whole.
+// mixed with buffered feeding: every message comes out whole. Messages of
+// one chunk are placed too from kDirectMin bytes on (32 KiB chunks here).
 TEST(frame_reader_places_payloads_in_their_message) {
   std::mt19937_64 rng(test::seed() + 23);
   std::vector<std::vector<uint8_t>> msgs;
   std::vector<uint8_t> wire;
-  for (uint64_t id = 0; id < 6; id++) {
-    msgs.push_back(std::vector<uint8_t>(100000 + id * 40000));
+  const std::vector<size_t> sizes = {100000, 20000, 140000, 5000, 32768, 180000, StreamReader::kDirectMin, 220000,
+                                     StreamReader::kDirectMin - 1, 300000};
+  for (uint64_t id = 0; id < sizes.size(); id++) {
+    msgs.push_back(std::vector<uint8_t>(sizes[id]));
     for (auto& b : msgs.back()) b = static_cast<uint8_t>(rng());
     for (auto& c : chunks_of(msgs.back(), id, 15)) wire.insert(wire.end(), c.begin(), c.end());
   }
@@ -256,14 +271,7 @@ TEST(frame_reader_places_payloads_in_their_message) {
   std::vector<Bytes> got;
   size_t placed_calls = 0;
   StreamReader reader(
-      Limits{}, false, [](const Hello&) { return Status::kProtocol; },
-      [&](const ChunkHeader& h, const uint8_t* p) {
-        bool done, dup;
-        std::vector<Received> ready;
-        Status s = re.add(h, p, &done, &ready, &dup);
-        for (auto& r : ready) got.push_back(std::move(r.data.own));
-        return s;
-      },
+      Limits{}, false, [](const Hello&) { return Status::kProtocol; }, adder(re, got),
       [&](const ChunkHeader& h, uint8_t** dst) {
         placed_calls++;
         return re.reserve(h, dst);
@@ -289,6 +297,29 @@ TEST(frame_reader_places_payloads_in_their_message) {
   CHECK_EQ(got.size(), msgs.size());
   for (size_t i = 0; i < msgs.size(); i++) CHECK(test::same_bytes(got[i], msgs[i]));
   CHECK(placed_calls > 0 && direct_bytes > wire.size() / 2);
+  CHECK_EQ(re.pending_messages(), 0u);
+  CHECK_EQ(re.pending_bytes(), 0u);
+  // A one-chunk message in place, then a resent copy of it: one delivery.
+  {
+    Reassembler r1(Limits{});
+    std::vector<Bytes> out;
+    StreamReader one(
+        Limits{}, false, [](const Hello&) { return Status::kProtocol; }, adder(r1, out),
+        [&](const ChunkHeader& h, uint8_t** dst) { return r1.reserve(h, dst); });
+    auto c = chunks_of(msgs[1], 0, 15);
+    CHECK_EQ(c.size(), 1u);
+    CHECK(one.feed(c[0].data(), kChunkHeaderSize) == Status::kOk);
+    uint8_t* at;
+    size_t room;
+    CHECK(one.direct_window(&at, &room));
+    CHECK_EQ(room, msgs[1].size());
+    std::memcpy(at, c[0].data() + kChunkHeaderSize, room);
+    CHECK(one.direct_filled(room) == Status::kOk);
+    CHECK(one.feed(c[0].data(), c[0].size()) == Status::kOk);
+    CHECK_EQ(out.size(), 1u);
+    CHECK(test::same_bytes(out[0], msgs[1]));
+    CHECK_EQ(r1.pending_bytes(), 0u);
+  }
   // A corrupted payload read in place is still caught by its CRC.
   Reassembler re2(Limits{});
   StreamReader bad(
@@ -315,13 +346,7 @@ TEST(frame_reader_detaches_from_a_message_completed_elsewhere) {
   auto chunks = chunks_of(msg, 0, 15);
   Reassembler re(Limits{});
   std::vector<Bytes> got;
-  auto on_chunk = [&](const ChunkHeader& h, const uint8_t* p) {
-    bool done, dup;
-    std::vector<Received> ready;
-    Status s = re.add(h, p, &done, &ready, &dup);
-    for (auto& r : ready) got.push_back(std::move(r.data.own));
-    return s;
-  };
+  auto on_chunk = adder(re, got);
   auto place = [&](const ChunkHeader& h, uint8_t** dst) { return re.reserve(h, dst); };
   auto no_hello = [](const Hello&) { return Status::kProtocol; };
   StreamReader a(Limits{}, false, no_hello, on_chunk, place);

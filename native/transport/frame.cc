@@ -375,7 +375,7 @@ Status Reassembler::find_or_start(const ChunkHeader& h, Partial** out) {
 
 Status Reassembler::reserve(const ChunkHeader& h, uint8_t** dst) {
   *dst = nullptr;
-  if (h.type != ChunkType::kData || complete(h.message_id) || h.payload_len == h.message_len) return Status::kOk;
+  if (h.type != ChunkType::kData || complete(h.message_id)) return Status::kOk;
   Partial* p;
   if (Status st = find_or_start(h, &p); st != Status::kOk) return st;
   const uint64_t idx = h.offset >> h.chunk_shift;
@@ -402,8 +402,9 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
   }
   const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
   MessageBuf whole;
-  if (chunks == 1) {
-    // The common small message: no partial state at all.
+  if (chunks == 1 && h.payload_len < StreamReader::kDirectMin) {
+    // The common small message: no partial state at all. A larger one goes
+    // the partial way, where reserve() may have had it read in place.
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
     whole = allocate(h.payload_len);
     if (h.payload_len) std::memcpy(whole.bytes().data(), payload, h.payload_len);

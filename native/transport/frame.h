@@ -277,8 +277,9 @@ class Reassembler {
                            std::vector<Received>* ready, bool* duplicate,
                            uint64_t* progress = nullptr);
   // Where the payload of DATA chunk `h` belongs, for reading it in place:
-  // inside the partly received message (made now if it is the first chunk),
-  // or null when that chunk is already here or the message is one chunk.
+  // inside the partly received message (made now if it is the first chunk;
+  // a message of one chunk is such a message until that chunk is in), or
+  // null when that chunk is already here.
   // Checks what add() checks; add() later skips the copy onto itself.
   [[nodiscard]] Status reserve(const ChunkHeader& h, uint8_t** dst);
   // The buffer of a partly received message, for detaching readers.
