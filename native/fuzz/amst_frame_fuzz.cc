@@ -68,7 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           if (parse_lane_setups(payload, h.payload_len, &lanes) == Status::kOk) {
             if (lanes.empty() || lanes.size() > kMaxLanes) abort();
             for (const auto& l : lanes) {
-              if (l.slots < 4 || l.ring_bytes < (64u << 10) || l.qpn == 0) abort();
+              if (l.slots < 4 || l.ring_bytes < (64u << 10) || l.endpoint.qpn == 0) abort();
             }
             std::vector<uint8_t> again;
             write_lane_setups(lanes, &again);

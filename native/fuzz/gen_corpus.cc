@@ -33,8 +33,8 @@ void amst_seeds(const std::string& dir) {
   };
   std::vector<tr::LaneSetup> lanes(3);
   for (size_t i = 0; i < lanes.size(); i++) {
-    lanes[i].qpn = 100 + static_cast<uint32_t>(i);
-    lanes[i].mtu = 4096;
+    lanes[i].endpoint.qpn = 100 + static_cast<uint32_t>(i);
+    lanes[i].endpoint.mtu = 4096;
     lanes[i].ring_addr = 0x7f0000000000ull + (i << 24);
     lanes[i].ring_bytes = 4u << 20;
     lanes[i].slots = 64;

@@ -232,11 +232,11 @@ void write_lane_setups(const std::vector<LaneSetup>& lanes, std::vector<uint8_t>
   for (size_t i = 0; i < lanes.size(); i++) {
     uint8_t* p = out->data() + i * kLaneSetupSize;
     const LaneSetup& l = lanes[i];
-    put32(p, l.qpn);
-    put32(p + 4, l.psn);
-    put16(p + 8, l.lid);
-    std::memcpy(p + 12, l.gid, 16);
-    put32(p + 28, l.mtu);
+    put32(p, l.endpoint.qpn);
+    put32(p + 4, l.endpoint.psn);
+    put16(p + 8, l.endpoint.lid);
+    std::memcpy(p + 12, l.endpoint.gid, 16);
+    put32(p + 28, l.endpoint.mtu);
     put64(p + 32, l.ring_addr);
     put32(p + 40, l.ring_rkey);
     put32(p + 44, l.ring_bytes);
@@ -251,18 +251,18 @@ Status parse_lane_setups(const uint8_t* data, size_t len, std::vector<LaneSetup>
   for (size_t i = 0; i < lanes.size(); i++) {
     const uint8_t* p = data + i * kLaneSetupSize;
     LaneSetup& l = lanes[i];
-    l.qpn = get32(p);
-    l.psn = get32(p + 4) & 0xffffff;  // PSNs are 24 bits
-    l.lid = get16(p + 8);
-    std::memcpy(l.gid, p + 12, 16);
-    l.mtu = get32(p + 28);
+    l.endpoint.qpn = get32(p);
+    l.endpoint.psn = get32(p + 4) & 0xffffff;  // PSNs are 24 bits
+    l.endpoint.lid = get16(p + 8);
+    std::memcpy(l.endpoint.gid, p + 12, 16);
+    l.endpoint.mtu = get32(p + 28);
     l.ring_addr = get64(p + 32);
     l.ring_rkey = get32(p + 40);
     l.ring_bytes = get32(p + 44);
     l.slots = get32(p + 48);
     l.slot_bytes = get32(p + 52);
-    const bool mtu_ok = l.mtu == 256 || l.mtu == 512 || l.mtu == 1024 || l.mtu == 2048 || l.mtu == 4096;
-    if (l.qpn == 0 || l.qpn > 0xffffff || !mtu_ok || l.slots < 4 || l.slots > 4096 || l.slot_bytes < 256 || l.slot_bytes > 65536 ||
+    const bool mtu_ok = l.endpoint.mtu == 256 || l.endpoint.mtu == 512 || l.endpoint.mtu == 1024 || l.endpoint.mtu == 2048 || l.endpoint.mtu == 4096;
+    if (l.endpoint.qpn == 0 || l.endpoint.qpn > 0xffffff || !mtu_ok || l.slots < 4 || l.slots > 4096 || l.slot_bytes < 256 || l.slot_bytes > 65536 ||
         l.ring_bytes < (64u << 10) || l.ring_bytes > (1u << 30) || l.ring_addr == 0 || l.ring_addr + l.ring_bytes < l.ring_addr) {
       return Status::kCorrupt;
     }

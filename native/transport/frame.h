@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "transport/rdma/verbs.h"
 #include "util/status.h"
 
 namespace dwcp::transport {
@@ -51,13 +52,10 @@ enum class RdmaStep : uint8_t { kOffer = 1, kAccept = 2, kDecline = 3, kReady = 
 enum class RdmaDecline : uint8_t { kNoDevice = 1, kRefused = 2, kDeviceError = 3 };  // a malformed offer is a protocol error
 
 // What one end tells the other about one lane: its queue pair and the ring
-// the other end WRITEs large messages into. 64 bytes on the wire.
+// the other end WRITEs large messages into (the lane's channel set-up,
+// rdma::ChannelSetup). 64 bytes on the wire.
 struct LaneSetup {
-  uint32_t qpn = 0;
-  uint32_t psn = 0;
-  uint16_t lid = 0;
-  uint8_t gid[16] = {};
-  uint32_t mtu = 0;
+  rdma::Endpoint endpoint;
   uint64_t ring_addr = 0;
   uint32_t ring_rkey = 0;
   uint32_t ring_bytes = 0;

@@ -1,7 +1,6 @@
 // `novacron send` and `novacron receive`.
 import { parseArgs } from 'node:util';
 import { sendFile, receiveFiles, type TransferSummary } from '../dwcp/transfer/file.js';
-import type { IoMode } from '../dwcp/transport/amst.js';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -49,14 +48,10 @@ function formatSummary(s: TransferSummary): string {
   ].join('\n');
 }
 
-function ioOption(v: string | undefined): IoMode | undefined {
-  if (v === undefined || v === 'thread' || v === 'loop') return v;
-  throw new Error(`--io must be thread or loop, got ${v}`);
-}
-
-function transportOption(v: string | undefined, allowed: readonly string[]): string | undefined {
-  if (v === undefined || allowed.includes(v)) return v;
-  throw new Error(`--transport must be ${allowed.join(', ')}, got ${v}`);
+// The value of flag `--name` when it is one of `allowed` (or absent).
+function oneOf<T extends string>(name: string, v: string | undefined, allowed: readonly T[]): T | undefined {
+  if (v === undefined || (allowed as readonly string[]).includes(v)) return v as T | undefined;
+  throw new Error(`--${name} must be ${allowed.slice(0, -1).join(', ')} or ${allowed.at(-1)!}, got ${v}`);
 }
 
 export async function cmdSend(args: string[]): Promise<void> {
@@ -79,8 +74,8 @@ export async function cmdSend(args: string[]): Promise<void> {
   const { host, port } = parseTarget(values.to);
   const compression = values.compression ?? 'lz4';
   if (compression !== 'lz4' && compression !== 'zstd' && compression !== 'none') throw new Error(`--compression must be lz4, zstd or none`);
-  const io = ioOption(values.io);
-  const transport = transportOption(values.transport, ['auto', 'rdma', 'tcp']) as 'auto' | 'rdma' | 'tcp' | undefined;
+  const io = oneOf('io', values.io, ['thread', 'loop'] as const);
+  const transport = oneOf('transport', values.transport, ['auto', 'rdma', 'tcp'] as const);
   const summary = await sendFile(positionals[0]!, {
     host,
     port,
@@ -113,8 +108,8 @@ export async function cmdReceive(args: string[]): Promise<void> {
   const port = Number(values.port);
   if (!values.port || !Number.isInteger(port) || port < 0 || port > 65535) throw new Error('usage: novacron receive --port P --out DIR [--keep]');
   if (!values.out) throw new Error('--out DIR is required');
-  const io = ioOption(values.io);
-  const transport = transportOption(values.transport, ['auto', 'tcp']) as 'auto' | 'tcp' | undefined;
+  const io = oneOf('io', values.io, ['thread', 'loop'] as const);
+  const transport = oneOf('transport', values.transport, ['auto', 'tcp'] as const);
   const rx = await receiveFiles({
     port,
     outDir: values.out,

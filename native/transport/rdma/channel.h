@@ -44,15 +44,9 @@ struct ChannelOptions {
   uint64_t max_message = (16u << 20) + 4096;
 };
 
-// What the peer needs besides the QP endpoint; exchanged out of band.
-struct ChannelSetup {
-  Endpoint endpoint;
-  uint64_t ring_addr = 0;
-  uint32_t ring_rkey = 0;
-  uint32_t ring_bytes = 0;
-  uint32_t slots = 0;
-  uint32_t slot_bytes = 0;
-};
+// What the peer needs to connect to a channel: its QP endpoint and ring. It
+// is the wire record of the set-up exchange as it is (frame.h).
+using ChannelSetup = LaneSetup;
 
 // Registrations of caller buffers in flight, shared by every message that
 // lies inside one (chunks of one large buffer, a buffer sliced into many

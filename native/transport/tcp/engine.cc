@@ -878,11 +878,12 @@ void Engine::stream_ready(Stream* s) {
 }
 
 // A client connection is announced once every first dial has resolved and
-// an RDMA offer, if any, has its answer.
-void Engine::maybe_announce(Connection* c) {
+// an RDMA offer, if any, has its answer; when no dial succeeded, it fails
+// with the last one's error.
+void Engine::maybe_announce(Connection* c, int err) {
   if (c->announced || c->finished || c->connect_resolved < c->expected_streams || c->rdma == Connection::Rdma::kOffered) return;
   if (c->connected == 0) {
-    emit(Event{Event::Type::kError, c->id, 0, 0, Status::kConnectionLost, ECONNREFUSED, nullptr});
+    emit(Event{Event::Type::kError, c->id, 0, 0, Status::kConnectionLost, err, nullptr});
     finish_close(c, Status::kConnectionLost);
     return;
   }
@@ -1563,12 +1564,7 @@ void Engine::stream_failed(Stream* s, int err) {
   }
   if (was_connecting) {
     c->connect_resolved++;
-    if (c->connect_resolved == c->expected_streams && !c->announced && c->connected == 0) {
-      emit(Event{Event::Type::kError, c->id, 0, 0, Status::kConnectionLost, err, nullptr});
-      finish_close(c, Status::kConnectionLost);
-      return;
-    }
-    maybe_announce(c);
+    maybe_announce(c, err);
     return;
   }
   if (c->rdma == Connection::Rdma::kOffered && c->offer_stream == s) {
@@ -1609,36 +1605,6 @@ void Engine::requeue(Connection* c, int32_t index) {
 // ---- RDMA lanes ----------------------------------------------------------
 
 namespace {
-
-LaneSetup to_wire(const rdma::ChannelSetup& c) {
-  LaneSetup l;
-  l.qpn = c.endpoint.qpn;
-  l.psn = c.endpoint.psn;
-  l.lid = c.endpoint.lid;
-  std::memcpy(l.gid, c.endpoint.gid, 16);
-  l.mtu = c.endpoint.mtu;
-  l.ring_addr = c.ring_addr;
-  l.ring_rkey = c.ring_rkey;
-  l.ring_bytes = c.ring_bytes;
-  l.slots = c.slots;
-  l.slot_bytes = c.slot_bytes;
-  return l;
-}
-
-rdma::ChannelSetup from_wire(const LaneSetup& l) {
-  rdma::ChannelSetup c;
-  c.endpoint.qpn = l.qpn;
-  c.endpoint.psn = l.psn;
-  c.endpoint.lid = l.lid;
-  std::memcpy(c.endpoint.gid, l.gid, 16);
-  c.endpoint.mtu = l.mtu;
-  c.ring_addr = l.ring_addr;
-  c.ring_rkey = l.ring_rkey;
-  c.ring_bytes = l.ring_bytes;
-  c.slots = l.slots;
-  c.slot_bytes = l.slot_bytes;
-  return c;
-}
 
 constexpr uint64_t kAllLanes = 0xffff;  // DOWN: every lane
 
@@ -1713,7 +1679,7 @@ Status Engine::make_lanes(Connection* c, size_t n, std::vector<LaneSetup>* setup
     Stream* lp = l.get();
     l->channel->set_on_message([this, lp](const uint8_t* h, size_t hl, const uint8_t* b, size_t len) { on_lane_message(lp, h, hl, b, len); });
     lanes_by_tag_[l->tag] = lp;
-    setups->push_back(to_wire(l->channel->local()));
+    setups->push_back(l->channel->local());
     std::lock_guard<std::mutex> lock(stats_mu_);
     c->lanes.push_back(std::move(l));
   }
@@ -1734,14 +1700,22 @@ void Engine::rdma_refused(Connection* c, Status why, int err) {
   maybe_announce(c);
 }
 
+// Takes lane `l` off the device: its queue pair goes now, so the adapter
+// reads nothing of the caller's after this, unless a completion of this
+// lane is being handled: then at the end of the batch.
+void Engine::close_lane(Stream* l) {
+  lanes_by_tag_.erase(l->tag);
+  l->alive = false;
+  l->lane_ready = false;
+  if (l == current_lane_) dead_channels_.push_back(std::move(l->channel));
+  else l->channel.reset();
+}
+
 // Lanes that never carried data (set-up refused or failed).
 void Engine::drop_lanes(Connection* c) {
   std::lock_guard<std::mutex> lock(stats_mu_);
   for (auto& l : c->lanes) {
-    lanes_by_tag_.erase(l->tag);
-    l->alive = false;
-    if (l.get() == current_lane_) dead_channels_.push_back(std::move(l->channel));
-    else l->channel.reset();
+    close_lane(l.get());
     graveyard_.push_back(std::move(l));
   }
   c->lanes.clear();
@@ -1802,7 +1776,7 @@ Status Engine::rdma_step(Stream* s, const ChunkHeader& h, const uint8_t* payload
       std::vector<LaneSetup> mine;
       const Status made = make_lanes(c, peer.size(), &mine);
       bool ok = made == Status::kOk;
-      for (size_t i = 0; ok && i < peer.size(); i++) ok = c->lanes[i]->channel->connect(from_wire(peer[i])) == Status::kOk;
+      for (size_t i = 0; ok && i < peer.size(); i++) ok = c->lanes[i]->channel->connect(peer[i]) == Status::kOk;
       if (!ok) {
         drop_lanes(c);
         const RdmaDecline why = !device_ ? RdmaDecline::kNoDevice : made == Status::kUnavailable ? RdmaDecline::kRefused : RdmaDecline::kDeviceError;
@@ -1817,7 +1791,7 @@ Status Engine::rdma_step(Stream* s, const ChunkHeader& h, const uint8_t* payload
       if (!c->client || c->rdma != R::kOffered || peer.size() != c->lanes.size()) return Status::kProtocol;
       c->offer_stream = nullptr;
       bool ok = true;
-      for (size_t i = 0; ok && i < peer.size(); i++) ok = c->lanes[i]->channel->connect(from_wire(peer[i])) == Status::kOk;
+      for (size_t i = 0; ok && i < peer.size(); i++) ok = c->lanes[i]->channel->connect(peer[i]) == Status::kOk;
       if (!ok) {
         send_rdma(c, s, RdmaStep::kDown, kAllLanes, nullptr);
         rdma_refused(c, Status::kDeviceError, 0);
@@ -1951,12 +1925,7 @@ void Engine::post_lane(Stream* l) {
 void Engine::lane_failed(Stream* l, bool tell_peer, Status why) {
   if (!l->alive) return;
   Connection* c = l->conn;
-  l->alive = false;
-  l->lane_ready = false;
-  lanes_by_tag_.erase(l->tag);
-  // The queue pair goes first: the adapter reads none of these chunks after.
-  if (l == current_lane_) dead_channels_.push_back(std::move(l->channel));
-  else l->channel.reset();
+  close_lane(l);  // first: the adapter reads none of these chunks after
   std::vector<OutMessage*> finished;
   for (auto& oc : l->out) {
     if (oc.msg && --oc.msg->inflight == 0 && oc.msg->acked) finished.push_back(oc.msg);
@@ -2025,15 +1994,7 @@ void Engine::finish_close(Connection* c, Status status) {
   // It is freed at the end of this round; touched_ may outlive that.
   if (c->touched) touched_.erase(std::remove(touched_.begin(), touched_.end(), c), touched_.end());
   c->touched = false;
-  for (auto& l : c->lanes) {
-    // Queue pairs go now (nothing of the caller's is read after this),
-    // unless a completion of this lane is being handled: then at the end of
-    // the batch.
-    lanes_by_tag_.erase(l->tag);
-    l->alive = false;
-    if (l.get() == current_lane_) dead_channels_.push_back(std::move(l->channel));
-    else l->channel.reset();
-  }
+  for (auto& l : c->lanes) close_lane(l.get());
   c->note_lanes();
   c->unacked.for_each([&](OutMessage* m) {
     if (m->acked) {

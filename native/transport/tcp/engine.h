@@ -13,6 +13,7 @@
 // Received messages are handed over as heap vectors the sink then owns.
 #pragma once
 #include <array>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -265,10 +266,11 @@ class Engine {
   void on_lane_message(Stream* lane, const uint8_t* head, size_t head_len, const uint8_t* body, size_t len);
   void post_lane(Stream* lane);
   void lane_failed(Stream* lane, bool tell_peer, Status why);
+  void close_lane(Stream* l);
   void drop_lanes(Connection* c);
   void rdma_refused(Connection* c, Status why, int err);
   void requeue(Connection* c, int32_t index);
-  void maybe_announce(Connection* c);
+  void maybe_announce(Connection* c, int err = ECONNREFUSED);
 
   EventSink* sink_;
   transport::Lender* lender_ = nullptr;
