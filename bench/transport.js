@@ -11,6 +11,7 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { connect } from '../dist/index.js';
 import { peerPort } from './peer-port.js';
+import { cpuShare, threadCpu } from './thread-cpu.js';
 
 const peerScript = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
 
@@ -20,6 +21,7 @@ async function startPeer(mode, io = 'thread', busyPollMicros = 0) {
   const port = await peer.port;
   return {
     port,
+    pid: child.pid,
     async stop() {
       const rss = new Promise((resolve) => child.stdout.on('data', () => {
         const m = /rss (\d+)/.exec(peer.output());
@@ -32,6 +34,20 @@ async function startPeer(mode, io = 'thread', busyPollMicros = 0) {
 }
 
 const hrSeconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
+
+// Starts measuring both processes' thread CPU; the function it returns gives
+// the vCPUs each role kept busy since (see thread-cpu.js).
+function cpuMeter(peerPid) {
+  const self0 = threadCpu(process.pid);
+  const peer0 = threadCpu(peerPid);
+  const t0 = process.hrtime.bigint();
+  return () => {
+    const s = hrSeconds(t0);
+    const self = cpuShare(self0, threadCpu(process.pid), s);
+    const peer = cpuShare(peer0, threadCpu(peerPid), s);
+    return { sender_js: self.js, sender_io: self.io, receiver_js: peer.js, receiver_io: peer.io };
+  };
+}
 // Ratios as `median 1.52x (1.31-1.96x)`.
 const ratios = (xs) => `median ${median(xs).toFixed(2)}x (${Math.min(...xs).toFixed(2)}-${Math.max(...xs).toFixed(2)}x)`;
 
@@ -54,6 +70,7 @@ async function amstBulk(streams, totalBytes, msgBytes, window, { zeroCopy = fals
   const conn = await connect({ host: '127.0.0.1', port: peer.port, streams, congestion: 'cubic', zeroCopy });
   const msg = Buffer.alloc(msgBytes, 0xa5);
   const count = Math.floor(totalBytes / msgBytes);
+  const meter = cpuMeter(peer.pid);
   const t0 = process.hrtime.bigint();
   let inflight = [];
   for (let i = 0; i < count; i++) {
@@ -64,9 +81,10 @@ async function amstBulk(streams, totalBytes, msgBytes, window, { zeroCopy = fals
   }
   await Promise.all(inflight);
   const s = hrSeconds(t0);
+  const cpu = meter();
   await closeOrDestroy(conn, `bulk ${streams} streams`);
   const peerRss = await peer.stop();
-  return { gbps: (count * msgBytes * 8) / s / 1e9, peerRss };
+  return { gbps: (count * msgBytes * 8) / s / 1e9, peerRss, cpu };
 }
 
 async function netBulk(totalBytes, writeBytes) {
@@ -76,21 +94,24 @@ async function netBulk(totalBytes, writeBytes) {
   await once(sock, 'connect');
   const buf = Buffer.alloc(writeBytes, 0x5a);
   const count = Math.floor(totalBytes / writeBytes);
+  const meter = cpuMeter(peer.pid);
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < count; i++) {
     if (!sock.write(buf)) await once(sock, 'drain');
   }
   await new Promise((resolve) => sock.end(resolve));
   const s = hrSeconds(t0);
+  const cpu = meter();
   sock.destroy();
   await peer.stop();
-  return (count * writeBytes * 8) / s / 1e9;
+  return { gbps: (count * writeBytes * 8) / s / 1e9, cpu };
 }
 
 async function amstMsgRate(count, window, io, batched = false, sink = 'amst-sink') {
   const peer = await startPeer(sink, io);
   const conn = await connect({ host: '127.0.0.1', port: peer.port, streams: 1, congestion: 'cubic', io });
   const msg = Buffer.alloc(64, 1);
+  const meter = cpuMeter(peer.pid);
   const t0 = process.hrtime.bigint();
   let pending = [];
   if (batched) {
@@ -110,9 +131,10 @@ async function amstMsgRate(count, window, io, batched = false, sink = 'amst-sink
   }
   await Promise.all(pending);
   const rate = count / hrSeconds(t0);
+  const cpu = meter();
   await closeOrDestroy(conn, 'message rate');
   await peer.stop();
-  return rate;
+  return { rate, cpu };
 }
 
 // Node's own best case for small messages: copied into 64 KiB writes.
@@ -122,6 +144,7 @@ async function netMsgRate(count) {
   await once(sock, 'connect');
   const msg = Buffer.alloc(64, 1);
   const batch = Buffer.allocUnsafe(64 * 1024);
+  const meter = cpuMeter(peer.pid);
   const t0 = process.hrtime.bigint();
   let off = 0;
   for (let i = 0; i < count; i++) {
@@ -135,9 +158,10 @@ async function netMsgRate(count) {
   if (off) sock.write(Buffer.from(batch.subarray(0, off)));
   await new Promise((resolve) => sock.end(resolve));
   const rate = count / hrSeconds(t0);
+  const cpu = meter();
   sock.destroy();
   await peer.stop();
-  return rate;
+  return { rate, cpu };
 }
 
 function percentiles(samples) {
@@ -233,18 +257,22 @@ export async function run(opts = {}) {
   const streamCounts = opts.streams ?? [1, 2, 4, 8];
   const bulkRounds = opts.bulkRounds ?? 3;
   const runsOf = { owned: [], node: [], iperf3: [] };
+  const cpuOf = { bulk: [], nodeBulk: [], msg: [], nodeMsg: [] };  // thread CPU per run
   for (const n of streamCounts) runsOf[n] = [];
   let peakPeerRss = 0;
   for (let round = 0; round < bulkRounds; round++) {
     for (const n of streamCounts) {
       const r = await amstBulk(n, totalBytes, 4 << 20, 16);
       runsOf[n].push(r.gbps);
+      if (n === streamCounts[0]) cpuOf.bulk.push(r.cpu);
       peakPeerRss = Math.max(peakPeerRss, r.peerRss);
     }
     const owned = await amstBulk(4, totalBytes, 4 << 20, 16, { owned: true });
     runsOf.owned.push(owned.gbps);
     peakPeerRss = Math.max(peakPeerRss, owned.peerRss);
-    runsOf.node.push(await netBulk(totalBytes, 1 << 20));
+    const nb = await netBulk(totalBytes, 1 << 20);
+    runsOf.node.push(nb.gbps);
+    cpuOf.nodeBulk.push(nb.cpu);
     const ip = iperf3(3);
     if (ip !== null) runsOf.iperf3.push(ip);
   }
@@ -279,14 +307,18 @@ export async function run(opts = {}) {
   // Interleaved, so that all three see the same state of this noisy VM.
   const runs = { batch: [], events: [], node: [] };
   for (let i = 0; i < (opts.msgRounds ?? 3); i++) {
-    runs.batch.push(await amstMsgRate(manyCount, 4096, 'thread', true, 'amst-batch-sink'));
-    runs.events.push(await amstMsgRate(manyCount, 4096, 'thread', true, 'amst-sink'));
-    runs.node.push(await netMsgRate(manyCount));
+    const b = await amstMsgRate(manyCount, 4096, 'thread', true, 'amst-batch-sink');
+    runs.batch.push(b.rate);
+    cpuOf.msg.push(b.cpu);
+    runs.events.push((await amstMsgRate(manyCount, 4096, 'thread', true, 'amst-sink')).rate);
+    const nm = await netMsgRate(manyCount);
+    runs.node.push(nm.rate);
+    cpuOf.nodeMsg.push(nm.cpu);
   }
   const [rate, rateEvents, nodeRate] = [runs.batch, runs.events, runs.node].map(median);
   const msgPaired = runs.batch.map((r, i) => r / runs.node[i]);
-  const rateSend = await amstMsgRate(msgCount, 4096, 'thread');
-  const rateSendLoop = await amstMsgRate(msgCount, 4096, 'loop');
+  const rateSend = (await amstMsgRate(msgCount, 4096, 'thread')).rate;
+  const rateSendLoop = (await amstMsgRate(msgCount, 4096, 'loop')).rate;
   const m = (r) => `${(r / 1e6).toFixed(2)} M msg/s`;
   log(`64-byte messages: amst sendMany ${m(rate)} into batch events, ${m(rateEvents)} into one message event each; ` +
       `node net batched into 64 KiB writes ${m(nodeRate)} (${(rate / nodeRate).toFixed(2)}x, ${(rateEvents / nodeRate).toFixed(2)}x; ` +
@@ -305,6 +337,19 @@ export async function run(opts = {}) {
   log(sp === null ? '  sockperf: not installed, skipped'
     : `  sockperf ping-pong: one-way p50 ${sp.oneWayP50.toFixed(1)} us, so round trip p50 ${sp.rttP50.toFixed(1)} us; ` +
       `amst busy-polling ${(rttBusy.p50 / sp.rttP50).toFixed(2)}x, without ${(rtt.p50 / sp.rttP50).toFixed(2)}x`);
+  // Which threads each contender kept busy (vCPUs, medians over the rounds):
+  // the one near 1.0 bounds the run; this VM has two vCPUs for all of them.
+  const medianCpu = (list) => Object.fromEntries(Object.keys(list[0]).map((k) => [k, fmt(median(list.map((c) => c[k])))]));
+  const threadCpuOf = {
+    bulk: medianCpu(cpuOf.bulk),
+    node_bulk: medianCpu(cpuOf.nodeBulk),
+    msg_rate: medianCpu(cpuOf.msg),
+    node_msg_rate: medianCpu(cpuOf.nodeMsg),
+  };
+  const amstCpu = (c) => `sender JS ${c.sender_js} + amst-io ${c.sender_io}, receiver JS ${c.receiver_js} + amst-io ${c.receiver_io}`;
+  const nodeCpu = (c) => `sender ${c.sender_js}, receiver ${c.receiver_js}`;
+  log(`thread CPU, vCPUs busy (medians): bulk ${streamCounts[0]} stream(s) ${amstCpu(threadCpuOf.bulk)}; node net bulk ${nodeCpu(threadCpuOf.node_bulk)}; ` +
+      `64-byte sendMany ${amstCpu(threadCpuOf.msg_rate)}; node net messages ${nodeCpu(threadCpuOf.node_msg_rate)}`);
   const rss = process.resourceUsage().maxRSS * 1024;
   log(`peak RSS: sender ${(rss / 2 ** 20).toFixed(0)} MiB, receiver ${(peakPeerRss / 2 ** 20).toFixed(0)} MiB`);
   log(JSON.stringify({
@@ -332,6 +377,7 @@ export async function run(opts = {}) {
     node_rtt_p99_us: fmt(nrtt.p99, 1),
     sockperf_p50_us: sp === null ? null : fmt(sp.oneWayP50, 1),
     sockperf_rtt_p50_us: sp === null ? null : fmt(sp.rttP50, 1),
+    thread_cpu: threadCpuOf,
     sender_peak_rss_mib: Math.round(rss / 2 ** 20),
     receiver_peak_rss_mib: Math.round(peakPeerRss / 2 ** 20),
   }));

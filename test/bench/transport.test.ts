@@ -22,6 +22,13 @@ t.test('bench transport prints a JSON summary line last', async (t) => {
   t.ok(bulk['1']! > 0 && bulk['4']! > 0);
   for (const k of ['node_net_gbps', 'msg_rate', 'node_msg_rate', 'rtt_p50_us', 'bulk_vs_node_paired', 'msg_rate_vs_node_paired']) t.ok((summary[k] as number) > 0, k);
   t.ok('iperf3_gbps' in summary && 'sockperf_p50_us' in summary);
+  // vCPUs each thread kept busy, per contender (too short a run here to say more than their shape).
+  const cpu = summary.thread_cpu as Record<string, Record<string, number>>;
+  t.same(Object.keys(cpu).sort(), ['bulk', 'msg_rate', 'node_bulk', 'node_msg_rate']);
+  for (const [run, roles] of Object.entries(cpu)) {
+    t.same(Object.keys(roles).sort(), ['receiver_io', 'receiver_js', 'sender_io', 'sender_js'], run);
+    for (const v of Object.values(roles)) t.ok(Number.isFinite(v) && v >= 0, `${run}: ${v}`);
+  }
 });
 
 // No RDMA device here: the RDMA benchmark says so clearly and exits 2. (On
