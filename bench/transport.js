@@ -1,10 +1,11 @@
 // AMST throughput, message rate and round trip over loopback, each against
 // Node's `net` measured in the same run, and against iperf3 and sockperf
 // when installed. The receiver runs in its own process. Message rate and
-// round trip are measured with both I/O modes (`thread`, `loop`). Prints a
-// table, then one JSON line:
+// round trip are measured with both I/O modes (`thread`, `loop`), and how
+// busy each thread was during the AMST and Node runs (thread-cpu.js). Prints
+// a table, then one JSON line:
 // {"bench":"transport","bulk_gbps":{"1":..,"8":..},"node_net_gbps":..,"iperf3_gbps":..,"msg_rate":..,
-//  "node_msg_rate":..,"rtt_p50_us":..,"sockperf_p50_us":..}
+//  "node_msg_rate":..,"rtt_p50_us":..,"sockperf_p50_us":..,"thread_cpu":{"bulk":{"sender_js":..,..},..},..}
 import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { once } from 'node:events';

@@ -30,6 +30,21 @@ function accepting(port: number): Promise<boolean> {
   });
 }
 
+/**
+ * A port where connections are refused, for tests of that: one below the
+ * ephemeral range that nothing listens on now. A port freePort() returns
+ * can be taken again before it is dialled (by a listener on port 0, or as
+ * the local port of an outgoing connection, which then connects to itself);
+ * tests only ever listen on port 0, so none takes this one.
+ */
+export async function refusedPort(): Promise<number> {
+  for (let i = 0; i < 100; i++) {
+    const port = 20000 + Math.floor(Math.random() * 10000);
+    if (!(await accepting(port))) return port;
+  }
+  throw new Error('no port in 20000-29999 refuses connections');
+}
+
 async function waitFor(port: number, child: ChildProcess, what: string): Promise<void> {
   const t0 = Date.now();
   while (!(await accepting(port))) {

@@ -12,7 +12,7 @@ import { MemoryCache } from '../../src/control/cache.js';
 import { RedisCache } from '../../src/control/cache-redis.js';
 import { LATEST_SCHEMA, SqliteStore } from '../../src/control/store.js';
 import { PostgresStore } from '../../src/control/store-postgres.js';
-import { freePort, postgresMissing, redisMissing, startPostgres, startRedis, PG_PASSWORD, REDIS_PASSWORD } from '../services.js';
+import { postgresMissing, refusedPort, redisMissing, startPostgres, startRedis, PG_PASSWORD, REDIS_PASSWORD } from '../services.js';
 
 const quiet = (): Writable => new Writable({ write: (_c, _e, cb) => cb() });
 const freshDir = (): string => mkdtempSync(join(tmpdir(), 'novacron-backend-'));
@@ -158,7 +158,7 @@ t.test('PostgreSQL backend', { skip: pgSkip ?? false }, async (t) => {
     const n1 = new NovacronNode({ env: {}, flags: flags(freshDir(), { 'database.url': bad }), logStream: quiet() });
     await t.rejects(n1.start(), { code: 'ERR_INIT_CRITICAL', message: /database did not start: .*password authentication failed/ });
     t.equal((await n1.health()).components.find((c) => c.name === 'database')!.attempts, 1, 'an authentication failure is not retried');
-    const port = await freePort();
+    const port = await refusedPort();
     const n2 = new NovacronNode({ env: {}, flags: flags(freshDir(), { 'database.url': `postgres://novacron:x@127.0.0.1:${port}/postgres` }), logStream: quiet() });
     await t.rejects(n2.start(), { code: 'ERR_INIT_CRITICAL', message: /ECONNREFUSED/ });
     t.equal((await n2.health()).components.find((c) => c.name === 'database')!.attempts, 3, 'a refused connection is retried');

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { listen, connect, TransportError, InvalidArgumentError } from '../../../src/index.js';
 import type { AmstConnection, AmstServer, IoMode, MessageBatch } from '../../../src/index.js';
 import { randomBytes } from '../../helpers.js';
+import { refusedPort } from '../../services.js';
 
 async function pair(
   streams = 4,
@@ -349,9 +350,7 @@ t.test('busy polling: loop mode only, bounded, and round trips still correct', a
 });
 
 t.test('refused connections and bad arguments', async (t) => {
-  const server = await listen({ port: 0 });
-  const port = server.port;
-  await server.close();
+  const port = await refusedPort();
   const err = await connect({ host: '127.0.0.1', port, streams: 3 }).catch((e: unknown) => e);
   t.type(err, TransportError);
   t.equal((err as TransportError).code, 'ERR_AMST_CONNECTION_LOST');
