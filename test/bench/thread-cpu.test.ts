@@ -1,7 +1,7 @@
 // The per-thread CPU reading behind `bench transport`'s "thread CPU" line:
 // the main thread's time shows as `js`, the AMST engine's thread (named
-// amst-io) as `io`, each within a clock tick of what the process as a whole
-// used meanwhile. Measured in CPU time, so a loaded machine cannot fail it.
+// amst-io) as `io`, each within a few clock ticks of what the process as a
+// whole used meanwhile. Measured in CPU time, so a loaded machine cannot fail it.
 import t from 'tap';
 import { once } from 'node:events';
 import { listen, connect } from '../../src/index.js';
