@@ -320,6 +320,22 @@ TEST(frame_reader_places_payloads_in_their_message) {
     CHECK(test::same_bytes(out[0], msgs[1]));
     CHECK_EQ(r1.pending_bytes(), 0u);
   }
+  // A small one-chunk message has no place (add() copies it whole): asking
+  // starts no partial state that its add() would then leave behind.
+  {
+    Reassembler r2(Limits{});
+    std::vector<Bytes> out;
+    auto c = chunks_of(msgs[3], 0, 15);
+    ChunkHeader h;
+    CHECK(parse_chunk_header(c[0].data(), Limits{}, &h) == Status::kOk);
+    uint8_t* at = reinterpret_cast<uint8_t*>(1);
+    CHECK(r2.reserve(h, &at) == Status::kOk);
+    CHECK(at == nullptr);
+    CHECK_EQ(r2.pending_messages(), 0u);
+    CHECK(adder(r2, out)(h, c[0].data() + kChunkHeaderSize) == Status::kOk);
+    CHECK_EQ(out.size(), 1u);
+    CHECK_EQ(r2.pending_messages(), 0u);
+  }
   // A corrupted payload read in place is still caught by its CRC.
   Reassembler re2(Limits{});
   StreamReader bad(

@@ -373,9 +373,15 @@ Status Reassembler::find_or_start(const ChunkHeader& h, Partial** out) {
   return Status::kOk;
 }
 
+// A small message of one chunk is copied whole by add(), with no partial
+// state; reserve() must not start any for it either, or it would never end.
+bool Reassembler::whole_at_once(const ChunkHeader& h) {
+  return h.payload_len == h.message_len && h.payload_len < StreamReader::kDirectMin;
+}
+
 Status Reassembler::reserve(const ChunkHeader& h, uint8_t** dst) {
   *dst = nullptr;
-  if (h.type != ChunkType::kData || complete(h.message_id)) return Status::kOk;
+  if (h.type != ChunkType::kData || complete(h.message_id) || whole_at_once(h)) return Status::kOk;
   Partial* p;
   if (Status st = find_or_start(h, &p); st != Status::kOk) return st;
   const uint64_t idx = h.offset >> h.chunk_shift;
@@ -400,11 +406,10 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
     *duplicate = true;
     return Status::kOk;
   }
-  const uint64_t chunks = (h.message_len + (1ull << h.chunk_shift) - 1) >> h.chunk_shift;
   MessageBuf whole;
-  if (chunks == 1 && h.payload_len < StreamReader::kDirectMin) {
-    // The common small message: no partial state at all. A larger one goes
-    // the partial way, where reserve() may have had it read in place.
+  if (whole_at_once(h)) {
+    // The common small message. A larger one of one chunk goes the partial
+    // way, where reserve() may have had it read in place.
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
     whole = allocate(h.payload_len);
     if (h.payload_len) std::memcpy(whole.bytes().data(), payload, h.payload_len);

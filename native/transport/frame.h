@@ -319,6 +319,7 @@ class Reassembler {
   Lender* lender_ = nullptr;
 
   MessageBuf allocate(size_t n);
+  static bool whole_at_once(const ChunkHeader& h);
 
   Status find_or_start(const ChunkHeader& h, Partial** out);
 };
