@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { dirname, join } from 'node:path';
 import { NovacronError } from '../errors.js';
+import { UsageError } from './usage.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -80,12 +81,6 @@ commands:
   help                      this text
   --version                 the package version
 `;
-
-class UsageError extends NovacronError {
-  constructor(message: string) {
-    super('ERR_USAGE', message);
-  }
-}
 
 function positive(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
@@ -251,13 +246,16 @@ async function main(argv: string[]): Promise<void> {
       process.stdout.write(USAGE);
       return;
     default:
-      throw new UsageError(`unknown command: ${cmd}`);
+      throw new UsageError(`unknown command: ${cmd}`, true);
   }
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
   const code = err instanceof NovacronError ? err.code : (err as { code?: string }).code;
   process.stderr.write(`novacron: ${err instanceof Error ? err.message : String(err)}${code ? ` (${code})` : ''}\n`);
-  if (err instanceof UsageError || code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') process.stderr.write(USAGE);
-  process.exitCode = err instanceof UsageError ? 2 : 1;
+  // A command line that cannot run exits 2, as parseArgs' own complaints do.
+  const usage = err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_'));
+  if ((err instanceof UsageError && err.showUsage) || code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') process.stderr.write(USAGE);
+  else if (usage) process.stderr.write('novacron help lists every command and option\n');
+  process.exitCode = usage ? 2 : 1;
 });

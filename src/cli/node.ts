@@ -2,6 +2,8 @@
 import { parseArgs } from 'node:util';
 import { request } from 'node:http';
 import { formatConfig, loadConfig, type LoadOptions } from '../control/config.js';
+import { NovacronError } from '../errors.js';
+import { UsageError } from './usage.js';
 
 const NODE_OPTIONS = {
   config: { type: 'string', multiple: true },
@@ -31,7 +33,7 @@ function loadOptions(v: NodeFlags): LoadOptions {
   }
   for (const s of v.set ?? []) {
     const eq = s.indexOf('=');
-    if (eq <= 0) throw new Error(`--set takes section.key=value, got ${s}`);
+    if (eq <= 0) throw new UsageError(`--set takes section.key=value, got ${s}`);
     flags[s.slice(0, eq)] = s.slice(eq + 1);
   }
   return { files: v.config ?? [], flags };
@@ -87,7 +89,7 @@ export async function cmdStatus(args: string[]): Promise<void> {
   try {
     res = await getJson(host, config.api.port, '/health');
   } catch (err) {
-    throw new Error(`no node answers on ${host}:${config.api.port}: ${(err as Error).message}`);
+    throw new NovacronError('ERR_NODE_UNREACHABLE', `no node answers on ${host}:${config.api.port}: ${(err as Error).message}`, { cause: err });
   }
   const body = res.body as { status: string; components: Array<{ name: string; state: string; ok: boolean; startMs: number; error?: string }> };
   if (values.json) {
@@ -103,7 +105,7 @@ export async function cmdStatus(args: string[]): Promise<void> {
 
 export async function cmdConfig(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
-  if (sub !== 'print') throw new Error('usage: novacron config print [--config FILE] [--json]');
+  if (sub !== 'print') throw new UsageError('usage: novacron config print [--config FILE] [--json]');
   const { values } = parseArgs({ args: rest, options: { ...NODE_OPTIONS, json: { type: 'boolean', default: false } }, strict: true });
   const loaded = loadConfig(loadOptions(values));
   process.stdout.write(values.json ? `${JSON.stringify(loaded)}\n` : `${formatConfig(loaded)}\n`);

@@ -1,6 +1,7 @@
 // `novacron send` and `novacron receive`.
 import { parseArgs } from 'node:util';
 import { sendFile, receiveFiles, type TransferSummary } from '../dwcp/transfer/file.js';
+import { UsageError } from './usage.js';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -13,7 +14,7 @@ function human(bytes: number): string {
 export function parseTarget(s: string): { host: string; port: number } {
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:]+):(\d+)$/.exec(s);
   const port = m ? Number(m[2]) : NaN;
-  if (!m || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`--to must be host:port, got ${s}`);
+  if (!m || !Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError(`--to must be host:port, got ${s}`);
   return { host: m[1]!, port };
 }
 
@@ -51,7 +52,7 @@ function formatSummary(s: TransferSummary): string {
 // The value of flag `--name` when it is one of `allowed` (or absent).
 function oneOf<T extends string>(name: string, v: string | undefined, allowed: readonly T[]): T | undefined {
   if (v === undefined || (allowed as readonly string[]).includes(v)) return v as T | undefined;
-  throw new Error(`--${name} must be ${allowed.slice(0, -1).join(', ')} or ${allowed.at(-1)!}, got ${v}`);
+  throw new UsageError(`--${name} must be ${allowed.slice(0, -1).join(', ')} or ${allowed.at(-1)!}, got ${v}`);
 }
 
 export async function cmdSend(args: string[]): Promise<void> {
@@ -70,10 +71,10 @@ export async function cmdSend(args: string[]): Promise<void> {
     },
     strict: true,
   });
-  if (positionals.length !== 1 || !values.to) throw new Error('usage: novacron send FILE --to host:port [--baseline OLD]');
+  if (positionals.length !== 1 || !values.to) throw new UsageError('usage: novacron send FILE --to host:port [--baseline OLD]');
   const { host, port } = parseTarget(values.to);
   const compression = values.compression ?? 'lz4';
-  if (compression !== 'lz4' && compression !== 'zstd' && compression !== 'none') throw new Error(`--compression must be lz4, zstd or none`);
+  if (compression !== 'lz4' && compression !== 'zstd' && compression !== 'none') throw new UsageError(`--compression must be lz4, zstd or none, got ${compression}`);
   const io = oneOf('io', values.io, ['thread', 'loop'] as const);
   const transport = oneOf('transport', values.transport, ['auto', 'rdma', 'tcp'] as const);
   const summary = await sendFile(positionals[0]!, {
@@ -106,8 +107,8 @@ export async function cmdReceive(args: string[]): Promise<void> {
     strict: true,
   });
   const port = Number(values.port);
-  if (!values.port || !Number.isInteger(port) || port < 0 || port > 65535) throw new Error('usage: novacron receive --port P --out DIR [--keep]');
-  if (!values.out) throw new Error('--out DIR is required');
+  if (!values.port || !values.out) throw new UsageError('usage: novacron receive --port P --out DIR [--keep]');
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port must be an integer from 0 to 65535, got ${values.port}`);
   const io = oneOf('io', values.io, ['thread', 'loop'] as const);
   const transport = oneOf('transport', values.transport, ['auto', 'tcp'] as const);
   const rx = await receiveFiles({

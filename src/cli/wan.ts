@@ -1,14 +1,9 @@
 // `novacron wan up|down|status|exec`: the WAN emulator from the command line
 // (`npm run wan -- up --rtt 60ms --loss 0.5% --rate 500mbit`).
 import { parseArgs } from 'node:util';
-import { NovacronError } from '../errors.js';
+import { UsageError } from './usage.js';
 import type { WanDirection, WanOptions } from '../sys/wan.js';
 
-class UsageError extends NovacronError {
-  constructor(message: string) {
-    super('ERR_USAGE', message);
-  }
-}
 
 const linkFlags = {
   name: { type: 'string' },

@@ -265,7 +265,7 @@ t.test('novacron send / receive from the command line', async (t) => {
   t.equal(code, 0, 'receiver exits after one file');
   t.equal((JSON.parse(out) as { name: string }).name, 'b.img');
   t.ok(readFileSync(join(dst, 'b.img')).equals(v2));
-  await t.rejects(run(process.execPath, [cli, 'send', join(src, 'b.img'), '--to', 'nowhere']), { code: 1 });
+  await t.rejects(run(process.execPath, [cli, 'send', join(src, 'b.img'), '--to', 'nowhere']), { code: 2, stderr: /--to must be host:port, got nowhere \(ERR_USAGE\)/ });
   await t.rejects(run(process.execPath, [cli, 'send', join(src, 'missing.img'), '--to', `127.0.0.1:${port}`]), { code: 1 });
 });
 
