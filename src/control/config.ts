@@ -125,6 +125,19 @@ export interface LoadOptions {
   flags?: Readonly<Record<string, string>>;
 }
 
+// The shape of what loadConfig is given; the values themselves are checked field by field.
+function checkLoadOptions(o: LoadOptions): void {
+  const bad = (what: string): never => {
+    throw new ConfigError('ERR_CONFIG_INVALID', `loadConfig: ${what}`, undefined, 'options');
+  };
+  if (typeof o !== 'object' || o === null) bad('options must be an object');
+  if (o.files !== undefined && (!Array.isArray(o.files) || !o.files.every((f) => typeof f === 'string'))) bad('files must be an array of paths');
+  for (const key of ['env', 'flags'] as const) {
+    const v: unknown = o[key];
+    if (v !== undefined && (typeof v !== 'object' || v === null || Array.isArray(v))) bad(`${key} must be an object of strings`);
+  }
+}
+
 export interface LoadedConfig {
   config: Config;
   sources: Sources;
@@ -196,6 +209,7 @@ function readFile(path: string): Record<string, unknown> {
 
 /** Reads, merges and validates the configuration. Throws ConfigError. */
 export function loadConfig(options: LoadOptions = {}): LoadedConfig {
+  checkLoadOptions(options);
   const values = new Map<string, unknown>();
   const sources: Record<string, string> = {};
   for (const [name, spec] of FIELDS) {

@@ -22,6 +22,7 @@ export const INTERNET_MIN_LOSS = 0.01;
 
 /** The mode one sample alone points to. */
 export function classifyLink(s: LinkSample): NetworkMode {
+  if (typeof s !== 'object' || s === null) throw new InvalidArgumentError('a link sample must be an object with rttMs and bandwidthBps');
   if (!(Number.isFinite(s.rttMs) && s.rttMs >= 0) || !(Number.isFinite(s.bandwidthBps) && s.bandwidthBps >= 0)) {
     throw new InvalidArgumentError('rttMs and bandwidthBps must be non-negative numbers');
   }

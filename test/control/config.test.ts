@@ -94,6 +94,13 @@ t.test('every validation error names field, value and source', async (t) => {
   }
 });
 
+t.test('options of the wrong shape are a ConfigError, not a TypeError', async (t) => {
+  for (const bad of [{ files: 5 }, { files: ['a.yaml', 3] }, { env: 'NOVACRON_API__PORT=1' }, { flags: null }, { flags: ['api.port=1'] }]) {
+    t.throws(() => loadConfig(bad as never), { name: 'ConfigError', code: 'ERR_CONFIG_INVALID', source: 'options' }, JSON.stringify(bad));
+  }
+  t.throws(() => loadConfig(null as never), { code: 'ERR_CONFIG_INVALID' });
+});
+
 t.test('backend URLs are accepted, and their passwords never printed', async (t) => {
   const loaded = loadConfig({ env: { NOVACRON_DATABASE__URL: 'postgresql://nc:s3cret@db.internal:5432/novacron', NOVACRON_CACHE__REDIS_URL: 'rediss://:p4ss@cache:6380/2' } });
   t.equal(loaded.config.database.url, 'postgresql://nc:s3cret@db.internal:5432/novacron', 'the node itself gets the real URL');

@@ -11,6 +11,7 @@ t.test('classification by RTT, bandwidth and loss', async (t) => {
   t.equal(classifyLink({ rttMs: 2, bandwidthBps: 10e9, loss: 0.02 }), 'internet', 'lossy link');
   t.throws(() => classifyLink({ rttMs: NaN, bandwidthBps: 1 }), { code: 'ERR_INVALID_ARGUMENT' });
   t.throws(() => classifyLink({ rttMs: 1, bandwidthBps: -1 }), { code: 'ERR_INVALID_ARGUMENT' });
+  t.throws(() => classifyLink(null as never), { code: 'ERR_INVALID_ARGUMENT' });
   t.same(transportForMode('internet'), { streams: 8, congestion: 'bbr' });
   t.same(transportForMode('datacenter'), { streams: 16, congestion: 'cubic' });
 });

@@ -184,6 +184,9 @@ function nextMessage(conn: AmstConnection, queue: Buffer[]): Promise<Buffer> {
 
 /** Sends one file to a `receiveFiles` server and waits for its verified answer. */
 export async function sendFile(path: string, options: SendFileOptions): Promise<TransferSummary> {
+  if (typeof path !== 'string' || path.length === 0) throw new InvalidArgumentError('path must be a non-empty string');
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options must be an object');
+  if (options.onProgress !== undefined && typeof options.onProgress !== 'function') throw new InvalidArgumentError('onProgress must be a function');
   const pageSize = options.pageSize ?? 4096;
   const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT;
   if (!isInt(segmentBytes, pageSize, MAX_SEGMENT) || segmentBytes % pageSize !== 0) {
@@ -195,20 +198,33 @@ export async function sendFile(path: string, options: SendFileOptions): Promise<
   if (options.baseline !== undefined) {
     baseline = { name: checkName(basename(options.baseline)), size: (await stat(options.baseline)).size, sha256: await sha256File(options.baseline) };
   }
+  // Everything that can refuse the options (the encoder checks pageSize and
+  // compression) comes before the connection, and whatever was taken by the
+  // time something fails is given back.
+  const encoder = new HdeEncoder({ pageSize, compression: options.compression ?? 'lz4', cacheBytes: segmentBytes });
+  let fh: FileHandle | undefined;
+  let baseFh: FileHandle | undefined;
+  let conn: AmstConnection;
   const started = process.hrtime.bigint();
-  const conn = await connect({
-    host: options.host,
-    port: options.port,
-    streams: options.streams ?? 8,
-    ...(options.io ? { io: options.io } : {}),
-    ...(options.transport ? { transport: options.transport } : {}),
-  });
+  try {
+    fh = await open(path, 'r');
+    baseFh = baseline ? await open(options.baseline!, 'r') : undefined;
+    conn = await connect({
+      host: options.host,
+      port: options.port,
+      streams: options.streams ?? 8,
+      ...(options.io ? { io: options.io } : {}),
+      ...(options.transport ? { transport: options.transport } : {}),
+    });
+  } catch (err) {
+    encoder.close();
+    await fh?.close();
+    await baseFh?.close();
+    throw err;
+  }
   const inbox: Buffer[] = [];
   const keep = (m: Buffer): void => void inbox.push(m);
   conn.on('message', keep);
-  const fh = await open(path, 'r');
-  const baseFh = baseline ? await open(options.baseline!, 'r') : undefined;
-  const encoder = new HdeEncoder({ pageSize, compression: options.compression ?? 'lz4', cacheBytes: segmentBytes });
   try {
     await conn.send(encodeControl({ t: 'hello', v: PROTOCOL_VERSION, name, size, pageSize, segmentBytes, baseline }));
     const answer = decodeControl(await nextMessage(conn, inbox));
@@ -555,6 +571,11 @@ class ReceiveSession {
 
 /** Starts a file receiver; resolves once it listens. */
 export async function receiveFiles(options: ReceiveOptions): Promise<FileReceiver> {
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options must be an object');
+  if (typeof options.outDir !== 'string' || options.outDir.length === 0) throw new InvalidArgumentError('outDir must be the path of a directory');
+  if (options.maxBytes !== undefined && !isInt(options.maxBytes, 1, Number.MAX_SAFE_INTEGER)) {
+    throw new InvalidArgumentError(`maxBytes must be a positive integer, got ${String(options.maxBytes)}`);
+  }
   const st = await stat(options.outDir).catch(() => null);
   if (!st?.isDirectory()) throw new InvalidArgumentError(`output directory ${options.outDir} does not exist`);
   const server = await listen({

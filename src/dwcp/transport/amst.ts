@@ -7,10 +7,12 @@
 //   const conn = await connect({ host: '10.0.0.2', port: 7701, streams: 8 });
 //   await conn.send(buf);   // resolves once the peer holds the whole message
 import { EventEmitter } from 'node:events';
+import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
+import { getSystemErrorMap } from 'node:util';
 import { native, type NativeAmstEngine, type NativeAmstStats, type NativeAmstStreamStats } from '../../native.js';
 import { InvalidArgumentError, NovacronError, statusName } from '../../errors.js';
-import type { NetworkMode } from '../mode.js';
+import { NETWORK_MODES, type NetworkMode } from '../mode.js';
 
 /** Errors of the transport; `code` is `ERR_AMST_<STATUS>`. */
 export class TransportError extends NovacronError {
@@ -173,7 +175,9 @@ interface AmstEvent {
 function eventError(e: AmstEvent, what: string): TransportError {
   const status = e.status ?? 'CONNECTION_LOST';
   const sys = errnoName(e.osError);
-  return new TransportError(`ERR_AMST_${status}`, `${what}: ${status.toLowerCase().replace(/_/g, ' ')}${sys ? ` (${sys})` : ''}`, sys);
+  // "invalid argument (EADDRINUSE)" says less than the errno's own words.
+  const said = status === 'INVALID_ARGUMENT' && e.osError ? getSystemErrorMap().get(-e.osError)?.[1] : undefined;
+  return new TransportError(`ERR_AMST_${status}`, `${what}: ${said ?? status.toLowerCase().replace(/_/g, ' ')}${sys ? ` (${sys})` : ''}`, sys);
 }
 
 interface Handler {
@@ -254,7 +258,7 @@ class Router {
 // One engine per I/O mode per thread; ids are per engine.
 const routers = new Map<IoMode, Router>();
 function getRouter(io: unknown): Router {
-  if (io !== undefined && io !== 'thread' && io !== 'loop') throw new InvalidArgumentError(`io must be 'thread' or 'loop', got ${String(io)}`);
+  if (io !== undefined && io !== 'thread' && io !== 'loop') throw new InvalidArgumentError(`io must be 'thread' or 'loop', got ${shown(io)}`);
   const mode: IoMode = io ?? 'thread';
   let r = routers.get(mode);
   if (!r) {
@@ -264,15 +268,52 @@ function getRouter(io: unknown): Router {
   return r;
 }
 
+// Option checks. Each throws an InvalidArgumentError, which connect() and
+// listen() return as a rejection: nothing unchecked reaches the engine.
+function shown(v: unknown): string {
+  if (typeof v === 'string') return `'${v}'`;
+  if (typeof v === 'object' && v !== null) return Array.isArray(v) ? 'an array' : 'an object';
+  return String(v);
+}
+
 function checkHost(host: unknown): string {
-  if (typeof host !== 'string' || host.length === 0) throw new InvalidArgumentError('host must be a numeric IP address');
+  if (typeof host !== 'string' || isIP(host) === 0) throw new InvalidArgumentError(`host must be a numeric IPv4 or IPv6 address, got ${shown(host)}`);
   return host;
+}
+
+function checkBool(v: unknown, name: string, otherwise: boolean): boolean {
+  if (v === undefined) return otherwise;
+  if (typeof v !== 'boolean') throw new InvalidArgumentError(`${name} must be true or false, got ${shown(v)}`);
+  return v;
+}
+
+function checkInt(v: unknown, name: string, min: number, max: number, otherwise: number): number {
+  if (v === undefined) return otherwise;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max}, got ${shown(v)}`);
+  }
+  return v;
+}
+
+// A kernel congestion control name (what TCP_CONGESTION takes); '' keeps the system's.
+const CONGESTION_NAME = /^[a-z0-9_]{1,15}$/;
+function checkCongestion(name: unknown, otherwise: string): string {
+  if (name === undefined) return otherwise;
+  if (typeof name !== 'string' || !CONGESTION_NAME.test(name)) throw new InvalidArgumentError(`congestion must be a kernel algorithm name, got ${shown(name)}`);
+  return name;
+}
+
+// What the kernel said to a congestion control it would not set, in words.
+function congestionRefused(name: string, sys: string | undefined): string | undefined {
+  if (sys === 'ENOENT') return `congestion control ${name} is not offered by this kernel (see /proc/sys/net/ipv4/tcp_available_congestion_control)`;
+  if (sys === 'EPERM') return `congestion control ${name} is not allowed for this user (see /proc/sys/net/ipv4/tcp_allowed_congestion_control)`;
+  return undefined;
 }
 
 function checkBusyPoll(us: unknown, io: unknown): number {
   if (us === undefined || us === 0) return 0;
   if (typeof us !== 'number' || !Number.isInteger(us) || us < 0 || us > 10000) {
-    throw new InvalidArgumentError(`busyPollMicros must be an integer from 0 to 10000, got ${String(us)}`);
+    throw new InvalidArgumentError(`busyPollMicros must be an integer from 0 to 10000, got ${shown(us)}`);
   }
   if (io !== 'loop') throw new InvalidArgumentError("busyPollMicros needs io: 'loop'");
   return us;
@@ -300,7 +341,7 @@ function checkRdma(o: { rdmaDevice?: unknown; rdmaGidIndex?: unknown; rdmaRingBy
 
 function checkPort(port: unknown, allowZero: boolean): number {
   if (typeof port !== 'number' || !Number.isInteger(port) || port < (allowZero ? 0 : 1) || port > 65535) {
-    throw new InvalidArgumentError(`port must be an integer from ${allowZero ? 0 : 1} to 65535, got ${String(port)}`);
+    throw new InvalidArgumentError(`port must be an integer from ${allowZero ? 0 : 1} to 65535, got ${shown(port)}`);
   }
   return port;
 }
@@ -590,12 +631,13 @@ export class AmstConnection extends EventEmitter implements Handler {
    * for the streams it sends on.
    */
   setCongestion(name: string): void {
-    if (typeof name !== 'string' || !/^[a-z0-9_]{1,15}$/.test(name)) throw new InvalidArgumentError(`congestion must be a kernel algorithm name, got ${String(name)}`);
+    if (name === undefined) throw new InvalidArgumentError('congestion must be a kernel algorithm name, got undefined');
+    checkCongestion(name, '');
     if (this.#closed) throw new TransportError('ERR_AMST_CLOSED', 'setCongestion: connection is closed');
     const err = this.#router.engine.setCongestion(this.id, name);
     if (err !== 0) {
       const sys = errnoName(err);
-      throw new TransportError('ERR_AMST_INVALID_ARGUMENT', `setCongestion ${name}: ${sys === 'ENOENT' ? 'the kernel does not offer it' : sys ?? 'failed'}`, sys);
+      throw new TransportError('ERR_AMST_INVALID_ARGUMENT', `setCongestion: ${congestionRefused(name, sys) ?? `congestion control ${name} failed`} (${sys ?? 'error'})`, sys);
     }
   }
 
@@ -779,74 +821,88 @@ export class AmstServer extends EventEmitter implements Handler {
 
 /** Starts listening; resolves once bound (`server.port` holds the port). */
 export function listen(options: ListenOptions = {}): Promise<AmstServer> {
-  const host = checkHost(options.host ?? '127.0.0.1');
-  const port = checkPort(options.port ?? 0, true);
-  const busy = checkBusyPoll(options.busyPollMicros, options.io);
-  const transport = options.transport ?? 'auto';
-  if (transport !== 'auto' && transport !== 'tcp') throw new InvalidArgumentError(`listen transport must be 'auto' or 'tcp', got ${String(transport)}`);
-  const rdma = checkRdma(options);
-  const r = getRouter(options.io);
-  r.busyPoll(busy);
-  const id = r.engine.listen(host, port, options.lendBuffers ?? false, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes);
-  return new AmstServer(r, id).waitListening();
+  try {
+    if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options must be an object');
+    const host = checkHost(options.host ?? '127.0.0.1');
+    const port = checkPort(options.port ?? 0, true);
+    const busy = checkBusyPoll(options.busyPollMicros, options.io);
+    const lend = checkBool(options.lendBuffers, 'lendBuffers', false);
+    const transport = options.transport ?? 'auto';
+    if (transport !== 'auto' && transport !== 'tcp') throw new InvalidArgumentError(`listen transport must be 'auto' or 'tcp', got ${shown(transport)}`);
+    const rdma = checkRdma(options);
+    const r = getRouter(options.io);
+    r.busyPoll(busy);
+    const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes);
+    return new AmstServer(r, id).waitListening();
+  } catch (err) {
+    return Promise.reject(err as Error);
+  }
 }
 
 /** Opens a connection of N streams; resolves once every stream has connected or failed (at least one connected). */
 export function connect(options: ConnectOptions): Promise<AmstConnection> {
-  if (typeof options !== 'object' || options === null) return Promise.reject(new InvalidArgumentError('options must be an object'));
+  let opened: { r: Router; id: number; streams: number; congestion: string };
+  try {
+    opened = open(options);
+  } catch (err) {
+    return Promise.reject(err as Error);
+  }
+  const { r, id, streams, congestion } = opened;
+  return new AmstConnection(r, id, streams, true).waitConnected().catch((err: unknown) => {
+    // Every stream failed setting the congestion control: say so, not "connection lost".
+    const said = err instanceof TransportError && congestion !== '' ? congestionRefused(congestion, err.syscallError) : undefined;
+    const sys = err instanceof TransportError ? err.syscallError : undefined;
+    throw said ? new TransportError('ERR_AMST_INVALID_ARGUMENT', `connect: ${said} (${sys ?? 'error'})`, sys) : err;
+  });
+}
+
+// Checks every option, then asks the engine to dial.
+function open(options: ConnectOptions): { r: Router; id: number; streams: number; congestion: string } {
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options must be an object');
   const host = checkHost(options.host);
   const port = checkPort(options.port, false);
-  const mode = options.mode;
-  const streams = options.streams ?? (mode === 'datacenter' ? 16 : 8);
-  if (!Number.isInteger(streams) || streams < 1 || streams > 512) {
-    return Promise.reject(new InvalidArgumentError(`streams must be an integer from 1 to 512, got ${String(streams)}`));
+  const mode: unknown = options.mode;
+  if (mode !== undefined && !NETWORK_MODES.includes(mode as NetworkMode)) {
+    throw new InvalidArgumentError(`mode must be 'datacenter', 'internet' or 'hybrid', got ${shown(mode)}`);
   }
-  const chunk = options.chunkSize ?? 256 * 1024;
-  if (!Number.isInteger(chunk) || chunk < 4096 || chunk > 16 * 1024 * 1024 || (chunk & (chunk - 1)) !== 0) {
-    return Promise.reject(new InvalidArgumentError(`chunkSize must be a power of two from 4096 to 16777216, got ${String(chunk)}`));
+  const streams = checkInt(options.streams, 'streams', 1, 512, mode === 'datacenter' ? 16 : 8);
+  const chunk: unknown = options.chunkSize ?? 256 * 1024;
+  if (typeof chunk !== 'number' || !Number.isInteger(chunk) || chunk < 4096 || chunk > 16 * 1024 * 1024 || (chunk & (chunk - 1)) !== 0) {
+    throw new InvalidArgumentError(`chunkSize must be a power of two from 4096 to 16777216, got ${shown(chunk)}`);
   }
-  const congestion = options.congestion ?? (mode === 'internet' ? 'bbr' : mode === 'datacenter' ? 'cubic' : '');
-  const transport = options.transport ?? 'auto';
+  const congestion = checkCongestion(options.congestion, mode === 'internet' ? 'bbr' : mode === 'datacenter' ? 'cubic' : '');
+  // SO_SNDBUF / SO_RCVBUF take an int; the kernel caps them further (net.core.wmem_max, rmem_max).
+  const sendBuffer = checkInt(options.sendBufferBytes, 'sendBufferBytes', 0, 2 ** 30, 0);
+  const recvBuffer = checkInt(options.recvBufferBytes, 'recvBufferBytes', 0, 2 ** 30, 0);
+  const transport: unknown = options.transport ?? 'auto';
   const transportCode = transport === 'tcp' ? 0 : transport === 'auto' ? 1 : transport === 'rdma' ? 2 : -1;
-  if (transportCode < 0) {
-    return Promise.reject(new InvalidArgumentError(`transport must be 'auto', 'rdma' or 'tcp', got ${String(transport)}`));
-  }
-  const lanes = options.rdmaLanes ?? 0;
-  if (options.rdmaLanes !== undefined && (!Number.isInteger(lanes) || lanes < 1 || lanes > 16)) {
-    return Promise.reject(new InvalidArgumentError(`rdmaLanes must be an integer from 1 to 16, got ${String(lanes)}`));
-  }
-  let rdma: RdmaChoice;
-  try {
-    rdma = checkRdma(options);
-  } catch (err) {
-    return Promise.reject(err as Error);
-  }
-  let r: Router;
-  try {
-    const busy = checkBusyPoll(options.busyPollMicros, options.io);
-    r = getRouter(options.io);
-    r.busyPoll(busy);
-  } catch (err) {
-    return Promise.reject(err as Error);
-  }
+  if (transportCode < 0) throw new InvalidArgumentError(`transport must be 'auto', 'rdma' or 'tcp', got ${shown(transport)}`);
+  const lanes = checkInt(options.rdmaLanes, 'rdmaLanes', 1, 16, 0);
+  const rdma = checkRdma(options);
+  const flags = {
+    redial: checkBool(options.redial, 'redial', true),
+    zeroCopy: checkBool(options.zeroCopy, 'zeroCopy', false),
+    splice: checkBool(options.splice, 'splice', true),
+    lendBuffers: checkBool(options.lendBuffers, 'lendBuffers', false),
+  };
+  const busy = checkBusyPoll(options.busyPollMicros, options.io);
+  const r = getRouter(options.io);
+  r.busyPoll(busy);
   const id = r.engine.connect({
     host,
     port,
     streams,
     chunkShift: Math.log2(chunk),
     congestion,
-    sendBuffer: options.sendBufferBytes ?? 0,
-    recvBuffer: options.recvBufferBytes ?? 0,
-    redial: options.redial ?? true,
-    zeroCopy: options.zeroCopy ?? false,
-    splice: options.splice ?? true,
-    lendBuffers: options.lendBuffers ?? false,
+    sendBuffer,
+    recvBuffer,
+    ...flags,
     transport: transportCode,
     rdmaLanes: lanes,
     rdmaRingBytes: rdma.ringBytes,
     rdmaDevice: rdma.device,
     rdmaGidIndex: rdma.gidIndex,
   });
-  return new AmstConnection(r, id, streams, true).waitConnected();
+  return { r, id, streams, congestion };
 }
 

@@ -237,6 +237,39 @@ t.test('sendPages: dirty pages of a region reach the peer', async (t) => {
   await server.close();
 });
 
+// Options are checked before anything is opened: a sender whose encoder
+// options are wrong must not leave a connection (which keeps a process
+// alive) or a file handle behind. Run in a child, whose exit shows it.
+t.test('bad options fail fast and leave nothing open', async (t) => {
+  const { src, dst } = dirs();
+  writeFileSync(join(src, 'f.img'), randomBytes(10000));
+  const rx = await receiveFiles({ host: '127.0.0.1', port: 0, outDir: dst });
+  const dist = fileURLToPath(new URL('../../../dist/index.js', import.meta.url));
+  const script = `import { sendFile } from ${JSON.stringify(dist)};
+    try { await sendFile(${JSON.stringify(join(src, 'f.img'))}, { host: '127.0.0.1', port: ${rx.port}, compression: 'gzip' }); }
+    catch (e) { process.stdout.write(e.code); }`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10000);
+  const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
+  clearTimeout(timer);
+  t.equal(out, 'ERR_INVALID_ARGUMENT', 'the sender says why');
+  t.same([code, signal], [0, null], 'and its process ends on its own');
+  const file = join(src, 'f.img');
+  await t.rejects(sendFile(file, undefined as never), { code: 'ERR_INVALID_ARGUMENT', message: /options must be an object/ });
+  await t.rejects(sendFile(7 as never, { host: '127.0.0.1', port: rx.port }), { code: 'ERR_INVALID_ARGUMENT', message: /path/ });
+  await t.rejects(sendFile(file, { host: '127.0.0.1', port: rx.port, onProgress: 3 as never }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(sendFile(file, { host: '127.0.0.1', port: rx.port, pageSize: 1000 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(sendFile(file, { host: 'localhost', port: rx.port }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(receiveFiles(undefined as never), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(receiveFiles({ port: 0 } as never), { code: 'ERR_INVALID_ARGUMENT', message: /outDir/ });
+  await t.rejects(receiveFiles({ port: 0, outDir: dst, maxBytes: -1 }), { code: 'ERR_INVALID_ARGUMENT', message: /maxBytes/ });
+  await t.rejects(receiveFiles({ port: -1, outDir: dst }), { code: 'ERR_INVALID_ARGUMENT', message: /port/ });
+  t.same(readdirSync(dst), [], 'nothing arrived');
+  await rx.close();
+});
+
 t.test('novacron send / receive from the command line', async (t) => {
   const { src, dst } = dirs();
   const v1 = image(3 * 1024 * 1024 + 77, 6);

@@ -333,7 +333,7 @@ t.test('busy polling: loop mode only, bounded, and round trips still correct', a
   await t.rejects(connect({ host: '127.0.0.1', port: 1, busyPollMicros: 50 }), { code: 'ERR_INVALID_ARGUMENT' });
   await t.rejects(connect({ host: '127.0.0.1', port: 1, io: 'loop', busyPollMicros: 10001 }), { code: 'ERR_INVALID_ARGUMENT' });
   await t.rejects(connect({ host: '127.0.0.1', port: 1, io: 'loop', busyPollMicros: 1.5 }), { code: 'ERR_INVALID_ARGUMENT' });
-  t.throws(() => listen({ port: 0, busyPollMicros: 50 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(listen({ port: 0, busyPollMicros: 50 }), { code: 'ERR_INVALID_ARGUMENT' });
   const server = await listen({ port: 0, io: 'loop', busyPollMicros: 200 });
   server.on('connection', (c: AmstConnection) => c.on('message', (m: Buffer) => void c.send(Buffer.from(m)).catch(() => {})));
   const client = await connect({ host: '127.0.0.1', port: server.port, streams: 1, io: 'loop', busyPollMicros: 200 });
@@ -358,13 +358,71 @@ t.test('refused connections and bad arguments', async (t) => {
   await t.rejects(connect({ host: '127.0.0.1', port, streams: 0 }), InvalidArgumentError);
   await t.rejects(connect({ host: '127.0.0.1', port, streams: 513 }), InvalidArgumentError);
   await t.rejects(connect({ host: '127.0.0.1', port, chunkSize: 5000 }), InvalidArgumentError);
-  t.throws(() => listen({ port: 70000 }), InvalidArgumentError);
-  await t.rejects(connect({ host: 'example.com', port: 1 }), { code: 'ERR_AMST_INVALID_ARGUMENT' });
+  await t.rejects(listen({ port: 70000 }), InvalidArgumentError);
+  await t.rejects(connect({ host: 'example.com', port: 1 }), { code: 'ERR_INVALID_ARGUMENT', message: /numeric IPv4 or IPv6 address, got 'example.com'/ });
   const { server: s2, client } = await pair(1);
   await t.rejects(client.send(Buffer.alloc(0)), InvalidArgumentError);
   await t.rejects(client.send('text' as never), InvalidArgumentError);
   client.destroy();
   await s2.close();
+});
+
+// Every option is checked before the engine sees it, and a bad one is a
+// rejection (never a synchronous throw) with ERR_INVALID_ARGUMENT that names
+// the option and the value.
+t.test('connect and listen reject bad options with ERR_INVALID_ARGUMENT, naming them', async (t) => {
+  const port = 1;
+  const bad: Array<[Record<string, unknown>, RegExp]> = [
+    [{ host: undefined }, /host must be a numeric IPv4 or IPv6 address, got undefined/],
+    [{ host: '1.2.3' }, /host must be .*got '1\.2\.3'/],
+    [{ port: '80' }, /port must be an integer from 1 to 65535, got '80'/],
+    [{ streams: '4' }, /streams must be an integer from 1 to 512, got '4'/],
+    [{ chunkSize: '65536' }, /chunkSize must be a power of two .*got '65536'/],
+    [{ congestion: 5 }, /congestion must be a kernel algorithm name, got 5/],
+    [{ congestion: 'bbr; rm' }, /congestion must be a kernel algorithm name/],
+    [{ sendBufferBytes: -1 }, /sendBufferBytes must be an integer from 0 to 1073741824, got -1/],
+    [{ sendBufferBytes: 'big' }, /sendBufferBytes must be an integer/],
+    [{ recvBufferBytes: 1e12 }, /recvBufferBytes must be an integer/],
+    [{ recvBufferBytes: NaN }, /recvBufferBytes must be an integer/],
+    [{ mode: 'lan' }, /mode must be 'datacenter', 'internet' or 'hybrid', got 'lan'/],
+    [{ redial: 'yes' }, /redial must be true or false, got 'yes'/],
+    [{ zeroCopy: 1 }, /zeroCopy must be true or false, got 1/],
+    [{ splice: 'no' }, /splice must be true or false/],
+    [{ lendBuffers: {} }, /lendBuffers must be true or false, got an object/],
+    [{ io: 'fast' }, /io must be 'thread' or 'loop', got 'fast'/],
+  ];
+  for (const [extra, message] of bad) {
+    let p: Promise<unknown> | undefined;
+    t.doesNotThrow(() => {
+      p = connect({ host: '127.0.0.1', port, streams: 1, ...extra } as never);
+    }, `connect(${JSON.stringify(extra)}) does not throw`);
+    await t.rejects(p!, { code: 'ERR_INVALID_ARGUMENT', message }, `connect(${JSON.stringify(extra)})`);
+  }
+  for (const options of [null, 'x', { host: 'localhost' }, { port: -1 }, { lendBuffers: 1 }, { io: 3 }]) {
+    let p: Promise<unknown> | undefined;
+    t.doesNotThrow(() => {
+      p = listen(options as never);
+    });
+    await t.rejects(p!, { code: 'ERR_INVALID_ARGUMENT' }, `listen(${JSON.stringify(options)})`);
+  }
+});
+
+t.test('what the kernel refuses is said in its words: a congestion control it lacks, a port in use', async (t) => {
+  const server = await listen({ port: 0 });
+  const err = await connect({ host: '127.0.0.1', port: server.port, streams: 2, congestion: 'nosuchcc' }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.type(err, TransportError);
+  t.equal((err as TransportError).code, 'ERR_AMST_INVALID_ARGUMENT');
+  t.equal((err as TransportError).syscallError, 'ENOENT');
+  t.match((err as Error).message, /congestion control nosuchcc is not offered by this kernel/);
+  await t.rejects(listen({ port: server.port }), { code: 'ERR_AMST_INVALID_ARGUMENT', syscallError: 'EADDRINUSE', message: /listen: address already in use \(EADDRINUSE\)/ });
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams: 1 });
+  t.throws(() => client.setCongestion('nosuchcc'), { code: 'ERR_AMST_INVALID_ARGUMENT', syscallError: 'ENOENT', message: /not offered by this kernel/ });
+  t.throws(() => client.setCongestion(undefined as never), { code: 'ERR_INVALID_ARGUMENT' });
+  client.destroy();
+  await server.close();
 });
 
 // No RDMA device on the machines this runs on (the RDMA path itself is
@@ -377,9 +435,9 @@ t.test('transport selection without an RDMA device: auto is TCP, rdma fails clea
   await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaDevice: 7 as never }), { code: 'ERR_INVALID_ARGUMENT' });
   await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaGidIndex: -1 }), { code: 'ERR_INVALID_ARGUMENT' });
   await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaGidIndex: 256 }), { code: 'ERR_INVALID_ARGUMENT' });
-  t.throws(() => listen({ port: 0, transport: 'rdma' as never }), { code: 'ERR_INVALID_ARGUMENT' });
-  t.throws(() => listen({ port: 0, rdmaRingBytes: 1 }), { code: 'ERR_INVALID_ARGUMENT' });
-  t.throws(() => listen({ port: 0, rdmaGidIndex: 1.5 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(listen({ port: 0, transport: 'rdma' as never }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(listen({ port: 0, rdmaRingBytes: 1 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.rejects(listen({ port: 0, rdmaGidIndex: 1.5 }), { code: 'ERR_INVALID_ARGUMENT' });
   const server = await listen({ port: 0 });
   const peers: AmstConnection[] = [];
   server.on('connection', (c: AmstConnection) => peers.push(c));
