@@ -438,7 +438,10 @@ export class NovacronNode {
           for (const m of swim.alive()) {
             try {
               const x = JSON.parse(m.meta ?? '') as { replica: string; host: string; port: number };
-              if (typeof x.replica === 'string' && typeof x.host === 'string' && Number.isInteger(x.port)) peers.set(x.replica, { host: x.host, port: x.port });
+              // What a member says of itself crosses the network: only a usable address gets in.
+              if (typeof x.replica === 'string' && x.replica !== '' && typeof x.host === 'string' && x.host !== '' && Number.isInteger(x.port) && x.port >= 1 && x.port <= 65535) {
+                peers.set(x.replica, { host: x.host, port: x.port });
+              }
             } catch {
               // a member without gossip
             }

@@ -231,6 +231,46 @@ export interface ORMapState<T> {
   readonly values: Readonly<Record<string, LWWRegisterState<T>>>;
 }
 
+// Checks of a state that arrived from another replica: every field typed,
+// every dot well-formed, and no "__proto__" key (JSON.parse makes it an own
+// property, which the merges' plain objects would take as their prototype).
+function plainRecord(v: unknown, each: (x: unknown) => boolean): boolean {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  for (const [k, x] of Object.entries(v)) if (k === '__proto__' || !each(x)) return false;
+  return true;
+}
+
+function isDot(v: unknown): v is Dot {
+  if (typeof v !== 'string') return false;
+  const i = v.lastIndexOf(':');
+  const n = Number(v.slice(i + 1));
+  return i > 0 && Number.isSafeInteger(n) && n >= 1 && String(n) === v.slice(i + 1);
+}
+
+const isCount = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+
+function isContext(v: unknown): v is CausalContext {
+  const c = v as { vc?: unknown; cloud?: unknown } | null;
+  return typeof c === 'object' && c !== null && plainRecord(c.vc, isCount) && Array.isArray(c.cloud) && c.cloud.every(isDot);
+}
+
+function isORSetState(v: unknown): v is ORSetState {
+  const s = v as { entries?: unknown; context?: unknown } | null;
+  return typeof s === 'object' && s !== null && plainRecord(s.entries, (d) => Array.isArray(d) && d.every(isDot)) && isContext(s.context);
+}
+
+function isStringRegister(v: unknown): v is LWWRegisterState<string> {
+  const r = v as { value?: unknown; ts?: unknown; replica?: unknown } | null;
+  return typeof r === 'object' && r !== null && (r.value === undefined || typeof r.value === 'string') &&
+    typeof r.ts === 'number' && Number.isFinite(r.ts) && r.ts >= 0 && typeof r.replica === 'string';
+}
+
+/** Whether `v` (parsed from the wire) is a map of string registers that merge can take. */
+export function isStringORMapState(v: unknown): v is ORMapState<string> {
+  const m = v as { keys?: unknown; values?: unknown } | null;
+  return typeof m === 'object' && m !== null && isORSetState(m.keys) && plainRecord(m.values, isStringRegister);
+}
+
 export const ORMap = {
   empty<T>(): ORMapState<T> {
     return { keys: ORSet.empty(), values: {} };

@@ -16,7 +16,7 @@ import { corked, readFrames, type PeerAddress } from '../consensus/raft/transpor
 import { NovacronError } from '../../errors.js';
 import type { RaftKvClient } from '../consensus/raft/client.js';
 import type { RaftKvNode } from '../consensus/raft/kv-node.js';
-import { ORMap, canonical, type ORMapState } from './crdt.js';
+import { ORMap, canonical, isStringORMapState, type ORMapState } from './crdt.js';
 
 export interface StateStore {
   /** The protocol answering now. */
@@ -154,7 +154,11 @@ export class TcpGossipTransport implements GossipTransport {
     if (!sock || sock.destroyed) {
       const a = this.#addrs.get(peer);
       if (!a) return;
-      sock = clusterConnect(a, this.tls);
+      try {
+        sock = clusterConnect(a, this.tls);
+      } catch {
+        return; // an address the socket refuses: like a peer that is down
+      }
       sock.on('error', () => undefined);
       sock.on('close', () => this.#out.get(peer) === sock && this.#out.delete(peer));
       this.#out.set(peer, sock);
@@ -231,8 +235,9 @@ export class CrdtStateStore implements StateStore {
   #receive(data: Uint8Array): void {
     let delta: ORMapState<string>;
     try {
-      delta = JSON.parse(Buffer.from(data).toString()) as ORMapState<string>;
-      if (!delta || typeof delta !== 'object' || !delta.keys || typeof delta.values !== 'object') return;
+      const v: unknown = JSON.parse(Buffer.from(data).toString());
+      if (!isStringORMapState(v)) return; // not ours, or broken: never merged
+      delta = v;
     } catch {
       return; // not ours
     }

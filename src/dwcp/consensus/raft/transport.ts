@@ -4,7 +4,8 @@
 // or too far behind is dropped, never queued without bound.
 import type { Server, Socket } from 'node:net';
 import { clusterConnect, clusterServer, type ClusterTls } from '../secure.js';
-import type { Entry, Message, NodeId } from './types.js';
+import { NovacronError } from '../../../errors.js';
+import type { Entry, Message, MessageType, NodeId, Snapshot } from './types.js';
 
 interface WireEntry extends Omit<Entry, 'data'> {
   data: string;
@@ -34,12 +35,81 @@ export function encodeMessage(m: Message): Buffer {
   return jsonFrame(w);
 }
 
+const MESSAGE_TYPES: ReadonlySet<string> = new Set<MessageType>([
+  'app', 'appResp', 'vote', 'voteResp', 'preVote', 'preVoteResp', 'heartbeat', 'heartbeatResp', 'snap', 'timeoutNow',
+]);
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+function malformed(what: string): NovacronError {
+  return new NovacronError('ERR_RAFT_MALFORMED', `malformed Raft message: ${what}`);
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+// A field a message type does not use may be left out (it is then 0, empty
+// or false); one that is present must have its type.
+function count(o: Record<string, unknown>, k: string): number {
+  const v = o[k] ?? 0;
+  if (!Number.isSafeInteger(v) || (v as number) < 0) throw malformed(`${k} must be a non-negative integer`);
+  return v as number;
+}
+
+function nodeId(v: unknown, k: string): NodeId {
+  if (!Number.isSafeInteger(v) || (v as number) < 1) throw malformed(`${k} must be a node id (a positive integer)`);
+  return v as number;
+}
+
+function bytes(v: unknown, k: string): Uint8Array {
+  if (typeof v !== 'string' || !BASE64.test(v)) throw malformed(`${k} must be base64`);
+  return new Uint8Array(Buffer.from(v, 'base64'));
+}
+
+function entry(v: unknown): Entry {
+  if (!isRecord(v)) throw malformed('an entry must be an object');
+  if (v.type !== 'normal' && v.type !== 'conf') throw malformed('entry type must be normal or conf');
+  return { term: count(v, 'term'), index: count(v, 'index'), type: v.type, data: bytes(v.data ?? '', 'entry data') };
+}
+
+/**
+ * The message in a frame's body, every field checked: a peer's bug or a
+ * stranger's bytes end its connection (ERR_RAFT_MALFORMED), not this node.
+ */
 export function decodeMessage(body: Buffer): Message {
-  const w = JSON.parse(body.toString()) as WireMessage;
+  let w: unknown;
+  try {
+    w = JSON.parse(body.toString());
+  } catch {
+    throw malformed('not JSON');
+  }
+  if (!isRecord(w)) throw malformed('not an object');
+  if (typeof w.type !== 'string' || !MESSAGE_TYPES.has(w.type)) throw malformed(`unknown type ${JSON.stringify(w.type)}`);
+  const entries = w.entries ?? [];
+  if (!Array.isArray(entries)) throw malformed('entries must be an array');
+  for (const k of ['reject', 'force'] as const) if (w[k] !== undefined && typeof w[k] !== 'boolean') throw malformed(`${k} must be true or false`);
+  if (w.context !== undefined && typeof w.context !== 'string') throw malformed('context must be a string');
+  let snapshot: Snapshot | undefined;
+  if (w.snapshot !== undefined) {
+    const sn = w.snapshot;
+    if (!isRecord(sn) || !isRecord(sn.meta) || !Array.isArray(sn.meta.voters)) throw malformed('snapshot must have meta with voters');
+    const meta = sn.meta;
+    snapshot = { meta: { index: count(meta, 'index'), term: count(meta, 'term'), voters: (meta.voters as unknown[]).map((v) => nodeId(v, 'voter')) }, data: bytes(sn.data, 'snapshot data') };
+  }
   return {
-    ...w,
-    entries: w.entries.map((e) => ({ ...e, data: new Uint8Array(Buffer.from(e.data, 'base64')) })),
-    snapshot: w.snapshot ? { meta: w.snapshot.meta, data: new Uint8Array(Buffer.from(w.snapshot.data, 'base64')) } : undefined,
+    type: w.type as MessageType,
+    from: nodeId(w.from, 'from'),
+    to: nodeId(w.to, 'to'),
+    term: count(w, 'term'),
+    logTerm: count(w, 'logTerm'),
+    index: count(w, 'index'),
+    entries: entries.map(entry),
+    commit: count(w, 'commit'),
+    reject: w.reject === true,
+    rejectHint: count(w, 'rejectHint'),
+    context: (w.context as string | undefined) ?? '',
+    snapshot,
+    force: w.force === true,
   };
 }
 
@@ -122,6 +192,11 @@ export class RaftTransport {
         try {
           m = decodeMessage(body);
         } catch {
+          sock.destroy();
+          return;
+        }
+        // Addressed to another node: the dialler's member map is wrong.
+        if (m.to !== this.id) {
           sock.destroy();
           return;
         }

@@ -20,9 +20,36 @@ export interface SwimNodeOptions {
 
 const MAX_DATAGRAM = 60_000;
 
+// A member id as the protocol uses it: host (address or name) and port.
+const HOST = /^[A-Za-z0-9.:-]{1,253}$/;
+function memberId(v: unknown): v is string {
+  if (typeof v !== 'string') return false;
+  const at = v.lastIndexOf(':');
+  const port = Number(v.slice(at + 1));
+  return at > 0 && HOST.test(v.slice(0, at)) && Number.isInteger(port) && port >= 1 && port <= 65535 && String(port) === v.slice(at + 1);
+}
+
+const count = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+const STATES: ReadonlySet<unknown> = new Set(['alive', 'suspect', 'dead']);
+const MAX_UPDATES = 1000;
+const MAX_META = 4096;
+
+function validUpdate(u: unknown): u is Update {
+  const x = u as Partial<Update> | null;
+  return !!x && typeof x === 'object' && memberId(x.id) && STATES.has(x.state) && count(x.incarnation) &&
+    (x.meta === undefined || (typeof x.meta === 'string' && x.meta.length <= MAX_META));
+}
+
+// Every field of a datagram, checked: one from a stranger or a broken peer
+// is dropped whole, never let into the member table or the next send.
 function valid(m: unknown): m is SwimMessage {
-  const x = m as Partial<SwimMessage> | null;
-  return !!x && typeof x === 'object' && (x.type === 'ping' || x.type === 'pingReq' || x.type === 'ack') && typeof x.from === 'string' && typeof x.to === 'string' && typeof x.seq === 'number' && Array.isArray(x.updates);
+  const x = m as { type?: unknown; from?: unknown; to?: unknown; seq?: unknown; updates?: unknown; target?: unknown; origin?: unknown } | null;
+  if (!x || typeof x !== 'object' || !memberId(x.from) || !memberId(x.to) || !count(x.seq)) return false;
+  if (!Array.isArray(x.updates) || x.updates.length > MAX_UPDATES || !x.updates.every(validUpdate)) return false;
+  if (x.type === 'ping') return true;
+  if (x.type === 'pingReq') return memberId(x.target);
+  if (x.type === 'ack') return x.origin === undefined || memberId(x.origin);
+  return false;
 }
 
 export class SwimNode extends EventEmitter {
@@ -80,8 +107,13 @@ export class SwimNode extends EventEmitter {
       const at = m.to.lastIndexOf(':');
       const port = Number(m.to.slice(at + 1));
       const buf = Buffer.from(JSON.stringify(m));
-      if (at < 0 || !(port > 0) || buf.length > MAX_DATAGRAM) continue;
-      this.#sock.send(buf, port, m.to.slice(0, at));
+      if (at < 0 || !Number.isInteger(port) || port < 1 || port > 65535 || buf.length > MAX_DATAGRAM) continue;
+      try {
+        this.#sock.send(buf, port, m.to.slice(0, at));
+      } catch {
+        // An address the socket refuses (one of the seeds given, say) is
+        // like an unreachable member: SWIM's timeouts take care of it.
+      }
     }
     for (const u of rd.changes) this.emit('change', u as Update);
   }
