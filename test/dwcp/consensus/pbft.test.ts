@@ -6,6 +6,8 @@
 // primary is the faulty one.
 import t from 'tap';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import net from 'node:net';
+import { once } from 'node:events';
 import { PbftClient, PbftReplica, digestOf, signBody, type Outbound, type Signed } from '../../../src/dwcp/consensus/pbft/pbft.js';
 import { seeded } from './sim.js';
 
@@ -273,4 +275,62 @@ t.test('over TCP: four replica drivers and a client, through the primary going d
   const until = Date.now() + 5000;
   while (new Set(nodes.slice(1).map((n) => n.replica.lastExecuted)).size > 1 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
   t.same(new Set(nodes.slice(1).map((n) => n.replica.lastExecuted)).size, 1, 'the three agree on how far they are');
+});
+
+// Replies go back on the connection a client's request came in on. A
+// stranger who claims the client's name without its signature, or replays a
+// request it overheard, must not move them to its own connection.
+t.test("over TCP: a forged or replayed request does not take a client's replies", async (t) => {
+  const { PbftNode } = await import('../../../src/dwcp/consensus/pbft/node.js');
+  const { FrameReader, jsonFrame } = await import('../../../src/dwcp/consensus/raft/transport.js');
+  const { freePort } = await import('../../services.js');
+  const peers = new Map(await Promise.all([0, 1, 2, 3].map(async (i) => [i, { host: '127.0.0.1', port: await freePort() }] as const)));
+  const clientPorts = await Promise.all([0, 1, 2, 3].map(() => freePort()));
+  const nodes = keys.map((k, id) => new PbftNode({ id, peers, clientPort: clientPorts[id]!, privateKey: k.privateKey, publicKeys, tickMs: 10 }));
+  await Promise.all(nodes.map((n) => n.start()));
+  // One connection to every replica's client port; replies counted by request number.
+  const open = async (): Promise<{ socks: net.Socket[]; replies: Map<number, Set<number>> }> => {
+    const replies = new Map<number, Set<number>>();
+    const socks = await Promise.all(clientPorts.map(async (port) => {
+      const s = net.connect(port, '127.0.0.1');
+      await once(s, 'connect');
+      const reader = new FrameReader((body) => {
+        const m = JSON.parse(body.toString()) as Signed;
+        if (m.body.type === 'reply' && typeof m.body.ts === 'number') {
+          if (!replies.has(m.body.ts)) replies.set(m.body.ts, new Set());
+          replies.get(m.body.ts)!.add(m.body.from as number);
+        }
+      });
+      s.on('data', (d: Buffer) => reader.push(d));
+      return s;
+    }));
+    return { socks, replies };
+  };
+  const owner = await open();
+  const stranger = await open();
+  t.teardown(async () => {
+    for (const s of [...owner.socks, ...stranger.socks]) s.destroy();
+    await Promise.all(nodes.map((n) => n.close()));
+  });
+  const request = (ts: number): Signed => signBody({ type: 'request', from: 'c0', request: { client: 'c0', ts, op: `put k${ts}` } }, clientKeys[0]!.privateKey);
+  const settle = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  const repliesFor = async (ts: number): Promise<number> => {
+    for (let i = 0; i < 150 && (owner.replies.get(ts)?.size ?? 0) < 4; i++) await settle(20);
+    return owner.replies.get(ts)?.size ?? 0;
+  };
+  // The client's first request, to every replica: each learns where c0 is.
+  const first = request(1);
+  for (const s of owner.socks) s.write(jsonFrame(first));
+  t.ok((await repliesFor(1)) >= 2, 'the client has its first answers');
+  // A stranger replays that request, then sends one in c0's name it could not sign.
+  for (const s of stranger.socks) s.write(jsonFrame(first));
+  const forged = request(50);
+  forged.sig = Buffer.alloc(64, 7).toString('base64');
+  for (const s of stranger.socks) s.write(jsonFrame(forged));
+  await settle(300);
+  // The client's next request goes to the primary only; the others answer
+  // it on the connection they know, which must still be the client's.
+  owner.socks[0]!.write(jsonFrame(request(2)));
+  t.ok((await repliesFor(2)) >= 2, `the client still hears from f + 1 replicas (${owner.replies.get(2)?.size ?? 0})`);
+  t.equal(stranger.replies.get(2)?.size ?? 0, 0, 'the stranger hears nothing of it');
 });

@@ -8,7 +8,7 @@ import type { Server, Socket } from 'node:net';
 import { NovacronError } from '../../../errors.js';
 import { clusterConnect, clusterServer, type ClusterTls } from '../secure.js';
 import { corked, jsonFrame as frame, readFrames, type PeerAddress } from '../raft/transport.js';
-import { PbftClient, PbftReplica, type Outbound, type ReplicaId, type Signed } from './pbft.js';
+import { PbftClient, PbftReplica, verifySigned, type Outbound, type ReplicaId, type Signed } from './pbft.js';
 
 function parse(body: Buffer): Signed | undefined {
   try {
@@ -40,7 +40,7 @@ export class PbftNode {
   #peerServer: Server | undefined;
   #clientServer: Server | undefined;
   #out = new Map<ReplicaId, Socket>();
-  #clients = new Map<string, Socket>(); // client id -> its connection (learned from its requests)
+  #clients = new Map<string, { sock: Socket; ts: number }>(); // client id -> its connection (learned from its signed requests)
   #sockets = new Set<Socket>();
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
@@ -83,11 +83,25 @@ export class PbftNode {
       const m = parse(body);
       if (!m || this.#closed) return;
       // Replies go back on the connection a client's request came in on.
-      if (fromClient && m.body.type === 'request' && typeof m.body.from === 'string') this.#clients.set(m.body.from, sock);
+      if (fromClient && m.body.type === 'request') this.#learnClient(m, sock);
       this.replica.step(m);
       this.#flush();
     });
     sock.on('close', () => this.#sockets.delete(sock));
+  }
+
+  // Replies to a client go where its latest request came from; only a
+  // request it signed, newer than the one that placed it (or with that
+  // connection gone), may move them: a forged claim or a replayed copy
+  // would otherwise take its replies to another socket.
+  #learnClient(m: Signed, sock: Socket): void {
+    const from = m.body.from;
+    const r = m.body.request;
+    if (typeof from !== 'string' || !r || r.client !== from || !Number.isSafeInteger(r.ts)) return;
+    const known = this.#clients.get(from);
+    if (known && known.sock !== sock && !known.sock.destroyed && r.ts <= known.ts) return;
+    if (!verifySigned(m, this.#o.publicKeys)) return;
+    this.#clients.set(from, { sock, ts: Math.max(r.ts, known?.sock === sock ? known.ts : 0) });
   }
 
   #peer(id: ReplicaId): Socket | undefined {
@@ -111,7 +125,7 @@ export class PbftNode {
     } else if (typeof o.to === 'number') {
       if (o.to !== this.#o.id) this.#write(this.#peer(o.to), bytes);
     } else {
-      this.#write(this.#clients.get(o.to), bytes);
+      this.#write(this.#clients.get(o.to)?.sock, bytes);
     }
   }
 
