@@ -38,5 +38,5 @@ t.test('the built CLI is executable, as npx runs it', async (t) => {
 
 t.test('unknown commands fail with usage and exit code 2', async (t) => {
   await t.rejects(run(process.execPath, [cli, 'frobnicate']), { code: 2 });
-  await t.rejects(run(process.execPath, [cli, 'doctor', '--bogus']), { code: 1 });
+  await t.rejects(run(process.execPath, [cli, 'doctor', '--bogus']), { code: 2, stderr: /ERR_PARSE_ARGS_UNKNOWN_OPTION/ });
 });
