@@ -197,8 +197,11 @@ async function benchTransport(args: string[]): Promise<void> {
 
 async function benchWan(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { seconds: { type: 'string' }, links: { type: 'string' }, trace: { type: 'string' } }, strict: true });
+  const links = values.links?.split(',');
+  const unknown = links?.find((l) => !['a', 'b', 'c'].includes(l));
+  if (unknown !== undefined) throw new UsageError(`--links: unknown link ${unknown} (a, b or c)`);
   const mod = (await import(pathToFileURL(join(root, 'bench', 'wan.js')).href)) as { run(opts: Record<string, unknown>): Promise<void> };
-  await mod.run({ seconds: positive(values.seconds, 'seconds'), links: values.links?.split(','), trace: values.trace });
+  await mod.run({ seconds: positive(values.seconds, 'seconds'), links, trace: values.trace });
 }
 
 async function benchVeth(args: string[]): Promise<void> {
@@ -254,7 +257,7 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   const code = err instanceof NovacronError ? err.code : (err as { code?: string }).code;
   process.stderr.write(`novacron: ${err instanceof Error ? err.message : String(err)}${code ? ` (${code})` : ''}\n`);
   // A command line that cannot run exits 2, as parseArgs' own complaints do.
-  const usage = err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_'));
+  const usage = code === 'ERR_USAGE' || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_'));
   if ((err instanceof UsageError && err.showUsage) || code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') process.stderr.write(USAGE);
   else if (usage) process.stderr.write('novacron help lists every command and option\n');
   process.exitCode = usage ? 2 : 1;

@@ -27,6 +27,9 @@ t.test('malformed command lines exit 2 with ERR_USAGE', async (t) => {
     [['config', 'show'], /usage: novacron config print/],
     [['start', '--set', 'novalue'], /--set takes section.key=value, got novalue \(ERR_USAGE\)/],
     [['wan', 'sideways'], /usage: novacron wan up\|down\|status\|exec/],
+    [['consensus', 'bogus'], /unknown consensus command: bogus;.*\(ERR_USAGE\)/],
+    [['consensus', 'node', '--id', 'x'], /--id must be a positive integer \(ERR_USAGE\)/],
+    [['bench', 'wan', '--links', 'a,z'], /--links: unknown link z \(a, b or c\) \(ERR_USAGE\)/],
     [['bench', 'transport', '--gib=0'], /--gib must be a positive number, got 0 \(ERR_USAGE\)/],
     [['send', '/etc/hostname', '--to', '127.0.0.1:1', '--no-such-flag'], /ERR_PARSE_ARGS_UNKNOWN_OPTION/],
   ];
