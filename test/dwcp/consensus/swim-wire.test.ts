@@ -71,3 +71,8 @@ t.test('mutated datagrams neither crash a node nor corrupt its member table', as
   t.teardown(() => b.close(false));
   t.ok(await until(() => a.alive().some((m) => m.id === b.id) && b.alive().some((m) => m.id === a.id)), 'a new member joins after the garbage');
 });
+
+t.test('a meta too long for peers to take is refused up front', async (t) => {
+  t.throws(() => new SwimNode({ port: 0, seeds: [], meta: 'm'.repeat(4097) }), { code: 'ERR_INVALID_ARGUMENT' });
+  t.doesNotThrow(() => new SwimNode({ port: 0, seeds: [], meta: 'm'.repeat(4096) }));
+});

@@ -5,6 +5,7 @@
 // lists from here).
 import { createSocket, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
+import { InvalidArgumentError } from '../../../errors.js';
 import { SwimMember, type Member, type SwimMessage, type Update } from './swim.js';
 
 export interface SwimNodeOptions {
@@ -60,6 +61,10 @@ export class SwimNode extends EventEmitter {
 
   constructor(o: SwimNodeOptions) {
     super();
+    // Peers drop updates with more meta than this, so a node could not join.
+    if (o.meta !== undefined && (typeof o.meta !== 'string' || o.meta.length > MAX_META)) {
+      throw new InvalidArgumentError(`meta must be a string of at most ${MAX_META} characters`);
+    }
     this.#o = o;
     this.#sock = createSocket('udp4');
   }
