@@ -318,6 +318,11 @@ export interface ReceiveOptions {
   transport?: 'auto' | 'tcp';
   /** Largest file accepted, bytes. Default 1 TiB. */
   maxBytes?: number;
+  /**
+   * A transfer whose sender sends nothing for this long fails
+   * (ERR_TRANSFER_TIMEOUT) and its partial file is removed. Default 60 s.
+   */
+  idleTimeoutMs?: number;
 }
 
 export interface ReceivedFile {
@@ -338,13 +343,15 @@ export class FileReceiver extends EventEmitter {
   readonly server: AmstServer;
   readonly outDir: string;
   readonly maxBytes: number;
+  readonly idleTimeoutMs: number;
 
   /** @internal */
-  constructor(server: AmstServer, outDir: string, maxBytes: number) {
+  constructor(server: AmstServer, outDir: string, maxBytes: number, idleTimeoutMs: number) {
     super();
     this.server = server;
     this.outDir = outDir;
     this.maxBytes = maxBytes;
+    this.idleTimeoutMs = idleTimeoutMs;
     server.on('connection', (conn: AmstConnection) => this.#serve(conn));
   }
 
@@ -366,10 +373,16 @@ export class FileReceiver extends EventEmitter {
     const session = new ReceiveSession(this, conn);
     this.#open.add(conn);
     conn.once('close', () => this.#open.delete(conn));
+    // A sender that goes quiet must not hold a partial file and its buffers forever.
+    const idle = setTimeout(() => {
+      chain = chain.then(() => session.fail(new TransferError('ERR_TRANSFER_TIMEOUT', `the sender sent nothing for ${this.idleTimeoutMs} ms`)));
+    }, this.idleTimeoutMs);
     conn.on('message', (m: Buffer) => {
+      idle.refresh();
       chain = chain.then(() => session.handle(m)).catch((err: unknown) => session.fail(err));
     });
     conn.on('close', () => {
+      clearTimeout(idle);
       chain = chain.then(() => session.abandon());
     });
   }
@@ -449,7 +462,9 @@ class ReceiveSession {
     }
     this.#partPath = join(this.#rx.outDir, `.${c.name}.part`);
     this.#fh = await open(this.#partPath, 'w');
-    this.#regions = [Buffer.allocUnsafe(c.segmentBytes), Buffer.allocUnsafe(c.segmentBytes)];
+    // No larger than the file needs, and the second only if there is a second segment.
+    const first = Math.min(c.segmentBytes, Math.max(c.pageSize, Math.ceil(c.size / c.pageSize) * c.pageSize));
+    this.#regions = c.size > c.segmentBytes ? [Buffer.allocUnsafe(first), Buffer.allocUnsafe(first)] : [Buffer.allocUnsafe(first)];
     await this.#conn.send(encodeControl(reason ? { t: 'accept', baseline: false, reason } : { t: 'accept', baseline: useBaseline }));
   }
 
@@ -576,6 +591,9 @@ export async function receiveFiles(options: ReceiveOptions): Promise<FileReceive
   if (options.maxBytes !== undefined && !isInt(options.maxBytes, 1, Number.MAX_SAFE_INTEGER)) {
     throw new InvalidArgumentError(`maxBytes must be a positive integer, got ${String(options.maxBytes)}`);
   }
+  if (options.idleTimeoutMs !== undefined && !isInt(options.idleTimeoutMs, 1, 2 ** 31 - 1)) {
+    throw new InvalidArgumentError(`idleTimeoutMs must be a positive integer of milliseconds, got ${String(options.idleTimeoutMs)}`);
+  }
   const st = await stat(options.outDir).catch(() => null);
   if (!st?.isDirectory()) throw new InvalidArgumentError(`output directory ${options.outDir} does not exist`);
   const server = await listen({
@@ -584,5 +602,5 @@ export async function receiveFiles(options: ReceiveOptions): Promise<FileReceive
     ...(options.io ? { io: options.io } : {}),
     ...(options.transport ? { transport: options.transport } : {}),
   });
-  return new FileReceiver(server, options.outDir, options.maxBytes ?? 2 ** 40);
+  return new FileReceiver(server, options.outDir, options.maxBytes ?? 2 ** 40, options.idleTimeoutMs ?? 60_000);
 }

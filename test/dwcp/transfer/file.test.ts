@@ -237,6 +237,31 @@ t.test('sendPages: dirty pages of a region reach the peer', async (t) => {
   await server.close();
 });
 
+// A sender that stops talking: the transfer fails with ERR_TRANSFER_TIMEOUT,
+// the receiver hangs up and the partial file is gone; a hello that asks for
+// 1 GiB segments of a small file costs the receiver no more than the file.
+t.test('a sender that goes quiet times out and leaves nothing behind', async (t) => {
+  const { dst } = dirs();
+  const rx = await receiveFiles({ host: '127.0.0.1', port: 0, outDir: dst, idleTimeoutMs: 300 });
+  const errors: string[] = [];
+  rx.on('transferError', (e: TransferError) => errors.push(e.code));
+  const { conn, next } = await rawSession(rx.port);
+  const closed = once(conn, 'close');
+  const buffers0 = process.memoryUsage().arrayBuffers;
+  await conn.send(control({ t: 'hello', v: 1, name: 'quiet.img', size: 8192, pageSize: 4096, segmentBytes: 1 << 30, baseline: null }));
+  t.equal((await next()).t, 'accept');
+  // Buffers count here as allocated, touched or not.
+  t.ok(process.memoryUsage().arrayBuffers - buffers0 < 256 << 20, 'the 1 GiB segment size did not cost 1 GiB');
+  t.ok(existsSync(join(dst, '.quiet.img.part')), 'the partial file exists while the transfer runs');
+  const answer = await next();
+  t.same([answer.t, answer.ok, answer.code], ['done', false, 'ERR_TRANSFER_TIMEOUT'], 'the sender is told why');
+  await closed;
+  t.same(errors, ['ERR_TRANSFER_TIMEOUT']);
+  t.same(readdirSync(dst), [], 'no partial file left');
+  await t.rejects(receiveFiles({ port: 0, outDir: dst, idleTimeoutMs: 0 }), { code: 'ERR_INVALID_ARGUMENT', message: /idleTimeoutMs/ });
+  await rx.close();
+});
+
 // Options are checked before anything is opened: a sender whose encoder
 // options are wrong must not leave a connection (which keeps a process
 // alive) or a file handle behind. Run in a child, whose exit shows it.
