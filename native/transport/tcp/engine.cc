@@ -1503,8 +1503,10 @@ void Engine::on_stream(Stream* s, uint32_t events) {
           update_epoll(s);
           if (!s->retire_sent) retire(s);
           if (s->alive && s->write_shut) retired(s);
-        } else if (c->closing) {
-          // Clean end: the peer sent CLOSE and finished writing.
+        } else if (c->closing && c->peer_closed) {
+          // Clean end: the peer sent CLOSE and finished writing. (Closing
+          // here without the peer's CLOSE, its end is the peer going away:
+          // waiting for that CLOSE would keep close() from ever finishing.)
           update_epoll(s);
           maybe_finish_graceful(c);
         } else {

@@ -103,6 +103,27 @@ t.test(`io ${io}: a dead peer rejects pending sends promptly`, async (t) => {
   await server.close();
 });
 
+// close() is called as the peer goes away without a CLOSE: the streams'
+// ends are then a lost peer, not the clean end close() waits for, so it
+// finishes at once (it used to wait forever for a CLOSE that never came).
+t.test(`io ${io}: close() finishes when the peer goes away meanwhile`, async (t) => {
+  for (const streams of [1, 3]) {
+    const { server, client, peer } = await pair(streams, 64 * 1024, io);
+    const got = once(peer, 'message');
+    await client.send(Buffer.from('hello'));
+    await got;
+    await peer.send(Buffer.from('reply'));
+    // The client goes away (as a crashing peer would), and close() is
+    // called before this end has read the streams' ends.
+    client.destroy();
+    const closing = peer.close();
+    const started = Date.now();
+    const outcome = await Promise.race([closing.then(() => 'closed'), new Promise((r) => setTimeout(() => r('still closing after 3 s'), 3000))]);
+    t.equal(outcome, 'closed', `${streams} stream(s): close() finished (${Date.now() - started} ms)`);
+    await server.close();
+  }
+});
+
 t.test(`io ${io}: thousands of small messages in one burst arrive whole and in order`, async (t) => {
   const { server, client, peer } = await pair(2, 64 * 1024, io);
   const atPeer = collect(peer);
