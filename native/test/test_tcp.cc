@@ -312,6 +312,20 @@ CONTRACT(clean_close_after_pending_sends) {
   CHECK(p.sink.first(Type::kSendFailed, p.client).status == Status::kClosed);
 }
 
+// close() called as the peer goes away without a CLOSE: the streams' ends
+// are a lost peer, not the clean end a graceful close waits for.
+TEST(tcp_close_as_the_peer_goes_away_finishes) {
+  for (uint16_t streams : {uint16_t{1}, uint16_t{3}}) {
+    Pair p(streams);
+    std::vector<uint8_t> m(1000, 5);
+    p.engine.send(p.client, 0, m.data(), m.size());
+    CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kSendDone, p.client) == 1; }));
+    p.engine.destroy(p.server);
+    p.engine.close(p.client);
+    CHECK(p.sink.wait([&](auto&) { return p.sink.count_locked(Type::kClosed, p.client) == 1; }));
+  }
+}
+
 TEST(tcp_refused_and_hostile_peers) {
   Sink sink;
   Engine engine(&sink);
