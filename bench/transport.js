@@ -110,9 +110,8 @@ async function netBulk(totalBytes, writeBytes) {
 
 // Each message-rate run first sends a fifth of its count on the same
 // connection, untimed (AMST and Node alike): a fresh peer process and
-// connection take a few million messages to reach their steady rate
-// (measured: one AMST connection rose from 12 to 35 M msg/s over its first
-// 32 M), and a user's long-lived connection runs at that rate.
+// connection take a few million messages to reach their steady rate, and a
+// user's long-lived connection runs at that rate.
 const warmCount = (count) => Math.floor(count / 5);
 
 async function amstMessages(conn, msg, count, window, batched) {

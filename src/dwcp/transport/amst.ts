@@ -297,8 +297,7 @@ function checkInt(v: unknown, name: string, min: number, max: number, otherwise:
 
 // A kernel congestion control name (what TCP_CONGESTION takes); '' keeps the system's.
 const CONGESTION_NAME = /^[a-z0-9_]{1,15}$/;
-function checkCongestion(name: unknown, otherwise: string): string {
-  if (name === undefined) return otherwise;
+function checkCongestion(name: unknown): string {
   if (typeof name !== 'string' || !CONGESTION_NAME.test(name)) throw new InvalidArgumentError(`congestion must be a kernel algorithm name, got ${shown(name)}`);
   return name;
 }
@@ -631,8 +630,7 @@ export class AmstConnection extends EventEmitter implements Handler {
    * for the streams it sends on.
    */
   setCongestion(name: string): void {
-    if (name === undefined) throw new InvalidArgumentError('congestion must be a kernel algorithm name, got undefined');
-    checkCongestion(name, '');
+    checkCongestion(name);
     if (this.#closed) throw new TransportError('ERR_AMST_CLOSED', 'setCongestion: connection is closed');
     const err = this.#router.engine.setCongestion(this.id, name);
     if (err !== 0) {
@@ -870,7 +868,7 @@ function open(options: ConnectOptions): { r: Router; id: number; streams: number
   if (typeof chunk !== 'number' || !Number.isInteger(chunk) || chunk < 4096 || chunk > 16 * 1024 * 1024 || (chunk & (chunk - 1)) !== 0) {
     throw new InvalidArgumentError(`chunkSize must be a power of two from 4096 to 16777216, got ${shown(chunk)}`);
   }
-  const congestion = checkCongestion(options.congestion, mode === 'internet' ? 'bbr' : mode === 'datacenter' ? 'cubic' : '');
+  const congestion = options.congestion === undefined ? (mode === 'internet' ? 'bbr' : mode === 'datacenter' ? 'cubic' : '') : checkCongestion(options.congestion);
   // SO_SNDBUF / SO_RCVBUF take an int; the kernel caps them further (net.core.wmem_max, rmem_max).
   const sendBuffer = checkInt(options.sendBufferBytes, 'sendBufferBytes', 0, 2 ** 30, 0);
   const recvBuffer = checkInt(options.recvBufferBytes, 'recvBufferBytes', 0, 2 ** 30, 0);

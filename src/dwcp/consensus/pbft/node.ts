@@ -101,7 +101,7 @@ export class PbftNode {
     const known = this.#clients.get(from);
     if (known && known.sock !== sock && !known.sock.destroyed && r.ts <= known.ts) return;
     if (!verifySigned(m, this.#o.publicKeys)) return;
-    this.#clients.set(from, { sock, ts: Math.max(r.ts, known?.sock === sock ? known.ts : 0) });
+    this.#clients.set(from, { sock, ts: Math.max(r.ts, known?.ts ?? 0) });
   }
 
   #peer(id: ReplicaId): Socket | undefined {
