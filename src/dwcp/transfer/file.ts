@@ -14,10 +14,11 @@
 //   sender   per segment: {t:'segment', index, bytes}, frames, {t:'segmentEnd', index}
 //   sender   {t:'end', sha256}
 //   receiver {t:'done', ok, sha256, code?, message?}
-// The receiver writes `<out>/.<name>.part`, fsyncs it, checks SHA-256 and
-// renames it to `<out>/<name>` (then fsyncs the directory): a file appears
-// whole and verified, or not at all.
-import { createHash } from 'node:crypto';
+// The receiver writes `<out>/.<name>.<random>.part` (its own, so transfers
+// of one name at once cannot write into each other), fsyncs it, checks
+// SHA-256 and renames it to `<out>/<name>` (then fsyncs the directory): a
+// file appears whole and verified, or not at all.
+import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -104,11 +105,25 @@ function decodeControl(m: Buffer): Control {
   return v as Control;
 }
 
+/** `.<name>.<12 hex>.part`, the name cut to whole characters so the whole stays within 255 bytes. */
+function partName(name: string): string {
+  let prefix = '';
+  for (const ch of name) {
+    if (Buffer.byteLength(prefix + ch) > 200) break;
+    prefix += ch;
+  }
+  return `.${prefix}.${randomBytes(6).toString('hex')}.part`;
+}
+
 const isInt = (v: unknown, min: number, max: number): v is number => Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max;
 
-/** A file name the receiver may create: one path component, nothing hidden or special. */
+/**
+ * A file name the receiver may create: one path component of at most 255
+ * bytes (the file system's limit), nothing hidden or special, and no lone
+ * surrogate (which the file system would store as U+FFFD, another name).
+ */
 function checkName(name: unknown): string {
-  if (typeof name !== 'string' || name.length === 0 || name.length > 255 || name !== basename(name) || name.startsWith('.') || /[\0/\\]/.test(name)) {
+  if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name) > 255 || name !== basename(name) || name.startsWith('.') || /[\0/\\]|\p{Cs}/u.test(name)) {
     throw new TransferError('ERR_TRANSFER_BAD_NAME', `refusing file name ${JSON.stringify(name)}`);
   }
   return name;
@@ -460,8 +475,8 @@ class ReceiveSession {
         reason = 'no baseline here';
       }
     }
-    this.#partPath = join(this.#rx.outDir, `.${c.name}.part`);
-    this.#fh = await open(this.#partPath, 'w');
+    this.#partPath = join(this.#rx.outDir, partName(c.name));
+    this.#fh = await open(this.#partPath, 'wx');  // a new file: never one in use, never through a symlink
     // No larger than the file needs, and the second only if there is a second segment.
     const first = Math.min(c.segmentBytes, Math.max(c.pageSize, Math.ceil(c.size / c.pageSize) * c.pageSize));
     this.#regions = c.size > c.segmentBytes ? [Buffer.allocUnsafe(first), Buffer.allocUnsafe(first)] : [Buffer.allocUnsafe(first)];

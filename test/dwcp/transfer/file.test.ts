@@ -70,6 +70,12 @@ t.test('a file arrives whole, verified, with no partial file left', async (t) =>
   const e = await sendFile(join(src, 'empty.img'), { host: '127.0.0.1', port: rx.port });
   t.ok(e.verified);
   t.equal(readFileSync(join(dst, 'empty.img')).length, 0);
+  // The longest name a file system takes (255 bytes) goes too: its partial file's name is cut to fit.
+  const longName = '\u6587'.repeat(85);
+  const longData = image(10000, 3);
+  writeFileSync(join(src, longName), longData);
+  t.ok((await sendFile(join(src, longName), { host: '127.0.0.1', port: rx.port })).verified, 'a 255-byte name');
+  t.ok(readFileSync(join(dst, longName)).equals(longData));
   // Transport choice: no RDMA device here, so `rdma` fails before anything
   // is sent and `tcp` (like the default `auto`) goes ahead.
   await t.rejects(sendFile(join(src, 'vm.mem'), { host: '127.0.0.1', port: rx.port, transport: 'rdma' }), { code: 'ERR_AMST_UNAVAILABLE' });
@@ -128,6 +134,8 @@ t.test('hostile senders are refused and leave nothing behind', async (t) => {
   for (const [bad, code] of [
     [{ ...hello, name: '../escape' }, 'ERR_TRANSFER_BAD_NAME'],
     [{ ...hello, name: '.hidden' }, 'ERR_TRANSFER_BAD_NAME'],
+    [{ ...hello, name: '\u6587'.repeat(86) }, 'ERR_TRANSFER_BAD_NAME'],  // 258 bytes: over the file system's 255
+    [{ ...hello, name: 'a\ud800b.img' }, 'ERR_TRANSFER_BAD_NAME'],  // a lone surrogate would be stored as another name
     [{ ...hello, size: 2 ** 40 }, 'ERR_TRANSFER_TOO_LARGE'],
     [{ ...hello, v: 99 }, 'ERR_TRANSFER_VERSION'],
     [{ ...hello, pageSize: 1000 }, 'ERR_TRANSFER_PROTOCOL'],
@@ -252,7 +260,7 @@ t.test('a sender that goes quiet times out and leaves nothing behind', async (t)
   t.equal((await next()).t, 'accept');
   // Buffers count here as allocated, touched or not.
   t.ok(process.memoryUsage().arrayBuffers - buffers0 < 256 << 20, 'the 1 GiB segment size did not cost 1 GiB');
-  t.ok(existsSync(join(dst, '.quiet.img.part')), 'the partial file exists while the transfer runs');
+  t.match(readdirSync(dst), [/^\.quiet\.img\.[0-9a-f]{12}\.part$/], 'the partial file exists while the transfer runs');
   const answer = await next();
   t.same([answer.t, answer.ok, answer.code], ['done', false, 'ERR_TRANSFER_TIMEOUT'], 'the sender is told why');
   await closed;
@@ -260,6 +268,33 @@ t.test('a sender that goes quiet times out and leaves nothing behind', async (t)
   t.same(readdirSync(dst), [], 'no partial file left');
   await t.rejects(receiveFiles({ port: 0, outDir: dst, idleTimeoutMs: 0 }), { code: 'ERR_INVALID_ARGUMENT', message: /idleTimeoutMs/ });
   await rx.close();
+});
+
+// Two senders of one name at once each write their own partial file: the
+// name ends up as one of the two files, whole, never a mix of both.
+t.test('two transfers of one name at once do not mix', async (t) => {
+  const { src, dst } = dirs();
+  mkdirSync(join(src, 'a'));
+  mkdirSync(join(src, 'b'));
+  const a = image((16 << 20) + 123, 11);
+  const b = image((16 << 20) + 4567, 12);
+  writeFileSync(join(src, 'a', 'vm.img'), a);
+  writeFileSync(join(src, 'b', 'vm.img'), b);
+  const rx = await receiveFiles({ host: '127.0.0.1', port: 0, outDir: dst });
+  t.teardown(() => rx.close());
+  const errors: unknown[] = [];
+  rx.on('transferError', (e: unknown) => errors.push(e));
+  for (let round = 0; round < 3; round++) {
+    const [ra, rb] = await Promise.all([
+      sendFile(join(src, 'a', 'vm.img'), { host: '127.0.0.1', port: rx.port, segmentBytes: 1 << 20 }),
+      sendFile(join(src, 'b', 'vm.img'), { host: '127.0.0.1', port: rx.port, segmentBytes: 1 << 20 }),
+    ]);
+    t.ok(ra.verified && rb.verified, `round ${round}: both verified`);
+    const got = readFileSync(join(dst, 'vm.img'));
+    t.ok(got.equals(a) || got.equals(b), `round ${round}: the file is one of the two, whole`);
+    t.same(readdirSync(dst), ['vm.img'], 'no partial file left');
+  }
+  t.same(errors, []);
 });
 
 // Options are checked before anything is opened: a sender whose encoder
