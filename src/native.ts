@@ -112,7 +112,7 @@ export interface NativeAmstConnectOptions {
 
 export interface NativeAmstEngine {
   /** `transport`: 0 tcp (decline RDMA offers), 1 auto; then the RDMA device, GID index (-1: picked) and ring bytes of accepted connections. */
-  listen(host: string, port: number, lendBuffers: boolean, transport: number, rdmaDevice: string, rdmaGidIndex: number, rdmaRingBytes: number): number;
+  listen(host: string, port: number, lendBuffers: boolean, transport: number, rdmaDevice: string, rdmaGidIndex: number, rdmaRingBytes: number, handshakeTimeoutMs: number): number;
   connect(options: NativeAmstConnectOptions): number;
   send(conn: number, messageId: number, data: Uint8Array): void;
   /** `packed[i]` non-zero: `data[i]` is a pack of small messages (see amst.ts). */

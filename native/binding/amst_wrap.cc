@@ -391,7 +391,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     rdma.device = info[4].As<Napi::String>().Utf8Value();
     rdma.gid_index = info[5].As<Napi::Number>().Int32Value();
     rdma.ring_bytes = info[6].As<Napi::Number>().Uint32Value();
-    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport, rdma)));
+    const uint32_t handshake_ms = info[7].As<Napi::Number>().Uint32Value();
+    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport, rdma, handshake_ms)));
   }
 
   // release(slab): the listeners of a message lent from `slab` have returned.

@@ -390,6 +390,54 @@ TEST(tcp_refused_and_hostile_peers) {
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kError, bad) == 1 && sink.count_locked(Type::kClosed, bad) == 1; }));
 }
 
+// Sockets that connect and never send their HELLO (whole or in part) are
+// closed after the listener's handshake timeout; a real client still gets in.
+TEST(tcp_silent_sockets_time_out) {
+  Sink sink;
+  Engine engine(&sink);
+  const uint64_t l = engine.listen("127.0.0.1", 0, false, Transport::kTcp, RdmaOptions{}, 150);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kListening, l) == 1; }));
+  const uint16_t port = static_cast<uint16_t>(sink.first(Type::kListening, l).value);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  Hello h;
+  uint8_t hello[kHelloSize];
+  write_hello(h, hello);
+  int silent[3];
+  for (int i = 0; i < 3; i++) {
+    silent[i] = ::socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(::connect(silent[i], reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  }
+  CHECK(::write(silent[2], hello, kHelloSize / 2) == static_cast<ssize_t>(kHelloSize / 2));  // half a HELLO
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int fd : silent) {
+    pollfd p{fd, POLLIN, 0};
+    CHECK(::poll(&p, 1, 5000) == 1);  // the engine hung up
+    char b;
+    CHECK(::read(fd, &b, 1) <= 0);
+    ::close(fd);
+  }
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(waited >= std::chrono::milliseconds(100));
+  CHECK(waited < std::chrono::milliseconds(4000));
+  CHECK_EQ(sink.count(Type::kIncoming), 0u);
+  ConnectOptions o;
+  o.host = "127.0.0.1";
+  o.port = port;
+  o.streams = 2;
+  o.transport = Transport::kTcp;
+  const uint64_t conn = engine.connect(o);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kConnected, conn) == 1; }));
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kIncoming, 0) == 1; }));
+  // Past the timeout, a connection that opened its streams stays.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK_EQ(sink.count(Type::kClosed, conn), 0u);
+  engine.destroy(conn);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, conn) == 1; }));
+}
+
 CONTRACT(one_buffer_many_messages) {
   // Callers may send the same bytes many times at once (chunks of different
   // messages then point at the same memory).

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include "transport/rdma/channel.h"
@@ -29,6 +30,8 @@ constexpr size_t kMaxIov = 1024;  // IOV_MAX: small chunks go out hundreds per s
 constexpr uint32_t kZeroCopyMin = 16 * 1024;
 // Payloads from this size go by vmsplice + splice on splicing streams.
 constexpr uint32_t kSpliceMin = 64 * 1024;
+// A listener out of file descriptors is not polled for this long.
+constexpr auto kAcceptPause = std::chrono::milliseconds(100);
 
 enum class HandleKind : uint8_t { kStream, kListener, kTimer, kRdma };
 HandleKind timer_tag = HandleKind::kTimer;  // epoll data of the timerfd
@@ -147,6 +150,7 @@ struct Engine::Stream {
   uint64_t listener = 0;
   int32_t index = 0;
   Fd fd;
+  std::chrono::steady_clock::time_point hello_due{};  // accepted, before its HELLO: closed at this time
   bool connecting = false;
   bool alive = true;
   bool eof = false;
@@ -183,7 +187,11 @@ struct Engine::Listener {
   bool lend = false;
   Transport transport = Transport::kAuto;
   RdmaOptions rdma;
+  std::chrono::milliseconds handshake_timeout{kDefaultHandshakeTimeoutMs};
   Fd fd;
+  // Out of file descriptors: not polled until then, so a listener the
+  // kernel keeps readable does not spin the I/O thread.
+  std::optional<std::chrono::steady_clock::time_point> paused_until;
 };
 
 struct Engine::Connection {
@@ -300,7 +308,8 @@ void Engine::post(Command&& c) {
   (void)!::write(wake_.get(), &one, sizeof(one));
 }
 
-uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Transport transport, const RdmaOptions& rdma) {
+uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Transport transport, const RdmaOptions& rdma,
+                        uint32_t handshake_timeout_ms) {
   Command c;
   c.type = Command::Type::kListen;
   c.id = next_id_++;
@@ -309,6 +318,7 @@ uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Trans
   c.lend = lend;
   c.transport = transport;
   c.rdma = rdma;
+  c.handshake_timeout_ms = handshake_timeout_ms;
   const uint64_t id = c.id;
   post(std::move(c));
   return id;
@@ -500,6 +510,7 @@ void Engine::handle(Command& c) {
       l->lend = c.lend;
       l->transport = c.transport;
       l->rdma = c.rdma;
+      l->handshake_timeout = std::chrono::milliseconds(c.handshake_timeout_ms);
       int err = 0;
       uint16_t port = c.port;
       l->fd = tcp_listen(c.host, &port, 1024, &err);
@@ -672,11 +683,28 @@ void Engine::schedule_redial(Connection* c, int32_t index, int attempt) {
   // 50 ms, 100 ms, 200 ms...: a path that flaps is not hammered.
   const auto due = std::chrono::steady_clock::now() + std::chrono::milliseconds(50 << attempt);
   redials_.emplace(due, Redial{c->id, index, attempt});
-  const auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(redials_.begin()->first - std::chrono::steady_clock::now());
+  arm_timer();
+}
+
+// Sets the timerfd for whichever comes first: a re-dial, an accepted
+// socket's HELLO deadline, a paused listener's resumption.
+void Engine::arm_timer() {
+  std::optional<std::chrono::steady_clock::time_point> next;
+  const auto consider = [&](std::chrono::steady_clock::time_point t) {
+    if (!next || t < *next) next = t;
+  };
+  if (!redials_.empty()) consider(redials_.begin()->first);
+  for (const auto& s : orphans_) consider(s->hello_due);
+  for (const auto& [id, l] : listeners_) {
+    if (l->paused_until) consider(*l->paused_until);
+  }
   itimerspec its{};
-  const long long ns = std::max<long long>(wait.count(), 1);
-  its.it_value.tv_sec = static_cast<time_t>(ns / 1000000000);
-  its.it_value.tv_nsec = static_cast<long>(ns % 1000000000);
+  if (next) {
+    const auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(*next - std::chrono::steady_clock::now());
+    const long long ns = std::max<long long>(wait.count(), 1);
+    its.it_value.tv_sec = static_cast<time_t>(ns / 1000000000);
+    its.it_value.tv_nsec = static_cast<long>(ns % 1000000000);
+  }
   timerfd_settime(timer_.get(), 0, &its, nullptr);
 }
 
@@ -695,18 +723,22 @@ void Engine::run_timers() {
     for (auto& st : c->streams) live |= st->index == r.index && st->alive;
     if (!live && r.index < c->target_streams) dial_stream(c, r.index, r.attempt);
   }
-  if (!redials_.empty()) {
-    // Re-arm for the next one (schedule_redial computes the delay).
-    const Redial next = redials_.begin()->second;
-    const auto at = redials_.begin()->first;
-    redials_.erase(redials_.begin());
-    redials_.emplace(at, next);
-    itimerspec its{};
-    const auto ns = std::max<long long>(std::chrono::duration_cast<std::chrono::nanoseconds>(at - now).count(), 1);
-    its.it_value.tv_sec = static_cast<time_t>(ns / 1000000000);
-    its.it_value.tv_nsec = static_cast<long>(ns % 1000000000);
-    timerfd_settime(timer_.get(), 0, &its, nullptr);
+  // Sockets that connected and said nothing (a scan, a stalled or hostile
+  // client) would otherwise hold a descriptor each for good.
+  std::vector<Stream*> silent;
+  for (const auto& s : orphans_) {
+    if (s->hello_due <= now) silent.push_back(s.get());
   }
+  for (Stream* s : silent) stream_failed(s, ETIMEDOUT);
+  for (auto& [id, l] : listeners_) {
+    if (!l->paused_until || *l->paused_until > now) continue;
+    l->paused_until.reset();
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = l.get();
+    epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, l->fd.get(), &ev);
+  }
+  arm_timer();
 }
 
 // Takes a stream out of service without losing what it carries: nothing new
@@ -895,12 +927,24 @@ void Engine::maybe_announce(Connection* c, int err) {
 }
 
 void Engine::on_listener(Listener* l) {
+  bool accepted = false;
   for (;;) {
     const int fd = accept4(l->fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;  // EAGAIN, or a transient error: wait for the next readiness
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // The connection stays queued while the listener stays readable:
+        // stop polling it for a while instead of spinning on the error.
+        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, l->fd.get(), nullptr);
+        l->paused_until = std::chrono::steady_clock::now() + kAcceptPause;
+        accepted = true;  // re-arm the timer below
+      }
+      break;  // EAGAIN, or a transient error: wait for the next readiness
+    }
+    accepted = true;
     auto s = std::make_unique<Stream>();
     s->fd.reset(fd);
     s->listener = l->id;
+    s->hello_due = std::chrono::steady_clock::now() + l->handshake_timeout;
     apply_options(fd, SocketOptions{});
     s->splice = SocketOptions{}.splice;
     Stream* sp = s.get();
@@ -908,6 +952,7 @@ void Engine::on_listener(Listener* l) {
     update_epoll(sp);
     orphans_.push_back(std::move(s));
   }
+  if (accepted) arm_timer();
 }
 
 // Large payloads are read from the socket straight into their message.

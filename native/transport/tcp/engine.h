@@ -155,7 +155,11 @@ struct EngineCommand {
   bool lend = false;  // kListen
   Transport transport = Transport::kTcp;  // kListen: whether RDMA offers are taken
   RdmaOptions rdma;                        // kListen: for accepted connections' lanes
+  uint32_t handshake_timeout_ms = 0;       // kListen
 };
+
+// How long an accepted socket may take to send its HELLO before it is closed.
+constexpr uint32_t kDefaultHandshakeTimeoutMs = 10000;
 
 class Engine {
  public:
@@ -178,9 +182,10 @@ class Engine {
   // Each returns an id at once; the outcome arrives as events.
   // With `lend`, accepted connections receive into the Lender's slabs.
   // With `transport` other than kTcp, RDMA offers from clients are taken
-  // when this host has a device.
+  // when this host has a device. An accepted socket that has not sent its
+  // HELLO within `handshake_timeout_ms` is closed.
   uint64_t listen(const std::string& host, uint16_t port, bool lend = false, Transport transport = Transport::kAuto,
-                  const RdmaOptions& rdma = RdmaOptions{});
+                  const RdmaOptions& rdma = RdmaOptions{}, uint32_t handshake_timeout_ms = kDefaultHandshakeTimeoutMs);
   // The verbs RDMA connections use (tests: an emulation). Call before
   // listen/connect; `verbs` outlives the engine. Without it the engine
   // opens libibverbs the first time a connection asks for RDMA.
@@ -234,6 +239,7 @@ class Engine {
   Stream* dial_stream(Connection* c, int32_t index, int attempt);
   void schedule_redial(Connection* c, int32_t index, int attempt);
   void run_timers();
+  void arm_timer();
   void retire(Stream* s);
   void push_control(Stream* s, ChunkType type, uint64_t message_id, uint64_t offset, uint64_t len);
   void drop_fd(Stream* s);
@@ -288,7 +294,7 @@ class Engine {
   Limits limits_;
   Fd epoll_;
   Fd wake_;
-  Fd timer_;  // timerfd: the next re-dial is due
+  Fd timer_;  // timerfd: the next re-dial, handshake deadline or listener resumption is due
   struct Redial {
     uint64_t conn;
     int32_t index;

@@ -54,6 +54,12 @@ export interface ListenOptions {
   rdmaDevice?: string;
   rdmaGidIndex?: number;
   rdmaRingBytes?: number;
+  /**
+   * An accepted socket that has not opened its stream (sent its HELLO)
+   * within this many milliseconds is closed, so scans and stalled clients do
+   * not hold descriptors for good. 10 to 3,600,000. Default 10,000.
+   */
+  handshakeTimeoutMs?: number;
 }
 
 /**
@@ -828,9 +834,10 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
     const transport = options.transport ?? 'auto';
     if (transport !== 'auto' && transport !== 'tcp') throw new InvalidArgumentError(`listen transport must be 'auto' or 'tcp', got ${shown(transport)}`);
     const rdma = checkRdma(options);
+    const handshakeMs = checkInt(options.handshakeTimeoutMs, 'handshakeTimeoutMs', 10, 3_600_000, 10_000);
     const r = getRouter(options.io);
     r.busyPoll(busy);
-    const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes);
+    const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes, handshakeMs);
     return new AmstServer(r, id).waitListening();
   } catch (err) {
     return Promise.reject(err as Error);

@@ -2,9 +2,10 @@ import t from 'tap';
 import net from 'node:net';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { listen, connect, TransportError, InvalidArgumentError } from '../../../src/index.js';
 import type { AmstConnection, AmstServer, IoMode, MessageBatch } from '../../../src/index.js';
 import { randomBytes } from '../../helpers.js';
@@ -561,6 +562,58 @@ t.test('hostile peers are dropped', async (t) => {
   packer.destroy();
   await server.close();
 });
+
+for (const io of ['thread', 'loop'] as const) {
+  t.test(`io ${io}: sockets that never open their stream are closed after the handshake timeout`, async (t) => {
+    const server = await listen({ port: 0, io, handshakeTimeoutMs: 100 });
+    const socks = [0, 1].map(() => net.connect(server.port, '127.0.0.1'));
+    await Promise.all(socks.map((s) => once(s, 'connect')));
+    socks[1]!.write(Buffer.alloc(10, 0x5a).fill(0x44, 0, 4));  // part of a HELLO, then nothing
+    const t0 = Date.now();
+    await Promise.all(socks.map((s) => once(s, 'close')));
+    t.ok(Date.now() - t0 >= 50, 'not before the timeout');
+    const conn = await connect({ host: '127.0.0.1', port: server.port, streams: 2, io });
+    await new Promise((r) => setTimeout(r, 300));
+    await conn.send(Buffer.from('still here'));
+    t.pass('a connection that opened its streams outlives the timeout');
+    await conn.close();
+    await server.close();
+    await t.rejects(listen({ port: 0, handshakeTimeoutMs: 5 }), { code: 'ERR_INVALID_ARGUMENT', message: /handshakeTimeoutMs/ });
+  });
+
+  // Out of descriptors, accept fails while the connection stays queued and
+  // the listener readable: the engine must not spin on it, and must take
+  // connections again once descriptors are free.
+  t.test(`io ${io}: a listener out of file descriptors neither spins nor stops for good`, async (t) => {
+    const fixture = fileURLToPath(new URL('./fixtures/sink.mjs', import.meta.url));
+    const child = spawn('/bin/sh', ['-c', `ulimit -n 64 && exec "${process.execPath}" "${fixture}" ${io}`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.teardown(() => void child.kill());
+    const port = await new Promise<number>((resolve, reject) => {
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        out += String(d);
+        const m = /port (\d+)/.exec(out);
+        if (m) resolve(Number(m[1]));
+      });
+      child.on('exit', (code) => reject(new Error(`sink exited with ${code}`)));
+    });
+    const cpuSeconds = (): number => {
+      const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return (Number(f[11]) + Number(f[12])) / 100;  // utime + stime, in clock ticks of 10 ms
+    };
+    const idle = Array.from({ length: 100 }, () => net.connect(port, '127.0.0.1').on('error', () => {}));
+    await new Promise((r) => setTimeout(r, 300));
+    const c0 = cpuSeconds();
+    await new Promise((r) => setTimeout(r, 1000));
+    const busy = cpuSeconds() - c0;
+    t.ok(busy < 0.5, `the listener's process used ${busy.toFixed(2)} s of CPU in 1 s with its descriptors gone`);
+    for (const s of idle) s.destroy();
+    const conn = await connect({ host: '127.0.0.1', port, streams: 2 });
+    await conn.send(Buffer.alloc(100000, 1));
+    t.pass('a connection gets in once descriptors are free');
+    await conn.close();
+  });
+}
 
 t.test('the process exits once everything is closed', async (t) => {
   const script = fileURLToPath(new URL('./fixtures/round-trip.mjs', import.meta.url));
