@@ -108,11 +108,15 @@ export interface NativeAmstConnectOptions {
   rdmaDevice: string;
   /** -1: picked (RoCE: the first RoCE v2 IPv4 GID). */
   rdmaGidIndex: number;
+  /** Per dial; 0: the kernel's SYN retries. */
+  connectTimeoutMs: number;
+  /** TCP_USER_TIMEOUT and keepalive; 0: the kernel's defaults. */
+  peerTimeoutMs: number;
 }
 
 export interface NativeAmstEngine {
   /** `transport`: 0 tcp (decline RDMA offers), 1 auto; then the RDMA device, GID index (-1: picked) and ring bytes of accepted connections. */
-  listen(host: string, port: number, lendBuffers: boolean, transport: number, rdmaDevice: string, rdmaGidIndex: number, rdmaRingBytes: number, handshakeTimeoutMs: number): number;
+  listen(host: string, port: number, lendBuffers: boolean, transport: number, rdmaDevice: string, rdmaGidIndex: number, rdmaRingBytes: number, handshakeTimeoutMs: number, peerTimeoutMs: number): number;
   connect(options: NativeAmstConnectOptions): number;
   send(conn: number, messageId: number, data: Uint8Array): void;
   /** `packed[i]` non-zero: `data[i]` is a pack of small messages (see amst.ts). */

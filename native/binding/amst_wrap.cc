@@ -392,7 +392,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     rdma.gid_index = info[5].As<Napi::Number>().Int32Value();
     rdma.ring_bytes = info[6].As<Napi::Number>().Uint32Value();
     const uint32_t handshake_ms = info[7].As<Napi::Number>().Uint32Value();
-    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport, rdma, handshake_ms)));
+    const uint32_t peer_timeout_ms = info[8].As<Napi::Number>().Uint32Value();
+    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport, rdma, handshake_ms, peer_timeout_ms)));
   }
 
   // release(slab): the listeners of a message lent from `slab` have returned.
@@ -416,6 +417,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     opts.redial = o.Get("redial").ToBoolean().Value();
     opts.socket.zerocopy = o.Get("zeroCopy").ToBoolean().Value();
     opts.socket.splice = o.Get("splice").ToBoolean().Value();
+    opts.socket.peer_timeout_ms = o.Get("peerTimeoutMs").As<Napi::Number>().Uint32Value();
+    opts.connect_timeout_ms = o.Get("connectTimeoutMs").As<Napi::Number>().Uint32Value();
     opts.lend = o.Get("lendBuffers").ToBoolean().Value();
     // 0 tcp, 1 auto, 2 rdma (TypeScript checked the values).
     opts.transport = static_cast<transport::tcp::Transport>(o.Get("transport").As<Napi::Number>().Uint32Value());

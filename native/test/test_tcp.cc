@@ -390,6 +390,40 @@ TEST(tcp_refused_and_hostile_peers) {
   CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kError, bad) == 1 && sink.count_locked(Type::kClosed, bad) == 1; }));
 }
 
+// A dial nobody answers (a listener whose accept queue is full drops SYNs,
+// as a host behind a dropping firewall does) fails at the connect timeout
+// instead of after the kernel's two minutes of SYN retries.
+TEST(tcp_connect_timeout) {
+  const int full = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof(a);
+  CHECK(::bind(full, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  CHECK(::listen(full, 0) == 0);  // room for one connection, never accepted
+  CHECK(::getsockname(full, reinterpret_cast<sockaddr*>(&a), &alen) == 0);
+  const int filler = ::socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(::connect(filler, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  Sink sink;
+  Engine engine(&sink);
+  ConnectOptions o;
+  o.host = "127.0.0.1";
+  o.port = ntohs(a.sin_port);
+  o.streams = 2;
+  o.transport = Transport::kTcp;
+  o.connect_timeout_ms = 300;
+  const auto t0 = std::chrono::steady_clock::now();
+  const uint64_t c = engine.connect(o);
+  CHECK(sink.wait([&](auto&) { return sink.count_locked(Type::kClosed, c) == 1; }));
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(waited >= std::chrono::milliseconds(250));
+  CHECK(waited < std::chrono::milliseconds(5000));
+  CHECK_EQ(sink.first(Type::kError, c).os_error, ETIMEDOUT);
+  CHECK_EQ(sink.count(Type::kConnected, c), 0u);
+  ::close(filler);
+  ::close(full);
+}
+
 // Sockets that connect and never send their HELLO (whole or in part) are
 // closed after the listener's handshake timeout; a real client still gets in.
 TEST(tcp_silent_sockets_time_out) {

@@ -151,6 +151,10 @@ struct Engine::Stream {
   int32_t index = 0;
   Fd fd;
   std::chrono::steady_clock::time_point hello_due{};  // accepted, before its HELLO: closed at this time
+  uint32_t peer_timeout_ms = 0;  // SocketOptions::peer_timeout_ms
+  // Since when the socket has waited on the peer (see check_liveness), as
+  // the last check saw it.
+  std::optional<std::chrono::steady_clock::time_point> pending_since;
   bool connecting = false;
   bool alive = true;
   bool eof = false;
@@ -188,6 +192,7 @@ struct Engine::Listener {
   Transport transport = Transport::kAuto;
   RdmaOptions rdma;
   std::chrono::milliseconds handshake_timeout{kDefaultHandshakeTimeoutMs};
+  SocketOptions accepted;  // options of the sockets it accepts
   Fd fd;
   // Out of file descriptors: not polled until then, so a listener the
   // kernel keeps readable does not spin the I/O thread.
@@ -203,6 +208,7 @@ struct Engine::Connection {
   sockaddr_storage addr{};
   socklen_t alen = 0;
   SocketOptions sockopts;
+  std::chrono::milliseconds connect_timeout{0};  // per dial; 0: none
   bool redial = false;
   unsigned shift = 18;
   uint16_t expected_streams = 0;
@@ -309,7 +315,7 @@ void Engine::post(Command&& c) {
 }
 
 uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Transport transport, const RdmaOptions& rdma,
-                        uint32_t handshake_timeout_ms) {
+                        uint32_t handshake_timeout_ms, uint32_t peer_timeout_ms) {
   Command c;
   c.type = Command::Type::kListen;
   c.id = next_id_++;
@@ -319,6 +325,7 @@ uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Trans
   c.transport = transport;
   c.rdma = rdma;
   c.handshake_timeout_ms = handshake_timeout_ms;
+  c.peer_timeout_ms = peer_timeout_ms;
   const uint64_t id = c.id;
   post(std::move(c));
   return id;
@@ -511,6 +518,7 @@ void Engine::handle(Command& c) {
       l->transport = c.transport;
       l->rdma = c.rdma;
       l->handshake_timeout = std::chrono::milliseconds(c.handshake_timeout_ms);
+      l->accepted.peer_timeout_ms = c.peer_timeout_ms;
       int err = 0;
       uint16_t port = c.port;
       l->fd = tcp_listen(c.host, &port, 1024, &err);
@@ -647,6 +655,7 @@ Engine::Stream* Engine::dial_stream(Connection* c, int32_t index, int attempt) {
     s->zerocopy = setsockopt(s->fd.get(), SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) == 0;
   }
   s->splice = opts.splice && !s->zerocopy;
+  s->peer_timeout_ms = opts.peer_timeout_ms;
   if (s->fd && ::connect(s->fd.get(), reinterpret_cast<sockaddr*>(&c->addr), c->alen) != 0 && errno != EINPROGRESS) {
     s->fd.reset();
   }
@@ -675,6 +684,12 @@ Engine::Stream* Engine::dial_stream(Connection* c, int32_t index, int attempt) {
   sp->connecting = true;
   sp->reader = make_reader(sp, false);
   update_epoll(sp);
+  const bool first_checked = sp->peer_timeout_ms && !liveness_due_;
+  if (first_checked) liveness_due_ = std::chrono::steady_clock::now();
+  if (c->connect_timeout.count() > 0) {
+    dial_deadlines_.emplace(std::chrono::steady_clock::now() + c->connect_timeout, Redial{c->id, index, attempt});
+  }
+  if (first_checked || c->connect_timeout.count() > 0) arm_timer();
   return sp;
 }
 
@@ -694,6 +709,8 @@ void Engine::arm_timer() {
     if (!next || t < *next) next = t;
   };
   if (!redials_.empty()) consider(redials_.begin()->first);
+  if (!dial_deadlines_.empty()) consider(dial_deadlines_.begin()->first);
+  if (liveness_due_) consider(*liveness_due_);
   for (const auto& s : orphans_) consider(s->hello_due);
   for (const auto& [id, l] : listeners_) {
     if (l->paused_until) consider(*l->paused_until);
@@ -708,14 +725,24 @@ void Engine::arm_timer() {
   timerfd_settime(timer_.get(), 0, &its, nullptr);
 }
 
+namespace {
+
+// Takes the entries of a schedule that are due by `now`, earliest first.
+template <class Schedule>
+std::vector<typename Schedule::mapped_type> take_due(Schedule& m, std::chrono::steady_clock::time_point now) {
+  std::vector<typename Schedule::mapped_type> due;
+  while (!m.empty() && m.begin()->first <= now) {
+    due.push_back(m.begin()->second);
+    m.erase(m.begin());
+  }
+  return due;
+}
+
+}  // namespace
+
 void Engine::run_timers() {
   const auto now = std::chrono::steady_clock::now();
-  std::vector<Redial> due;
-  while (!redials_.empty() && redials_.begin()->first <= now) {
-    due.push_back(redials_.begin()->second);
-    redials_.erase(redials_.begin());
-  }
-  for (const Redial& r : due) {
+  for (const Redial& r : take_due(redials_, now)) {
     auto it = conns_.find(r.conn);
     if (it == conns_.end() || it->second->closing || it->second->finished) continue;
     Connection* c = it->second.get();
@@ -723,6 +750,19 @@ void Engine::run_timers() {
     for (auto& st : c->streams) live |= st->index == r.index && st->alive;
     if (!live && r.index < c->target_streams) dial_stream(c, r.index, r.attempt);
   }
+  // Dials still unanswered (a host that drops SYNs) fail like refused ones:
+  // connect() resolves with the streams that did connect, or rejects.
+  for (const Redial& d : take_due(dial_deadlines_, now)) {
+    auto it = conns_.find(d.conn);
+    if (it == conns_.end() || it->second->finished) continue;
+    for (auto& st : it->second->streams) {
+      if (st->index == d.index && st->attempt == d.attempt && st->alive && st->connecting) {
+        stream_failed(st.get(), ETIMEDOUT);
+        break;
+      }
+    }
+  }
+  if (liveness_due_ && *liveness_due_ <= now) check_liveness(now);
   // Sockets that connected and said nothing (a scan, a stalled or hostile
   // client) would otherwise hold a descriptor each for good.
   std::vector<Stream*> silent;
@@ -743,6 +783,51 @@ void Engine::run_timers() {
 
 // Takes a stream out of service without losing what it carries: nothing new
 // is put on it, a RETIRE follows what is queued, then its write side shuts.
+// A stream whose socket has waited on the peer longer than its peer timeout,
+// with no ACK from the peer in that time, has lost its peer (a host gone
+// without a reset): it fails now rather than after TCP's ~15 minutes of
+// retransmissions. Waiting means data in flight, or two window probes in a
+// row unanswered. A live peer that stopped reading has shut its window and
+// answers each probe (one outstanding at most, briefly), and however far
+// apart the kernel spaces its probes (up to two minutes), it is left alone.
+// Runs every eighth of the shortest timeout (100 ms to 2 s) while any
+// stream has one.
+void Engine::check_liveness(std::chrono::steady_clock::time_point now) {
+  uint32_t shortest = 0;
+  std::vector<Stream*> dead;
+  for (auto& [id, c] : conns_) {
+    if (c->finished) continue;
+    for (auto& st : c->streams) {
+      Stream* s = st.get();
+      if (!s->alive || s->lane || s->connecting || !s->fd || !s->peer_timeout_ms) continue;
+      shortest = shortest ? std::min(shortest, s->peer_timeout_ms) : s->peer_timeout_ms;
+      tcp_info info{};
+      socklen_t len = sizeof(info);
+      if (getsockopt(s->fd.get(), IPPROTO_TCP, TCP_INFO, &info, &len) != 0 ||
+          (info.tcpi_unacked == 0 && info.tcpi_probes < 2)) {
+        s->pending_since.reset();
+        continue;
+      }
+      if (!s->pending_since) s->pending_since = now;
+      const auto limit = std::chrono::milliseconds(s->peer_timeout_ms);
+      if (now - *s->pending_since >= limit && std::chrono::milliseconds(info.tcpi_last_ack_recv) >= limit) {
+        dead.push_back(s);
+      }
+    }
+  }
+  // Failing a stream may close its connection; the objects stay valid
+  // until the end of this event batch.
+  for (Stream* s : dead) {
+    if (s->alive && s->conn && !s->conn->finished) stream_failed(s, ETIMEDOUT);
+  }
+  if (shortest == 0) {
+    liveness_due_.reset();
+  } else {
+    liveness_due_ = now + std::clamp(std::chrono::milliseconds(shortest / 8), std::chrono::milliseconds(100),
+                                     std::chrono::milliseconds(2000));
+  }
+}
+
 void Engine::retire(Stream* s) {
   if (s->retiring && s->retire_sent) return;
   s->retiring = true;
@@ -834,6 +919,7 @@ void Engine::start_connect(uint64_t id, const ConnectOptions& opts) {
   conn->addr = addr;
   conn->alen = alen;
   conn->sockopts = opts.socket;
+  conn->connect_timeout = std::chrono::milliseconds(opts.connect_timeout_ms);
   conn->redial = opts.redial;
   if (opts.lend && lender_) conn->reasm.set_lender(lender_);
   conn->transport = opts.transport;
@@ -945,8 +1031,10 @@ void Engine::on_listener(Listener* l) {
     s->fd.reset(fd);
     s->listener = l->id;
     s->hello_due = std::chrono::steady_clock::now() + l->handshake_timeout;
-    apply_options(fd, SocketOptions{});
-    s->splice = SocketOptions{}.splice;
+    apply_options(fd, l->accepted);
+    s->splice = l->accepted.splice;
+    s->peer_timeout_ms = l->accepted.peer_timeout_ms;
+    if (s->peer_timeout_ms && !liveness_due_) liveness_due_ = std::chrono::steady_clock::now();
     Stream* sp = s.get();
     sp->reader = make_reader(sp, true);
     update_epoll(sp);
@@ -1624,7 +1712,7 @@ void Engine::stream_failed(Stream* s, int err) {
     if (c->finished) return;
   }
   if (c->live_streams() == 0) {
-    finish_close(c, c->closing && c->unacked.empty() ? Status::kOk : Status::kConnectionLost);
+    finish_close(c, c->closing && c->unacked.empty() ? Status::kOk : Status::kConnectionLost, err);
     return;
   }
   requeue(c, s->index);
@@ -2038,7 +2126,7 @@ void Engine::maybe_finish_graceful(Connection* c) {
   finish_close(c, Status::kOk);
 }
 
-void Engine::finish_close(Connection* c, Status status) {
+void Engine::finish_close(Connection* c, Status status, int err) {
   if (c->finished) return;
   c->finished = true;
   // It is freed at the end of this round; touched_ may outlive that.
@@ -2052,11 +2140,11 @@ void Engine::finish_close(Connection* c, Status status) {
       return;
     }
     const Status why = status == Status::kOk ? Status::kClosed : status;
-    emit(Event{Event::Type::kSendFailed, c->id, 0, m->id, why, 0, nullptr});
+    emit(Event{Event::Type::kSendFailed, c->id, 0, m->id, why, err, nullptr});
   });
   c->unacked.clear();
   c->queue.clear();
-  emit(Event{Event::Type::kClosed, c->id, 0, 0, status, 0, nullptr});
+  emit(Event{Event::Type::kClosed, c->id, 0, 0, status, status == Status::kOk ? 0 : err, nullptr});
   std::unique_ptr<Connection> dead;
   {
     std::lock_guard<std::mutex> lock(stats_mu_);

@@ -15,6 +15,7 @@
 #include <array>
 #include <cerrno>
 #include <atomic>
+#include <optional>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -102,6 +103,9 @@ struct ConnectOptions {
   bool lend = false;
   Transport transport = Transport::kTcp;
   RdmaOptions rdma;
+  // A stream's dial (first or again) that has not connected by then fails
+  // with ETIMEDOUT, like a refused one; 0: the kernel's SYN retries (~2 min).
+  uint32_t connect_timeout_ms = 10000;
 };
 
 constexpr int kRedialAttempts = 6;
@@ -156,6 +160,7 @@ struct EngineCommand {
   Transport transport = Transport::kTcp;  // kListen: whether RDMA offers are taken
   RdmaOptions rdma;                        // kListen: for accepted connections' lanes
   uint32_t handshake_timeout_ms = 0;       // kListen
+  uint32_t peer_timeout_ms = 0;            // kListen: SocketOptions::peer_timeout_ms of accepted sockets
 };
 
 // How long an accepted socket may take to send its HELLO before it is closed.
@@ -183,9 +188,11 @@ class Engine {
   // With `lend`, accepted connections receive into the Lender's slabs.
   // With `transport` other than kTcp, RDMA offers from clients are taken
   // when this host has a device. An accepted socket that has not sent its
-  // HELLO within `handshake_timeout_ms` is closed.
+  // HELLO within `handshake_timeout_ms` is closed; accepted sockets use
+  // `peer_timeout_ms` (see SocketOptions).
   uint64_t listen(const std::string& host, uint16_t port, bool lend = false, Transport transport = Transport::kAuto,
-                  const RdmaOptions& rdma = RdmaOptions{}, uint32_t handshake_timeout_ms = kDefaultHandshakeTimeoutMs);
+                  const RdmaOptions& rdma = RdmaOptions{}, uint32_t handshake_timeout_ms = kDefaultHandshakeTimeoutMs,
+                  uint32_t peer_timeout_ms = SocketOptions{}.peer_timeout_ms);
   // The verbs RDMA connections use (tests: an emulation). Call before
   // listen/connect; `verbs` outlives the engine. Without it the engine
   // opens libibverbs the first time a connection asks for RDMA.
@@ -240,6 +247,7 @@ class Engine {
   void schedule_redial(Connection* c, int32_t index, int attempt);
   void run_timers();
   void arm_timer();
+  void check_liveness(std::chrono::steady_clock::time_point now);
   void retire(Stream* s);
   void push_control(Stream* s, ChunkType type, uint64_t message_id, uint64_t offset, uint64_t len);
   void drop_fd(Stream* s);
@@ -256,7 +264,8 @@ class Engine {
   void touch(Connection* c);
   void flush_touched();
   void stream_failed(Stream* s, int err);
-  void finish_close(Connection* c, Status status);
+  // `err`: the errno that ended it, when the last stream failed.
+  void finish_close(Connection* c, Status status, int err = 0);
   void maybe_complete(Connection* c, OutMessage* m);
   void maybe_finish_graceful(Connection* c);
   void update_epoll(Stream* s);
@@ -301,6 +310,8 @@ class Engine {
     int attempt;
   };
   std::multimap<std::chrono::steady_clock::time_point, Redial> redials_;
+  std::multimap<std::chrono::steady_clock::time_point, Redial> dial_deadlines_;  // dials that must have connected by then
+  std::optional<std::chrono::steady_clock::time_point> liveness_due_;  // next check_liveness, while any stream has a peer timeout
   std::atomic<bool> wake_pending_{false};  // an eventfd write is on its way; skip another
   std::vector<Connection*> touched_;        // connections with sends or ACKs to push out
   std::atomic<uint64_t> next_id_{1};

@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -44,6 +45,20 @@ int apply_options(int fd, const SocketOptions& opts) {
   }
   if (opts.send_buffer > 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &opts.send_buffer, sizeof(int)) != 0) return errno;
   if (opts.recv_buffer > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &opts.recv_buffer, sizeof(int)) != 0) return errno;
+  if (opts.peer_timeout_ms > 0) {
+    // Probes start after half the timeout of silence, then every twelfth
+    // of it until the timeout has passed (TCP keepalive counts in seconds).
+    const int total = static_cast<int>(std::max(2u, (opts.peer_timeout_ms + 999) / 1000));
+    const int idle = std::max(1, total / 2);
+    const int interval = std::max(1, total / 12);
+    const int count = std::max(1, (total - idle) / interval);
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) != 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval)) != 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count)) != 0) {
+      return errno;
+    }
+  }
   return 0;
 }
 

@@ -40,6 +40,14 @@ struct SocketOptions {
   int recv_buffer = 0;     // SO_RCVBUF bytes; 0: system default
   bool zerocopy = false;   // MSG_ZEROCOPY for large payloads (SO_ZEROCOPY), where the kernel allows it
   bool splice = true;      // vmsplice + splice for large payloads (when not zerocopy)
+  // A peer that acknowledges nothing for about this long fails the socket
+  // with ETIMEDOUT: a host that vanished without a reset is noticed in
+  // seconds, not TCP's ~15 minutes. Idle sockets: TCP keepalive, set here
+  // (whole seconds). Sockets with data outstanding: the engine's check of
+  // TCP_INFO, which unlike TCP_USER_TIMEOUT leaves alone a live peer that
+  // keeps its window shut (it answers the kernel's window probes).
+  // 0: neither (the kernel's defaults).
+  uint32_t peer_timeout_ms = 30000;
 };
 
 // Numeric IPv4/IPv6 address and port; false when `host` is not numeric.

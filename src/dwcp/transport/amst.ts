@@ -60,6 +60,8 @@ export interface ListenOptions {
    * not hold descriptors for good. 10 to 3,600,000. Default 10,000.
    */
   handshakeTimeoutMs?: number;
+  /** See ConnectOptions.peerTimeoutMs; for the sockets this listener accepts. */
+  peerTimeoutMs?: number;
 }
 
 /**
@@ -90,6 +92,24 @@ export interface ConnectOptions {
   io?: IoMode;
   /** Dial a lost stream again (back-off from 50 ms, 6 attempts). Default true. */
   redial?: boolean;
+  /**
+   * A stream's dial (the first, or a re-dial) that has not connected within
+   * this many milliseconds fails like a refused one (ETIMEDOUT): `connect`
+   * resolves with the streams that did connect, or rejects with
+   * ERR_AMST_CONNECTION_LOST when none did. 0 waits for the kernel's SYN
+   * retries (about two minutes). 0 to 3,600,000. Default 10,000.
+   */
+  connectTimeoutMs?: number;
+  /**
+   * A peer that acknowledges nothing for this many milliseconds (data sent,
+   * or keepalive probes while idle) fails the stream with ETIMEDOUT, so a
+   * host that vanished without a reset is noticed in seconds rather than
+   * TCP's ~15 minutes: its streams' data goes again on the others, and when
+   * none is left, pending sends reject with ERR_AMST_CONNECTION_LOST
+   * (TCP_USER_TIMEOUT and TCP keepalive). 0 keeps the kernel's defaults. 0 to
+   * 3,600,000. Default 30,000.
+   */
+  peerTimeoutMs?: number;
   /**
    * Send payloads of 16 KiB and more with MSG_ZEROCOPY. Off by default: on
    * loopback and veth the kernel copies anyway and it is slower (see the
@@ -835,9 +855,10 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
     if (transport !== 'auto' && transport !== 'tcp') throw new InvalidArgumentError(`listen transport must be 'auto' or 'tcp', got ${shown(transport)}`);
     const rdma = checkRdma(options);
     const handshakeMs = checkInt(options.handshakeTimeoutMs, 'handshakeTimeoutMs', 10, 3_600_000, 10_000);
+    const peerTimeoutMs = checkInt(options.peerTimeoutMs, 'peerTimeoutMs', 0, 3_600_000, 30_000);
     const r = getRouter(options.io);
     r.busyPoll(busy);
-    const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes, handshakeMs);
+    const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes, handshakeMs, peerTimeoutMs);
     return new AmstServer(r, id).waitListening();
   } catch (err) {
     return Promise.reject(err as Error);
@@ -890,6 +911,8 @@ function open(options: ConnectOptions): { r: Router; id: number; streams: number
     splice: checkBool(options.splice, 'splice', true),
     lendBuffers: checkBool(options.lendBuffers, 'lendBuffers', false),
   };
+  const connectTimeoutMs = checkInt(options.connectTimeoutMs, 'connectTimeoutMs', 0, 3_600_000, 10_000);
+  const peerTimeoutMs = checkInt(options.peerTimeoutMs, 'peerTimeoutMs', 0, 3_600_000, 30_000);
   const busy = checkBusyPoll(options.busyPollMicros, options.io);
   const r = getRouter(options.io);
   r.busyPoll(busy);
@@ -907,6 +930,8 @@ function open(options: ConnectOptions): { r: Router; id: number; streams: number
     rdmaRingBytes: rdma.ringBytes,
     rdmaDevice: rdma.device,
     rdmaGidIndex: rdma.gidIndex,
+    connectTimeoutMs,
+    peerTimeoutMs,
   });
   return { r, id, streams, congestion };
 }

@@ -2,7 +2,7 @@ import t from 'tap';
 import net from 'node:net';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
@@ -10,6 +10,7 @@ import { listen, connect, TransportError, InvalidArgumentError } from '../../../
 import type { AmstConnection, AmstServer, IoMode, MessageBatch } from '../../../src/index.js';
 import { randomBytes } from '../../helpers.js';
 import { refusedPort } from '../../services.js';
+import { wanSkip, withWanLink } from '../../wan.js';
 
 async function pair(
   streams = 4,
@@ -588,15 +589,7 @@ for (const io of ['thread', 'loop'] as const) {
     const fixture = fileURLToPath(new URL('./fixtures/sink.mjs', import.meta.url));
     const child = spawn('/bin/sh', ['-c', `ulimit -n 64 && exec "${process.execPath}" "${fixture}" ${io}`], { stdio: ['ignore', 'pipe', 'inherit'] });
     t.teardown(() => void child.kill());
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      child.stdout!.on('data', (d: Buffer) => {
-        out += String(d);
-        const m = /port (\d+)/.exec(out);
-        if (m) resolve(Number(m[1]));
-      });
-      child.on('exit', (code) => reject(new Error(`sink exited with ${code}`)));
-    });
+    const port = await sinkPort(child);
     const cpuSeconds = (): number => {
       const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
       return (Number(f[11]) + Number(f[12])) / 100;  // utime + stime, in clock ticks of 10 ms
@@ -614,6 +607,105 @@ for (const io of ['thread', 'loop'] as const) {
     await conn.close();
   });
 }
+
+const sinkFixture = fileURLToPath(new URL('./fixtures/sink.mjs', import.meta.url));
+
+// The sink's port, once it prints it.
+function sinkPort(child: ChildProcess): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += String(d);
+      const m = /port (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', (code) => reject(new Error(`sink exited with ${code}`)));
+  });
+}
+
+t.test('connectTimeoutMs and peerTimeoutMs are checked', async (t) => {
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, connectTimeoutMs: -1 }), { code: 'ERR_INVALID_ARGUMENT', message: /connectTimeoutMs/ });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, peerTimeoutMs: 1.5 }), { code: 'ERR_INVALID_ARGUMENT', message: /peerTimeoutMs/ });
+  await t.rejects(listen({ peerTimeoutMs: 4e6 }), { code: 'ERR_INVALID_ARGUMENT', message: /peerTimeoutMs/ });
+});
+
+// A listener whose accept queue is full drops SYNs, as a host behind a
+// dropping firewall does: the dial fails at connectTimeoutMs.
+t.test('a dial nobody answers fails at connectTimeoutMs', async (t) => {
+  const script = [
+    'import socket, time',
+    's = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)',
+    'port = s.getsockname()[1]; filler = socket.create_connection(("127.0.0.1", port))',
+    'print(f"port {port}", flush=True); time.sleep(60)',
+  ].join('\n');
+  const child = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void child.kill('SIGKILL'));
+  const port = await sinkPort(child);
+  const t0 = Date.now();
+  await t.rejects(connect({ host: '127.0.0.1', port, streams: 2, connectTimeoutMs: 300 }), { code: 'ERR_AMST_CONNECTION_LOST', syscallError: 'ETIMEDOUT' });
+  const ms = Date.now() - t0;
+  t.ok(ms >= 250 && ms < 5000, `failed after ${ms} ms`);
+});
+
+// A peer whose process is stopped still has a kernel that acknowledges the
+// sender's window probes: that is a slow reader, not a dead host, and a
+// send to it must wait, not fail at the peer timeout.
+t.test('a live peer that stops reading outlasts the peer timeout', async (t) => {
+  const child = spawn(process.execPath, [sinkFixture, 'thread'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void child.kill('SIGKILL'));
+  const port = await sinkPort(child);
+  const conn = await connect({ host: '127.0.0.1', port, streams: 2, peerTimeoutMs: 500 });
+  await conn.send(Buffer.from('hello'));
+  child.kill('SIGSTOP');
+  let settled = false;
+  const sent = conn.send(Buffer.alloc(256 << 20, 3)).finally(() => (settled = true));
+  // The kernel's window probes come further apart each time (0.2, 0.4,
+  // 0.8, 1.6, 3.2 s...): soon more than a peer timeout between two ACKs.
+  await new Promise((r) => setTimeout(r, 6000));
+  t.notOk(settled, 'still waiting after twelve peer timeouts');
+  child.kill('SIGCONT');
+  await sent;
+  t.pass('delivered once the peer reads again');
+  await conn.close();
+});
+
+// A host that goes silent (its link cut: the forwarder of an emulated link
+// stopped) is noticed within the peer timeout: a pending send rejects and an
+// idle connection closes, both with ETIMEDOUT, rather than after TCP's
+// minutes of retransmissions.
+t.test('a peer host that vanishes is noticed within peerTimeoutMs', { skip: wanSkip }, async (t) => {
+  await withWanLink(t, 'nvdead', {}, async (link) => {
+    const sink = link.spawn('b', process.execPath, [sinkFixture, 'thread', link.addrB], { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.teardown(() => void sink.kill('SIGKILL'));
+    const port = await sinkPort(sink);
+    const fixture = fileURLToPath(new URL('./fixtures/dead-peer.mjs', import.meta.url));
+    const sender = link.spawn('a', process.execPath, [fixture, link.addrB, String(port), '2000'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    t.teardown(() => void sender.kill('SIGKILL'));
+    const lines: string[] = [];
+    let out = '';
+    sender.stdout!.on('data', (d: Buffer) => {
+      out += String(d);
+      const parts = out.split('\n');
+      out = parts.pop()!;
+      lines.push(...parts);
+    });
+    await until(() => lines.includes('ready'), 10000);
+    process.kill(link.pid, 'SIGSTOP');
+    try {
+      sender.stdin!.write('go\n');
+      await until(() => lines.length >= 3, 20000);
+    } finally {
+      process.kill(link.pid, 'SIGCONT');
+    }
+    const ends = lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { conn: string; code: string; syscall: string; ms: number });
+    for (const conn of ['busy', 'idle']) {
+      const e = ends.find((x) => x.conn === conn);
+      t.ok(e, `${conn} connection ended`);
+      t.same([e?.code, e?.syscall], ['ERR_AMST_CONNECTION_LOST', 'ETIMEDOUT'], `${conn}: connection lost, timed out`);
+      t.ok(e !== undefined && e.ms < 8000, `${conn}: noticed after ${e?.ms} ms (peer timeout 2000 ms)`);
+    }
+  });
+});
 
 t.test('the process exits once everything is closed', async (t) => {
   const script = fileURLToPath(new URL('./fixtures/round-trip.mjs', import.meta.url));
