@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
+#include <stdexcept>
 
 #include "util/crc32c.h"
 
@@ -344,11 +346,18 @@ Reassembler::~Reassembler() {
   }
 }
 
-MessageBuf Reassembler::allocate(size_t n) {
-  MessageBuf b;
-  if (lender_ && n >= BufferPool::kMinSize) b.lent = lender_->take(n, &b.slab);
-  if (!b.lent) b.own = BufferPool::shared().take(n);
-  return b;
+bool Reassembler::allocate(size_t n, MessageBuf* out) noexcept {
+  try {
+    MessageBuf b;
+    if (lender_ && n >= BufferPool::kMinSize) b.lent = lender_->take(n, &b.slab);
+    if (!b.lent) b.own = BufferPool::shared().take(n);
+    *out = std::move(b);
+    return true;
+  } catch (const std::bad_alloc&) {
+    return false;
+  } catch (const std::length_error&) {
+    return false;
+  }
 }
 
 Status Reassembler::find_or_start(const ChunkHeader& h, Partial** out) {
@@ -357,8 +366,12 @@ Status Reassembler::find_or_start(const ChunkHeader& h, Partial** out) {
   if (it == partial_.end()) {
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
     Partial p;
-    p.data = allocate(h.message_len);
-    p.have.assign((chunks + 63) / 64, 0);
+    if (!allocate(h.message_len, &p.data)) return Status::kLimitExceeded;
+    try {
+      p.have.assign((chunks + 63) / 64, 0);
+    } catch (const std::bad_alloc&) {
+      return Status::kLimitExceeded;
+    }
     p.chunks = chunks;
     p.chunk_shift = h.chunk_shift;
     p.flags = h.flags;
@@ -411,7 +424,7 @@ Status Reassembler::add(const ChunkHeader& h, const uint8_t* payload, bool* comp
     // The common small message. A larger one of one chunk goes the partial
     // way, where reserve() may have had it read in place.
     if (pending_bytes_ + h.message_len > limits_.max_pending_bytes) return Status::kLimitExceeded;
-    whole = allocate(h.payload_len);
+    if (!allocate(h.payload_len, &whole)) return Status::kLimitExceeded;
     if (h.payload_len) std::memcpy(whole.bytes().data(), payload, h.payload_len);
   } else {
     Partial* pp;

@@ -318,7 +318,10 @@ class Reassembler {
   uint64_t pending_bytes_ = 0;                     // partial and held bytes
   Lender* lender_ = nullptr;
 
-  MessageBuf allocate(size_t n);
+  // False when the memory cannot be had: a size the peer declared may be
+  // more than this host can allocate, which must end the connection, not
+  // the process.
+  bool allocate(size_t n, MessageBuf* out) noexcept;
   static bool whole_at_once(const ChunkHeader& h);
 
   Status find_or_start(const ChunkHeader& h, Partial** out);

@@ -629,6 +629,44 @@ t.test('connectTimeoutMs and peerTimeoutMs are checked', async (t) => {
   await t.rejects(listen({ peerTimeoutMs: 4e6 }), { code: 'ERR_INVALID_ARGUMENT', message: /peerTimeoutMs/ });
 });
 
+// A chunk may declare a message of up to 4 GiB, which the receiver sets
+// aside at once. Where that memory cannot be had (here an address-space
+// limit; elsewhere strict overcommit), the allocation fails: the peer's
+// connection must end, not the receiving process (it aborted on an
+// uncaught std::bad_alloc).
+t.test('a message larger than the receiver can allocate ends the connection, not the process', async (t) => {
+  const child = spawn('/bin/sh', ['-c', `ulimit -v 4000000 && exec "${process.execPath}" "${sinkFixture}" thread`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void child.kill('SIGKILL'));
+  let exited: string | null = null;
+  child.on('exit', (code, signal) => (exited = `${code} ${signal}`));
+  const port = await sinkPort(child);
+  const { native } = await import('../../../src/native.js');
+  const hello = Buffer.alloc(40);
+  hello.writeUInt32LE(0x31534d41, 0);
+  hello[4] = 3;
+  hello.writeUInt16LE(1, 8);
+  hello[10] = 16;
+  hello.fill(9, 16, 32);
+  hello.writeUInt32LE(native.crc32c(hello.subarray(0, 36)), 36);
+  const body = Buffer.alloc(65536, 1);
+  const chunk = Buffer.alloc(40);
+  chunk[0] = 1; // DATA
+  chunk[1] = 16;
+  chunk.writeUInt32LE(body.length, 4);
+  chunk.writeBigUInt64LE(3n << 30n, 24); // a 3 GiB message
+  chunk.writeUInt32LE(native.crc32c(body), 32);
+  chunk.writeUInt32LE(native.crc32c(chunk.subarray(0, 36)), 36);
+  const raw = net.connect(port, '127.0.0.1');
+  raw.on('error', () => {});
+  await once(raw, 'connect');
+  raw.write(Buffer.concat([hello, chunk, body]));
+  await once(raw, 'close');
+  const conn = await connect({ host: '127.0.0.1', port, streams: 2 });
+  await conn.send(Buffer.alloc(1 << 20, 2));
+  t.equal(exited, null, 'the receiver is still running and takes other connections');
+  await conn.close();
+});
+
 // A listener whose accept queue is full drops SYNs, as a host behind a
 // dropping firewall does: the dial fails at connectTimeoutMs.
 t.test('a dial nobody answers fails at connectTimeoutMs', async (t) => {
