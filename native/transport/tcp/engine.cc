@@ -701,8 +701,9 @@ void Engine::schedule_redial(Connection* c, int32_t index, int attempt) {
   arm_timer();
 }
 
-// Sets the timerfd for whichever comes first: a re-dial, an accepted
-// socket's HELLO deadline, a paused listener's resumption.
+// Sets the timerfd for whichever comes first: a re-dial, a dial's deadline,
+// the next liveness check, an accepted socket's HELLO deadline, a paused
+// listener's resumption; disarms it when none is pending.
 void Engine::arm_timer() {
   std::optional<std::chrono::steady_clock::time_point> next;
   const auto consider = [&](std::chrono::steady_clock::time_point t) {
@@ -781,8 +782,6 @@ void Engine::run_timers() {
   arm_timer();
 }
 
-// Takes a stream out of service without losing what it carries: nothing new
-// is put on it, a RETIRE follows what is queued, then its write side shuts.
 // A stream whose socket has waited on the peer longer than its peer timeout,
 // with no ACK from the peer in that time, has lost its peer (a host gone
 // without a reset): it fails now rather than after TCP's ~15 minutes of
@@ -828,6 +827,8 @@ void Engine::check_liveness(std::chrono::steady_clock::time_point now) {
   }
 }
 
+// Takes a stream out of service without losing what it carries: nothing new
+// is put on it, a RETIRE follows what is queued, then its write side shuts.
 void Engine::retire(Stream* s) {
   if (s->retiring && s->retire_sent) return;
   s->retiring = true;
@@ -1013,7 +1014,7 @@ void Engine::maybe_announce(Connection* c, int err) {
 }
 
 void Engine::on_listener(Listener* l) {
-  bool accepted = false;
+  bool rearm = false;  // a new HELLO deadline or a pause for the timer
   for (;;) {
     const int fd = accept4(l->fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
@@ -1022,11 +1023,11 @@ void Engine::on_listener(Listener* l) {
         // stop polling it for a while instead of spinning on the error.
         epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, l->fd.get(), nullptr);
         l->paused_until = std::chrono::steady_clock::now() + kAcceptPause;
-        accepted = true;  // re-arm the timer below
+        rearm = true;
       }
       break;  // EAGAIN, or a transient error: wait for the next readiness
     }
-    accepted = true;
+    rearm = true;
     auto s = std::make_unique<Stream>();
     s->fd.reset(fd);
     s->listener = l->id;
@@ -1040,7 +1041,7 @@ void Engine::on_listener(Listener* l) {
     update_epoll(sp);
     orphans_.push_back(std::move(s));
   }
-  if (accepted) arm_timer();
+  if (rearm) arm_timer();
 }
 
 // Large payloads are read from the socket straight into their message.

@@ -450,6 +450,36 @@ t.test('what the kernel refuses is said in its words: a congestion control it la
 
 // No RDMA device on the machines this runs on (the RDMA path itself is
 // tested natively against emulated verbs: npm run test:native).
+// Some hosts and containers have IPv6 turned off.
+const ipv6 = await listen({ host: '::1', port: 0 }).then(
+  async (s) => {
+    await s.close();
+    return true;
+  },
+  () => false,
+);
+
+t.test('IPv6: a connection over ::1, and IPv4 clients of a dual-stack listener', { skip: ipv6 ? false : 'no IPv6 loopback here' }, async (t) => {
+  const server = await listen({ host: '::1', port: 0 });
+  const got: Buffer[] = [];
+  server.on('connection', (c: AmstConnection) => c.on('message', (m: Buffer) => got.push(m)));
+  const big = randomBytes(3 << 20);
+  const client = await connect({ host: '::1', port: server.port, streams: 3, chunkSize: 64 * 1024 });
+  await client.send(big);
+  await client.send(Buffer.from('after'));
+  await until(() => got.length === 2);
+  t.ok(got[0]!.equals(big), 'a striped message arrives whole over IPv6');
+  t.equal(client.stats()?.streams.length, 3);
+  await client.close();
+  await server.close();
+  const dual = await listen({ host: '::', port: 0 });
+  const v4 = await connect({ host: '127.0.0.1', port: dual.port, streams: 2 });
+  await v4.send(Buffer.from('v4 into ::'));
+  t.pass('an IPv4 client reaches a listener on ::');
+  await v4.close();
+  await dual.close();
+});
+
 t.test('transport selection without an RDMA device: auto is TCP, rdma fails clearly', async (t) => {
   await t.rejects(connect({ host: '127.0.0.1', port: 1, transport: 'infiniband' as never }), { code: 'ERR_INVALID_ARGUMENT' });
   await t.rejects(connect({ host: '127.0.0.1', port: 1, rdmaLanes: 0 }), { code: 'ERR_INVALID_ARGUMENT' });
