@@ -56,6 +56,8 @@ export const SCHEMA = {
     streams: f({ kind: 'integer', default: 0, min: 0, max: 512, doc: 'TCP streams per connection; 0: from the link mode' }),
     io: f({ kind: 'enum', default: 'thread', values: ['thread', 'loop'], doc: 'Where socket I/O runs (see the transport docs)' }),
     transport: f({ kind: 'enum', default: 'auto', values: ['auto', 'tcp'], doc: "RDMA: auto takes peers' RDMA offers when this host has an RDMA device; tcp declines them" }),
+    peerTimeoutMs: f({ kind: 'integer', default: 30000, min: 0, max: 3600000, unit: 'ms', doc: 'A peer that acknowledges nothing for this long is taken for gone and its connection fails; 0: the kernel decides (minutes)' }),
+    handshakeTimeoutMs: f({ kind: 'integer', default: 10000, min: 10, max: 3600000, unit: 'ms', doc: 'An accepted socket that has not opened its stream by then is closed' }),
   },
   dwcp: {
     mode: f({ kind: 'enum', default: 'auto', values: ['auto', 'datacenter', 'internet', 'hybrid'], reloadable: true, doc: 'Link mode; auto: detected per peer from RTT, bandwidth and loss' }),

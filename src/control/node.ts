@@ -484,7 +484,8 @@ export class NovacronNode {
 
   async #startNetwork(): Promise<void> {
     try {
-      this.#amst = await listen({ host: this.config.data.host, port: this.config.data.port, io: this.config.data.io, transport: this.config.data.transport });
+      const d = this.config.data;
+      this.#amst = await listen({ host: d.host, port: d.port, io: d.io, transport: d.transport, peerTimeoutMs: d.peerTimeoutMs, handshakeTimeoutMs: d.handshakeTimeoutMs });
     } catch (err) {
       if ((err as { syscallError?: string }).syscallError === 'EADDRINUSE') throw new RetriableError(`data port ${this.config.data.port} is in use`, { cause: err });
       throw err;

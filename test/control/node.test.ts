@@ -1,7 +1,7 @@
 import t from 'tap';
 import { Writable } from 'node:stream';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
+import net, { createServer } from 'node:net';
 import { spawn, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { once } from 'node:events';
@@ -52,9 +52,15 @@ const flags = (dir: string): Record<string, string> => ({ 'node.dataDir': dir, '
 t.test('a node starts, serves health and metrics, carries data, and stops', async (t) => {
   const dir = freshDir();
   const { stream, lines } = logSink();
-  const node = new NovacronNode({ env: {}, flags: flags(dir), logStream: stream });
+  const node = new NovacronNode({ env: {}, flags: { ...flags(dir), 'data.handshakeTimeoutMs': '200' }, logStream: stream });
   await node.start();
   t.equal((await http(node.apiPort, '/live')).status, 200);
+  // data.handshakeTimeoutMs reaches the listener: a socket that says nothing is closed.
+  const silent = net.connect(node.dataPort, '127.0.0.1');
+  silent.on('error', () => {});
+  const t0 = Date.now();
+  await once(silent, 'close');
+  t.ok(Date.now() - t0 < 5000, 'a silent socket on the data port is closed after data.handshakeTimeoutMs (not the 10 s default)');
   t.same(JSON.parse((await http(node.apiPort, '/ready')).body), { ready: true });
   const health = await http(node.apiPort, '/health');
   t.equal(health.status, 200);
