@@ -712,7 +712,7 @@ void Engine::arm_timer() {
   if (!redials_.empty()) consider(redials_.begin()->first);
   if (!dial_deadlines_.empty()) consider(dial_deadlines_.begin()->first);
   if (liveness_due_) consider(*liveness_due_);
-  for (const auto& s : orphans_) consider(s->hello_due);
+  if (hello_due_) consider(*hello_due_);
   for (const auto& [id, l] : listeners_) {
     if (l->paused_until) consider(*l->paused_until);
   }
@@ -766,11 +766,19 @@ void Engine::run_timers() {
   if (liveness_due_ && *liveness_due_ <= now) check_liveness(now);
   // Sockets that connected and said nothing (a scan, a stalled or hostile
   // client) would otherwise hold a descriptor each for good.
-  std::vector<Stream*> silent;
-  for (const auto& s : orphans_) {
-    if (s->hello_due <= now) silent.push_back(s.get());
+  if (hello_due_ && *hello_due_ <= now) {
+    // In one pass: a flood's worth of sockets may time out together.
+    const auto silent = std::stable_partition(orphans_.begin(), orphans_.end(), [&](const auto& s) { return s->hello_due > now; });
+    for (auto it = silent; it != orphans_.end(); ++it) {
+      drop_fd(it->get());
+      graveyard_.push_back(std::move(*it));
+    }
+    orphans_.erase(silent, orphans_.end());
+    hello_due_.reset();
+    for (const auto& s : orphans_) {
+      if (!hello_due_ || s->hello_due < *hello_due_) hello_due_ = s->hello_due;
+    }
   }
-  for (Stream* s : silent) stream_failed(s, ETIMEDOUT);
   for (auto& [id, l] : listeners_) {
     if (!l->paused_until || *l->paused_until > now) continue;
     l->paused_until.reset();
@@ -1032,6 +1040,7 @@ void Engine::on_listener(Listener* l) {
     s->fd.reset(fd);
     s->listener = l->id;
     s->hello_due = std::chrono::steady_clock::now() + l->handshake_timeout;
+    if (!hello_due_ || s->hello_due < *hello_due_) hello_due_ = s->hello_due;
     apply_options(fd, l->accepted);
     s->splice = l->accepted.splice;
     s->peer_timeout_ms = l->accepted.peer_timeout_ms;

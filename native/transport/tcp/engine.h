@@ -312,6 +312,10 @@ class Engine {
   std::multimap<std::chrono::steady_clock::time_point, Redial> redials_;
   std::multimap<std::chrono::steady_clock::time_point, Redial> dial_deadlines_;  // dials that must have connected by then
   std::optional<std::chrono::steady_clock::time_point> liveness_due_;  // next check_liveness, while any stream has a peer timeout
+  // The earliest HELLO deadline of the accepted sockets (orphans_), or
+  // earlier (one that has since said HELLO): arming the timer stays O(1)
+  // however many sockets a flood leaves waiting.
+  std::optional<std::chrono::steady_clock::time_point> hello_due_;
   std::atomic<bool> wake_pending_{false};  // an eventfd write is on its way; skip another
   std::vector<Connection*> touched_;        // connections with sends or ACKs to push out
   std::atomic<uint64_t> next_id_{1};
