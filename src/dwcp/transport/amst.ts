@@ -101,13 +101,14 @@ export interface ConnectOptions {
    */
   connectTimeoutMs?: number;
   /**
-   * A peer that acknowledges nothing for this many milliseconds (data sent,
-   * or keepalive probes while idle) fails the stream with ETIMEDOUT, so a
-   * host that vanished without a reset is noticed in seconds rather than
-   * TCP's ~15 minutes: its streams' data goes again on the others, and when
-   * none is left, pending sends reject with ERR_AMST_CONNECTION_LOST
-   * (TCP_USER_TIMEOUT and TCP keepalive). 0 keeps the kernel's defaults. 0 to
-   * 3,600,000. Default 30,000.
+   * A peer that acknowledges nothing for this many milliseconds (data in
+   * flight; keepalive probes while idle, in whole seconds) fails the stream
+   * with ETIMEDOUT, so a host that vanished without a reset is noticed in
+   * seconds rather than TCP's ~15 minutes: its streams' data goes again on
+   * the others, and when none is left, pending sends reject with
+   * ERR_AMST_CONNECTION_LOST. A live peer that only stopped reading still
+   * answers the kernel's window probes and is left alone. 0 keeps the
+   * kernel's defaults. 0 to 3,600,000. Default 30,000.
    */
   peerTimeoutMs?: number;
   /**
