@@ -222,6 +222,12 @@ class Router {
   constructor(io: IoMode) {
     this.engine = new native.AmstEngine((fields, buffers, arena) => {
       let nextBuffer = 0;
+      // A listener that throws must not cost the rest of the batch (later
+      // messages, closes, slab returns): each error is thrown again once the
+      // batch is through, as an uncaught exception of its own, as an
+      // EventEmitter's would be (thrown back into N-API it was swallowed
+      // with a deprecation warning, and the loop engine stalled).
+      const thrown: unknown[] = [];
       for (let i = 0; i < fields.length; i += EVENT_FIELDS) {
         const type = EVENT_TYPES[fields[i]!] ?? 'error';
         const status = fields[i + 4]!;
@@ -248,19 +254,28 @@ class Router {
           }
           e.osError = 0;
         }
-        // An incoming connection has a new id; its listener's id says where it goes.
-        if (type === 'incoming') {
-          this.servers.get(e.listener)?.accept(e);
-        } else if (slab < 0) {
-          this.handlers.get(e.id)?.handleEvent(e);
-        } else {
-          // A lent message: its slab carries another once the listeners return.
-          try {
+        try {
+          // An incoming connection has a new id; its listener's id says where it goes.
+          if (type === 'incoming') {
+            this.servers.get(e.listener)?.accept(e);
+          } else if (slab < 0) {
             this.handlers.get(e.id)?.handleEvent(e);
-          } finally {
-            this.engine.release(slab);
+          } else {
+            // A lent message: its slab carries another once the listeners return.
+            try {
+              this.handlers.get(e.id)?.handleEvent(e);
+            } finally {
+              this.engine.release(slab);
+            }
           }
+        } catch (error) {
+          thrown.push(error);
         }
+      }
+      for (const error of thrown) {
+        process.nextTick(() => {
+          throw error;
+        });
       }
     }, io);
   }

@@ -775,6 +775,23 @@ t.test('a peer host that vanishes is noticed within peerTimeoutMs', { skip: wanS
   });
 });
 
+// A listener that throws: the batch it came in is still delivered whole
+// (slabs returned, later messages and closes handled), and its error is an
+// uncaught exception like any EventEmitter listener's, neither swallowed nor
+// stalling the engine.
+t.test('a throwing listener loses no messages and its error is not swallowed', async (t) => {
+  const script = fileURLToPath(new URL('./fixtures/throwing-listener.mjs', import.meta.url));
+  const { stdout } = await promisify(execFile)(process.execPath, [script, 'handled'], { timeout: 30000 });
+  const runs = stdout.trim().split('\n').map((l) => JSON.parse(l) as { io: string; lendBuffers: boolean; got: number; uncaught: number });
+  t.equal(runs.length, 4);
+  for (const r of runs) t.same([r.got, r.uncaught], [20, 10], `io ${r.io}, lendBuffers ${r.lendBuffers}: every message, every error`);
+  const crash = await promisify(execFile)(process.execPath, [script, 'unhandled'], { timeout: 30000 }).then(
+    () => null,
+    (err: { code?: number; stderr?: string }) => err,
+  );
+  t.ok(crash && crash.code !== 0 && /a listener bug/.test(crash.stderr ?? ''), 'without a handler the error ends the process, as an uncaught exception');
+});
+
 t.test('the process exits once everything is closed', async (t) => {
   const script = fileURLToPath(new URL('./fixtures/round-trip.mjs', import.meta.url));
   const { stdout } = await promisify(execFile)(process.execPath, [script], { timeout: 20000 });
