@@ -70,3 +70,19 @@ export function checkNative(result: number, context: string): number {
   }
   return result;
 }
+
+/**
+ * Calls a caller-supplied callback so that, if it throws, the error is
+ * thrown again on its own as an uncaught exception (as an EventEmitter
+ * listener's would be) instead of breaking the loop that called it: the
+ * rest of a batch of messages, the application of a log entry.
+ */
+export function callIsolated<A extends unknown[]>(fn: (...args: A) => void, ...args: A): void {
+  try {
+    fn(...args);
+  } catch (error) {
+    process.nextTick(() => {
+      throw error;
+    });
+  }
+}

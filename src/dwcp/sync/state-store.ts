@@ -9,11 +9,10 @@
 //   and a key deleted while concurrently written stays, with the written
 //   value (add wins). compare-and-set compares against this replica's copy
 //   only: two replicas may both succeed, and the later write then wins.
-import { EventEmitter } from 'node:events';
 import type { Server, Socket } from 'node:net';
 import { clusterConnect, clusterServer, type ClusterTls } from '../consensus/secure.js';
 import { corked, readFrames, type PeerAddress } from '../consensus/raft/transport.js';
-import { NovacronError } from '../../errors.js';
+import { NovacronError, callIsolated } from '../../errors.js';
 import type { RaftKvClient } from '../consensus/raft/client.js';
 import type { RaftKvNode } from '../consensus/raft/kv-node.js';
 import { ORMap, canonical, isStringORMapState, type ORMapState } from './crdt.js';
@@ -26,7 +25,11 @@ export interface StateStore {
   delete(key: string): Promise<void>;
   /** Sets `value` if the key holds `expect` (undefined: absent); whether it did. */
   cas(key: string, expect: string | undefined, value: string): Promise<boolean>;
-  /** Calls `cb` with each change to a key starting with `prefix`, as this replica applies it. */
+  /**
+   * Calls `cb` with each change to a key starting with `prefix`, as this
+   * replica applies it. A `cb` that throws stops nothing: its error is
+   * thrown again as an uncaught exception of its own.
+   */
   watch(prefix: string, cb: (key: string, value: string | undefined) => void): () => void;
   close(): Promise<void>;
 }
@@ -202,7 +205,7 @@ export class CrdtStateStore implements StateStore {
   #round = 0;
   #clock = 0;
   #now: () => number;
-  #events = new EventEmitter();
+  #watchers = new Set<(key: string, value: string | undefined) => void>();
 
   constructor(o: CrdtStoreOptions) {
     this.replica = o.replica;
@@ -228,7 +231,8 @@ export class CrdtStateStore implements StateStore {
     for (const k of keys) {
       const a = ORMap.get(before, k);
       const b = ORMap.get(this.#state, k);
-      if (a !== b) this.#events.emit('change', k, b);
+      if (a === b) continue;
+      for (const w of this.#watchers) callIsolated(w, k, b);  // a watcher's bug must not stop a merge
     }
   }
 
@@ -272,8 +276,8 @@ export class CrdtStateStore implements StateStore {
     const f = (k: string, v: string | undefined): void => {
       if (k.startsWith(prefix)) cb(k, v);
     };
-    this.#events.on('change', f);
-    return () => this.#events.off('change', f);
+    this.#watchers.add(f);
+    return () => this.#watchers.delete(f);
   }
   /** The whole replicated state, canonical: equal on replicas that agree. */
   fingerprint(): string {

@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
 import { native, type NativeAmstEngine, type NativeAmstStats, type NativeAmstStreamStats } from '../../native.js';
-import { InvalidArgumentError, NovacronError, statusName } from '../../errors.js';
+import { InvalidArgumentError, NovacronError, callIsolated, statusName } from '../../errors.js';
 import { NETWORK_MODES, type NetworkMode } from '../mode.js';
 
 /** Errors of the transport; `code` is `ERR_AMST_<STATUS>`. */
@@ -223,11 +223,9 @@ class Router {
     this.engine = new native.AmstEngine((fields, buffers, arena) => {
       let nextBuffer = 0;
       // A listener that throws must not cost the rest of the batch (later
-      // messages, closes, slab returns): each error is thrown again once the
-      // batch is through, as an uncaught exception of its own, as an
-      // EventEmitter's would be (thrown back into N-API it was swallowed
-      // with a deprecation warning, and the loop engine stalled).
-      const thrown: unknown[] = [];
+      // messages, closes, slab returns): its error is thrown again on its
+      // own (thrown back into N-API it was swallowed with a deprecation
+      // warning, and the loop engine stalled).
       for (let i = 0; i < fields.length; i += EVENT_FIELDS) {
         const type = EVENT_TYPES[fields[i]!] ?? 'error';
         const status = fields[i + 4]!;
@@ -254,28 +252,14 @@ class Router {
           }
           e.osError = 0;
         }
-        try {
-          // An incoming connection has a new id; its listener's id says where it goes.
-          if (type === 'incoming') {
-            this.servers.get(e.listener)?.accept(e);
-          } else if (slab < 0) {
-            this.handlers.get(e.id)?.handleEvent(e);
-          } else {
-            // A lent message: its slab carries another once the listeners return.
-            try {
-              this.handlers.get(e.id)?.handleEvent(e);
-            } finally {
-              this.engine.release(slab);
-            }
-          }
-        } catch (error) {
-          thrown.push(error);
+        // An incoming connection has a new id; its listener's id says where it goes.
+        if (type === 'incoming') {
+          callIsolated(() => this.servers.get(e.listener)?.accept(e));
+        } else {
+          callIsolated(() => this.handlers.get(e.id)?.handleEvent(e));
+          // A lent message: its slab carries another once the listeners return.
+          if (slab >= 0) this.engine.release(slab);
         }
-      }
-      for (const error of thrown) {
-        process.nextTick(() => {
-          throw error;
-        });
       }
     }, io);
   }

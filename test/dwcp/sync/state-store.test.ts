@@ -3,6 +3,9 @@
 // Raft members reached through a leader-finding client (linearizable,
 // through failover). Watches fire on every replica.
 import t from 'tap';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -182,4 +185,15 @@ t.test('the protocol follows the link mode', async (t) => {
   t.equal(protocolFor('internet'), 'crdt');
   t.equal(protocolFor('hybrid'), 'raft+crdt');
   t.throws(() => protocolFor('space' as never), { code: 'ERR_INVALID_ARGUMENT' });
+});
+
+// A watch callback that throws is the caller's bug: it surfaces as an
+// uncaught exception, and the store goes on (a Raft node stopped mid-apply
+// with ERR_RAFT_STORAGE, and a CRDT merge stopped at the first such
+// watcher). Run in a child, which counts the uncaught exceptions.
+t.test('a throwing watcher neither stops a Raft node nor a CRDT merge', async (t) => {
+  const script = fileURLToPath(new URL('./fixtures/throwing-watcher.mjs', import.meta.url));
+  const { stdout } = await promisify(execFile)(process.execPath, [script], { timeout: 30000 });
+  const r = JSON.parse(stdout) as Record<string, unknown>;
+  t.same(r, { raftSeen: 5, raftValue: 'v4', raftFailure: null, crdtSeen: 5, crdtValue: 'v4', uncaught: 10 });
 });

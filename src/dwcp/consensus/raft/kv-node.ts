@@ -11,7 +11,7 @@
 // A node that does not lead answers {"error":"ERR_RAFT_NOT_LEADER","leader":n}.
 import type { Server, Socket } from 'node:net';
 import { clusterServer, type ClusterTls } from '../secure.js';
-import { NovacronError } from '../../../errors.js';
+import { NovacronError, callIsolated } from '../../../errors.js';
 import { decodeConfChange, Raft, sendableBeforePersist } from './raft.js';
 import { corked, FrameReader, jsonFrame, RaftTransport, type PeerAddress } from './transport.js';
 import type { NodeId, Ready } from './types.js';
@@ -152,7 +152,8 @@ export class RaftKvNode {
 
   #changed(key: string): void {
     const v = this.#kv.get(key);
-    for (const w of this.#watchers) w(key, v);
+    // A watcher's bug must not stop the node mid-apply.
+    for (const w of this.#watchers) callIsolated(w, key, v);
   }
 
   /** This node's applied value of `key` (not linearizable: see request({op: 'get'})). */
