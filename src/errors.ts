@@ -81,8 +81,13 @@ export function callIsolated<A extends unknown[]>(fn: (...args: A) => void, ...a
   try {
     fn(...args);
   } catch (error) {
-    process.nextTick(() => {
-      throw error;
-    });
+    rethrowLater(error);
   }
+}
+
+/** Throws `error` again on its own, as an uncaught exception, once the current work is done. */
+export function rethrowLater(error: unknown): void {
+  process.nextTick(() => {
+    throw error;
+  });
 }

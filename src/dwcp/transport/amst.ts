@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
 import { native, type NativeAmstEngine, type NativeAmstStats, type NativeAmstStreamStats } from '../../native.js';
-import { InvalidArgumentError, NovacronError, callIsolated, statusName } from '../../errors.js';
+import { InvalidArgumentError, NovacronError, rethrowLater, statusName } from '../../errors.js';
 import { NETWORK_MODES, type NetworkMode } from '../mode.js';
 
 /** Errors of the transport; `code` is `ERR_AMST_<STATUS>`. */
@@ -252,14 +252,15 @@ class Router {
           }
           e.osError = 0;
         }
-        // An incoming connection has a new id; its listener's id says where it goes.
-        if (type === 'incoming') {
-          callIsolated(() => this.servers.get(e.listener)?.accept(e));
-        } else {
-          callIsolated(() => this.handlers.get(e.id)?.handleEvent(e));
-          // A lent message: its slab carries another once the listeners return.
-          if (slab >= 0) this.engine.release(slab);
+        try {
+          // An incoming connection has a new id; its listener's id says where it goes.
+          if (type === 'incoming') this.servers.get(e.listener)?.accept(e);
+          else this.handlers.get(e.id)?.handleEvent(e);
+        } catch (error) {
+          rethrowLater(error);
         }
+        // A lent message: its slab carries another once the listeners return.
+        if (slab >= 0) this.engine.release(slab);
       }
     }, io);
   }
