@@ -191,3 +191,17 @@ t.test('over UDP: members find each other through a seed, carry their meta, and 
   await new Promise((r) => setTimeout(r, 100));
   t.equal(a.alive().length, 2);
 });
+
+// A `change` listener that throws costs the other listeners none of the
+// flush's changes (they stopped at the first), and its errors surface as
+// uncaught exceptions. Run in a child, which counts them.
+t.test('a throwing change listener does not hide later changes from the others', async (t) => {
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const { fileURLToPath } = await import('node:url');
+  const script = fileURLToPath(new URL('./fixtures/throwing-swim-listener.mjs', import.meta.url));
+  const { stdout } = await promisify(execFile)(process.execPath, [script], { timeout: 20000 });
+  const r = JSON.parse(stdout) as { seen: string[]; uncaught: number; calls: number };
+  t.same(r.seen, ['127.0.0.1:41000', '127.0.0.1:41001', '127.0.0.1:41002', '127.0.0.1:41003'], 'the sender and the three members it named');
+  t.equal(r.uncaught, r.calls, 'one uncaught exception per change');
+});

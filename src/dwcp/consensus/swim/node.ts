@@ -5,7 +5,7 @@
 // lists from here).
 import { createSocket, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import { InvalidArgumentError } from '../../../errors.js';
+import { InvalidArgumentError, rethrowLater } from '../../../errors.js';
 import { SwimMember, type Member, type SwimMessage, type Update } from './swim.js';
 
 export interface SwimNodeOptions {
@@ -120,7 +120,14 @@ export class SwimNode extends EventEmitter {
         // like an unreachable member: SWIM's timeouts take care of it.
       }
     }
-    for (const u of rd.changes) this.emit('change', u as Update);
+    // A listener that throws must not cost the others the flush's later changes.
+    for (const u of rd.changes) {
+      try {
+        this.emit('change', u as Update);
+      } catch (error) {
+        rethrowLater(error);
+      }
+    }
   }
 
   /** Tells the others this member leaves, then closes. */
