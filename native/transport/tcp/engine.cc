@@ -687,7 +687,7 @@ Engine::Stream* Engine::dial_stream(Connection* c, int32_t index, int attempt) {
   const bool first_checked = sp->peer_timeout_ms && !liveness_due_;
   if (first_checked) liveness_due_ = std::chrono::steady_clock::now();
   if (c->connect_timeout.count() > 0) {
-    dial_deadlines_.emplace(std::chrono::steady_clock::now() + c->connect_timeout, Redial{c->id, index, attempt});
+    dial_deadlines_.emplace(std::chrono::steady_clock::now() + c->connect_timeout, Dial{c->id, index, attempt});
   }
   if (first_checked || c->connect_timeout.count() > 0) arm_timer();
   return sp;
@@ -697,7 +697,7 @@ void Engine::schedule_redial(Connection* c, int32_t index, int attempt) {
   if (!c->redial || c->closing || c->finished || attempt >= kRedialAttempts) return;
   // 50 ms, 100 ms, 200 ms...: a path that flaps is not hammered.
   const auto due = std::chrono::steady_clock::now() + std::chrono::milliseconds(50 << attempt);
-  redials_.emplace(due, Redial{c->id, index, attempt});
+  redials_.emplace(due, Dial{c->id, index, attempt});
   arm_timer();
 }
 
@@ -743,7 +743,7 @@ std::vector<typename Schedule::mapped_type> take_due(Schedule& m, std::chrono::s
 
 void Engine::run_timers() {
   const auto now = std::chrono::steady_clock::now();
-  for (const Redial& r : take_due(redials_, now)) {
+  for (const Dial& r : take_due(redials_, now)) {
     auto it = conns_.find(r.conn);
     if (it == conns_.end() || it->second->closing || it->second->finished) continue;
     Connection* c = it->second.get();
@@ -753,7 +753,7 @@ void Engine::run_timers() {
   }
   // Dials still unanswered (a host that drops SYNs) fail like refused ones:
   // connect() resolves with the streams that did connect, or rejects.
-  for (const Redial& d : take_due(dial_deadlines_, now)) {
+  for (const Dial& d : take_due(dial_deadlines_, now)) {
     auto it = conns_.find(d.conn);
     if (it == conns_.end() || it->second->finished) continue;
     for (auto& st : it->second->streams) {

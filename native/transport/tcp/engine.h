@@ -303,14 +303,14 @@ class Engine {
   Limits limits_;
   Fd epoll_;
   Fd wake_;
-  Fd timer_;  // timerfd: the next re-dial, handshake deadline or listener resumption is due
-  struct Redial {
+  Fd timer_;  // timerfd: whatever comes first of what arm_timer() lists
+  struct Dial {  // dial `attempt` of stream `index` of connection `conn`
     uint64_t conn;
     int32_t index;
     int attempt;
   };
-  std::multimap<std::chrono::steady_clock::time_point, Redial> redials_;
-  std::multimap<std::chrono::steady_clock::time_point, Redial> dial_deadlines_;  // dials that must have connected by then
+  std::multimap<std::chrono::steady_clock::time_point, Dial> redials_;
+  std::multimap<std::chrono::steady_clock::time_point, Dial> dial_deadlines_;  // dials that must have connected by then
   std::optional<std::chrono::steady_clock::time_point> liveness_due_;  // next check_liveness, while any stream has a peer timeout
   // The earliest HELLO deadline of the accepted sockets (orphans_), or
   // earlier (one that has since said HELLO): arming the timer stays O(1)

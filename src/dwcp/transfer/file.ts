@@ -108,8 +108,10 @@ function decodeControl(m: Buffer): Control {
 /** `.<name>.<12 hex>.part`, the name cut to whole characters so the whole stays within 255 bytes. */
 function partName(name: string): string {
   let prefix = '';
+  let bytes = 0;
   for (const ch of name) {
-    if (Buffer.byteLength(prefix + ch) > 200) break;
+    bytes += Buffer.byteLength(ch);
+    if (bytes > 200) break;
     prefix += ch;
   }
   return `.${prefix}.${randomBytes(6).toString('hex')}.part`;

@@ -322,6 +322,9 @@ function checkInt(v: unknown, name: string, min: number, max: number, otherwise:
   return v;
 }
 
+// ConnectOptions.peerTimeoutMs, on both ends.
+const checkPeerTimeout = (v: unknown): number => checkInt(v, 'peerTimeoutMs', 0, 3_600_000, 30_000);
+
 // A kernel congestion control name (what TCP_CONGESTION takes); '' keeps the system's.
 const CONGESTION_NAME = /^[a-z0-9_]{1,15}$/;
 function checkCongestion(name: unknown): string {
@@ -856,7 +859,7 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
     if (transport !== 'auto' && transport !== 'tcp') throw new InvalidArgumentError(`listen transport must be 'auto' or 'tcp', got ${shown(transport)}`);
     const rdma = checkRdma(options);
     const handshakeMs = checkInt(options.handshakeTimeoutMs, 'handshakeTimeoutMs', 10, 3_600_000, 10_000);
-    const peerTimeoutMs = checkInt(options.peerTimeoutMs, 'peerTimeoutMs', 0, 3_600_000, 30_000);
+    const peerTimeoutMs = checkPeerTimeout(options.peerTimeoutMs);
     const r = getRouter(options.io);
     r.busyPoll(busy);
     const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes, handshakeMs, peerTimeoutMs);
@@ -913,7 +916,7 @@ function open(options: ConnectOptions): { r: Router; id: number; streams: number
     lendBuffers: checkBool(options.lendBuffers, 'lendBuffers', false),
   };
   const connectTimeoutMs = checkInt(options.connectTimeoutMs, 'connectTimeoutMs', 0, 3_600_000, 10_000);
-  const peerTimeoutMs = checkInt(options.peerTimeoutMs, 'peerTimeoutMs', 0, 3_600_000, 30_000);
+  const peerTimeoutMs = checkPeerTimeout(options.peerTimeoutMs);
   const busy = checkBusyPoll(options.busyPollMicros, options.io);
   const r = getRouter(options.io);
   r.busyPoll(busy);
