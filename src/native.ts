@@ -61,6 +61,9 @@ export interface NativeAmstStreamStats {
   alive: boolean;
   bytesSent: number;
   bytesReceived: number;
+  /** Bytes per second written to / read from the socket over the last second (1.0-1.1 s), chunk headers included. */
+  sendBytesPerSec: number;
+  receiveBytesPerSec: number;
   rttUs: number;
   rttVarUs: number;
   retransmits: number;
@@ -84,6 +87,9 @@ export interface NativeAmstStats {
   /** Bytes posted to and received from RDMA lanes, chunk headers included. */
   laneBytesSent: number;
   laneBytesReceived: number;
+  /** Bytes per second all streams and lanes wrote / read over the last second (1.0-1.1 s), chunk headers included. */
+  sendBytesPerSec: number;
+  receiveBytesPerSec: number;
   streams: NativeAmstStreamStats[];
 }
 

@@ -512,6 +512,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("rdmaLanes", num(st.lanes));
     o.Set("laneBytesSent", num(st.lane_bytes_sent));
     o.Set("laneBytesReceived", num(st.lane_bytes_received));
+    o.Set("sendBytesPerSec", Napi::Number::New(env, st.send_rate));
+    o.Set("receiveBytesPerSec", Napi::Number::New(env, st.receive_rate));
     Napi::Array streams = Napi::Array::New(env, st.streams.size());
     for (size_t i = 0; i < st.streams.size(); i++) {
       const auto& s = st.streams[i];
@@ -519,6 +521,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       so.Set("alive", s.alive);
       so.Set("bytesSent", num(s.bytes_sent));
       so.Set("bytesReceived", num(s.bytes_received));
+      so.Set("sendBytesPerSec", Napi::Number::New(env, s.send_rate));
+      so.Set("receiveBytesPerSec", Napi::Number::New(env, s.receive_rate));
       so.Set("rttUs", num(s.rtt_us));
       so.Set("rttVarUs", num(s.rtt_var_us));
       so.Set("retransmits", num(s.total_retrans));

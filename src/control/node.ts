@@ -565,8 +565,11 @@ export class NovacronNode {
         this.set(conns().length);
       },
     });
-    const sum = (key: 'bytesReceived' | 'messagesReceived' | 'chunksResent'): number => conns().reduce((a, c) => a + (c.stats()?.[key] ?? 0), 0);
+    const sum = (key: 'bytesReceived' | 'messagesReceived' | 'chunksResent' | 'sendBytesPerSec' | 'receiveBytesPerSec'): number =>
+      conns().reduce((a, c) => a + (c.stats()?.[key] ?? 0), 0);
     new Gauge({ name: 'novacron_transport_bytes_received', help: 'Payload bytes received on open data-plane connections', registers: [this.registry], collect() { this.set(sum('bytesReceived')); } });
+    new Gauge({ name: 'novacron_transport_receive_bytes_per_second', help: 'Bytes read by open data-plane connections in the last second', registers: [this.registry], collect() { this.set(sum('receiveBytesPerSec')); } });
+    new Gauge({ name: 'novacron_transport_send_bytes_per_second', help: 'Bytes written by open data-plane connections in the last second', registers: [this.registry], collect() { this.set(sum('sendBytesPerSec')); } });
     new Gauge({ name: 'novacron_transport_messages_received', help: 'Messages received on open data-plane connections', registers: [this.registry], collect() { this.set(sum('messagesReceived')); } });
     const hde = (key: keyof ReturnType<typeof hdeTotals>) => () => hdeTotals()[key];
     for (const [name, key, help] of [

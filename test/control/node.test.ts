@@ -75,6 +75,7 @@ t.test('a node starts, serves health and metrics, carries data, and stops', asyn
   t.match(metrics, /novacron_component_start_seconds\{component="database"\} \d/);
   t.match(metrics, /novacron_boot_phase_seconds\{phase="total"\} \d/);
   t.match(metrics, /novacron_transport_messages_received 1\b/);
+  t.match(metrics, /novacron_transport_receive_bytes_per_second [1-9]/, 'the message is in the last second\'s throughput');
   t.match(metrics, /process_cpu_seconds_total/);
   conn.destroy();
   // /status needs the node's token (written to the data directory, mode 0600).

@@ -17,6 +17,7 @@
 #include <optional>
 #include <random>
 
+#include "transport/rate.h"
 #include "transport/rdma/channel.h"
 #include "util/crc32c.h"
 
@@ -175,6 +176,7 @@ struct Engine::Stream {
   size_t out_bytes = 0;
   std::atomic<uint64_t> bytes_sent{0};
   std::atomic<uint64_t> bytes_received{0};
+  RateMeter sent_rate{monotonic_ns()}, received_rate{monotonic_ns()};  // of the two above
   // An RDMA lane (no fd): chunks go to `channel`; `out` holds those handed
   // over and not yet reported done, oldest first.
   bool lane = false;
@@ -238,6 +240,8 @@ struct Engine::Connection {
   size_t rr = 0;
   std::atomic<uint64_t> messages_sent{0}, messages_received{0}, bytes_sent{0}, bytes_received{0}, chunks_resent{0};
   std::atomic<uint64_t> zerocopy_sends{0}, zerocopy_copied{0}, spliced_bytes{0};
+  // Bytes its streams and lanes wrote and read, headers included.
+  RateMeter sent_rate{monotonic_ns()}, received_rate{monotonic_ns()};
   // RDMA. kOffered: a client waits for the server's answer (kConnected
   // waits with it). kAccepted: a server's lanes are connected; it sends on
   // them once the client says READY. kActive: lanes carry the data.
@@ -404,6 +408,9 @@ bool Engine::stats(uint64_t conn, ConnectionStats* out) {
   auto it = conns_.find(conn);
   if (it == conns_.end()) return false;
   Connection& c = *it->second;
+  const int64_t now = monotonic_ns();
+  out->send_rate = c.sent_rate.rate(now);
+  out->receive_rate = c.received_rate.rate(now);
   out->messages_sent = c.messages_sent.load();
   out->messages_received = c.messages_received.load();
   out->bytes_sent = c.bytes_sent.load();
@@ -422,6 +429,8 @@ bool Engine::stats(uint64_t conn, ConnectionStats* out) {
     st.bytes_sent = s->bytes_sent.load();
     st.bytes_received = s->bytes_received.load();
     st.alive = s->alive && !s->connecting;
+    st.send_rate = s->sent_rate.rate(now);
+    st.receive_rate = s->received_rate.rate(now);
     if (s->fd) {
       tcp_info info{};
       socklen_t len = sizeof(info);
@@ -448,6 +457,7 @@ void Engine::run() {
 void Engine::iterate(int timeout_ms) {
   epoll_event evs[64];
   const int n = epoll_wait(epoll_.get(), evs, 64, timeout_ms);
+  now_ns_ = monotonic_ns();
   for (int i = 0; i < n; i++) {
     void* p = evs[i].data.ptr;
     if (!p) {
@@ -505,6 +515,7 @@ void Engine::shutdown_all() {
 }
 
 void Engine::drain_commands() {
+  now_ns_ = monotonic_ns();  // also called outside iterate(), by an owner out of ring space
   Command c;
   while (commands_.try_pop(c)) handle(c);
 }
@@ -1492,6 +1503,8 @@ bool Engine::flush(Stream* s) {
       }
     }
     s->bytes_sent += static_cast<uint64_t>(r);
+    s->sent_rate.add(now_ns_, static_cast<uint64_t>(r));
+    if (s->conn) s->conn->sent_rate.add(now_ns_, static_cast<uint64_t>(r));
     size_t left = static_cast<size_t>(r);
     while (left > 0) {
       OutChunk& f = s->out.front();
@@ -1618,6 +1631,8 @@ void Engine::on_stream(Stream* s, uint32_t events) {
       const ssize_t r = ::readv(s->fd.get(), iov, niov);
       if (r > 0) {
         s->bytes_received += static_cast<uint64_t>(r);
+        s->received_rate.add(now_ns_, static_cast<uint64_t>(r));
+        if (s->conn) s->conn->received_rate.add(now_ns_, static_cast<uint64_t>(r));
         const size_t placed = std::min(static_cast<size_t>(r), place_len);
         Status st = placed ? s->reader->direct_filled(placed) : Status::kOk;
         if (!s->alive) return;
@@ -2033,6 +2048,7 @@ void Engine::on_lane_message(Stream* l, const uint8_t* head, size_t head_len, co
   if (!l->alive || c->finished) return;
   l->bytes_received += head_len + len;
   c->lane_bytes_received += head_len + len;
+  c->received_rate.add(now_ns_, head_len + len);
   ChunkHeader h;
   Status st = head_len == kChunkHeaderSize ? parse_chunk_header(head, limits_, &h) : Status::kProtocol;
   if (st == Status::kOk && (h.payload_len != len || (h.type != ChunkType::kData && h.type != ChunkType::kAck && h.type != ChunkType::kProgress))) {
@@ -2064,6 +2080,7 @@ void Engine::post_lane(Stream* l) {
     l->channel->send(l->lane_next_id++, oc.header, kChunkHeaderSize, oc.payload, oc.len, mr);
     l->bytes_sent += oc.total();
     c->lane_bytes_sent += oc.total();
+    c->sent_rate.add(now_ns_, oc.total());
   }
   if (l->alive && l->channel->failed()) lane_failed(l, true, Status::kDeviceError);
 }

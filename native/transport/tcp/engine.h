@@ -113,6 +113,10 @@ constexpr int kRedialAttempts = 6;
 struct StreamStats {
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
+  // Bytes per second written and read over the last second (1.0-1.1 s),
+  // chunk headers included.
+  double send_rate = 0;
+  double receive_rate = 0;
   bool alive = false;
   uint32_t rtt_us = 0;
   uint32_t rtt_var_us = 0;
@@ -134,6 +138,9 @@ struct ConnectionStats {
   uint32_t lanes = 0;            // RDMA lanes alive
   uint64_t lane_bytes_sent = 0;  // bytes posted to RDMA lanes (chunk headers included)
   uint64_t lane_bytes_received = 0;
+  // Its streams' and lanes' rates together (as in StreamStats).
+  double send_rate = 0;
+  double receive_rate = 0;
   std::vector<StreamStats> streams;
 };
 
@@ -312,6 +319,7 @@ class Engine {
   std::multimap<std::chrono::steady_clock::time_point, Dial> redials_;
   std::multimap<std::chrono::steady_clock::time_point, Dial> dial_deadlines_;  // dials that must have connected by then
   std::optional<std::chrono::steady_clock::time_point> liveness_due_;  // next check_liveness, while any stream has a peer timeout
+  int64_t now_ns_ = 0;  // monotonic_ns() when this batch of events began: what rate meters are stamped with
   // The earliest HELLO deadline of the accepted sockets (orphans_), or
   // earlier (one that has since said HELLO): arming the timer stays O(1)
   // however many sockets a flood leaves waiting.

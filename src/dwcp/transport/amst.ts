@@ -168,7 +168,9 @@ export type StreamStats = NativeAmstStreamStats;
  * Counters of a connection: messages and payload bytes sent (acknowledged by
  * the peer) and received, chunks sent again after a lost stream, payloads
  * sent with MSG_ZEROCOPY and of those the ones the kernel copied anyway, what
- * carries the data (`transport`, and RDMA lanes with their bytes), and
+ * carries the data (`transport`, and RDMA lanes with their bytes), the
+ * throughput over the last second (`sendBytesPerSec`, `receiveBytesPerSec`:
+ * bytes on the wire, so including chunk headers and resent chunks), and
  * per-stream figures.
  */
 export type ConnectionStats = NativeAmstStats;

@@ -62,6 +62,40 @@ t.test(`io ${io}: messages of every size, both directions, in order`, async (t) 
   t.equal(client.stats(), null);
 });
 
+t.test(`io ${io}: stats give throughput over the last second, on both ends and per stream`, async (t) => {
+  const { server, client, peer } = await pair(2, 64 * 1024, io);
+  peer.on('message', () => {});
+  // 256 KiB every 50 ms for 1.5 s (about 5 MB/s), timed here as sent.
+  const sent: Array<[number, number]> = [];
+  const msg = randomBytes(256 * 1024);
+  const start = performance.now();
+  while (performance.now() - start < 1500) {
+    await client.send(msg);
+    sent.push([performance.now(), msg.length]);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const now = performance.now();
+  // The meters' window is 1.0-1.1 s: what was sent in the last 1.0 and 1.1 s bound it.
+  const inLast = (ms: number): number => sent.filter(([at]) => at > now - ms).reduce((a, [, n]) => a + n, 0);
+  const low = (inLast(1000) / 1.1) * 0.7;
+  const high = (inLast(1100) / 1.0) * 1.3;
+  const out = client.stats()!;
+  const into = peer.stats()!;
+  t.ok(out.sendBytesPerSec > low && out.sendBytesPerSec < high, `sender ${Math.round(out.sendBytesPerSec)} B/s within ${Math.round(low)}-${Math.round(high)}`);
+  t.ok(into.receiveBytesPerSec > low && into.receiveBytesPerSec < high, `receiver ${Math.round(into.receiveBytesPerSec)} B/s`);
+  t.ok(out.receiveBytesPerSec > 0 && out.receiveBytesPerSec < low / 10, 'the sender reads acknowledgements: a trickle');
+  const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+  t.ok(Math.abs(sum(out.streams.map((s) => s.sendBytesPerSec)) - out.sendBytesPerSec) < out.sendBytesPerSec * 0.01, 'streams add up to the connection');
+  t.ok(out.streams.every((s) => s.sendBytesPerSec > 0), 'both streams carry data');
+  // A second and a bit without traffic: exactly nothing.
+  await new Promise((r) => setTimeout(r, 1200));
+  for (const st of [client.stats()!, peer.stats()!]) {
+    t.same([st.sendBytesPerSec, st.receiveBytesPerSec, ...st.streams.flatMap((s) => [s.sendBytesPerSec, s.receiveBytesPerSec])], [0, 0, 0, 0, 0, 0]);
+  }
+  await client.close();
+  await server.close();
+});
+
 t.test('congestion control per connection', async (t) => {
   const server = await listen({ port: 0 });
   for (const cc of ['cubic', 'bbr']) {
