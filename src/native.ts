@@ -131,6 +131,7 @@ export interface NativeAmstEngine {
   destroy(id: number): void;
   killStream(conn: number, index: number): void;
   setStreams(conn: number, streams: number): void;
+  pauseReading(conn: number, pause: boolean): void;
   setCongestion(conn: number, name: string): number;
   stats(conn: number): NativeAmstStats | null;
   release(slab: number): void;

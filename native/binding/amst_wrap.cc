@@ -240,6 +240,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod<&EngineWrap::Destroy>("destroy"),
                         InstanceMethod<&EngineWrap::KillStream>("killStream"),
                         InstanceMethod<&EngineWrap::SetStreams>("setStreams"),
+                        InstanceMethod<&EngineWrap::PauseReading>("pauseReading"),
                         InstanceMethod<&EngineWrap::SetCongestion>("setCongestion"),
                         InstanceMethod<&EngineWrap::Stats>("stats"),
                         InstanceMethod<&EngineWrap::Release>("release"),
@@ -480,6 +481,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   Napi::Value KillStream(const Napi::CallbackInfo& info) {
     engine(info).kill_stream(Id(info[0]), info[1].As<Napi::Number>().Uint32Value());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value PauseReading(const Napi::CallbackInfo& info) {
+    engine(info).pause_reading(Id(info[0]), info[1].ToBoolean().Value());
     return info.Env().Undefined();
   }
 

@@ -228,6 +228,7 @@ struct Engine::Connection {
   bool peer_closed = false;
   bool finished = false;     // closed and reported; kept only until the epoll batch ends
   bool touched = false;      // in Engine::touched_
+  bool app_paused = false;   // pause_reading(): its streams are not read
   std::vector<std::pair<uint64_t, uint64_t>> acks;      // (first id, count) to acknowledge
   struct Progress {
     uint64_t id, held, len;
@@ -389,6 +390,8 @@ void Engine::post(Command::Type type, uint64_t id, uint64_t value) {
 void Engine::set_streams(uint64_t conn, uint16_t n) { post(Command::Type::kSetStreams, conn, n); }
 
 void Engine::kill_stream(uint64_t conn, uint32_t index) { post(Command::Type::kKillStream, conn, index); }
+
+void Engine::pause_reading(uint64_t conn, bool pause) { post(Command::Type::kPauseReading, conn, pause ? 1 : 0); }
 
 int Engine::set_congestion(uint64_t conn, const std::string& name) {
   std::lock_guard<std::mutex> lock(stats_mu_);
@@ -609,10 +612,25 @@ void Engine::handle(Command& c) {
         for (auto& l : conn->lanes) {
           if (l->read_paused && l->alive) {
             l->read_paused = false;
-            l->channel->hold_credits(false);
+            l->channel->hold_credits(conn->app_paused);
             lane_progress(l.get());
           }
         }
+      }
+      return;
+    }
+    case Command::Type::kPauseReading: {
+      auto it = conns_.find(c.id);
+      if (it == conns_.end() || it->second->finished) return;
+      Connection* conn = it->second.get();
+      const bool pause = c.message_id != 0;
+      if (conn->app_paused == pause) return;
+      conn->app_paused = pause;
+      for (auto& st : conn->streams) update_epoll(st.get());
+      for (auto& l : conn->lanes) {
+        if (!l->alive || !l->channel || l->read_paused) continue;
+        l->channel->hold_credits(pause);
+        if (!pause) lane_progress(l.get());
       }
       return;
     }
@@ -1534,12 +1552,14 @@ bool Engine::flush(Stream* s) {
   return true;
 }
 
+bool Engine::reading_held(const Stream* s) { return s->read_paused || (s->conn && s->conn->app_paused); }
+
 void Engine::update_epoll(Stream* s) {
   if (!s->alive || !s->fd) return;
   const bool want_out = !s->out.empty() || s->connecting;
   // After the peer's end of stream there is nothing to read (and a
   // level-triggered EPOLLIN would fire forever); only pending output counts.
-  const bool want_in = !s->eof && !s->read_paused;
+  const bool want_in = !s->eof && !reading_held(s);
   const uint32_t events = (want_in ? static_cast<uint32_t>(EPOLLIN) : 0u) | (want_out ? static_cast<uint32_t>(EPOLLOUT) : 0u);
   if (events == s->epoll_events) return;
   epoll_event ev{};
@@ -1617,6 +1637,10 @@ void Engine::on_stream(Stream* s, uint32_t events) {
         update_epoll(s);
         break;
       }
+      if (reading_held(s)) {  // joined a paused connection with its HELLO
+        update_epoll(s);
+        break;
+      }
       // A payload being placed is read straight into its message, and what
       // follows it into the buffer, in one syscall.
       iovec iov[2];
@@ -1686,7 +1710,7 @@ void Engine::on_stream(Stream* s, uint32_t events) {
   // A hang-up after both ends shut down is the normal end of a closing
   // stream (its EOF was read above); only a pending socket error, or a
   // hang-up on a stream still expected to carry data, is a failure.
-  if ((events & (EPOLLERR | EPOLLHUP)) && s->alive && !s->eof && !s->read_paused) {
+  if ((events & (EPOLLERR | EPOLLHUP)) && s->alive && !s->eof && !reading_held(s)) {
     int err = 0;
     socklen_t len = sizeof(err);
     getsockopt(s->fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);

@@ -154,7 +154,7 @@ struct SendItem {
 
 // A request from the owner thread to the I/O thread.
 struct EngineCommand {
-  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kSendMany, kClose, kDestroy, kKillStream, kResume, kSetStreams } type = Type::kNone;
+  enum class Type : uint8_t { kNone, kListen, kConnect, kSend, kSendMany, kClose, kDestroy, kKillStream, kResume, kSetStreams, kPauseReading } type = Type::kNone;
   uint64_t id = 0;
   uint64_t message_id = 0;
   const uint8_t* data = nullptr;
@@ -233,6 +233,11 @@ class Engine {
   void set_streams(uint64_t conn, uint16_t n);
   // The sink's owner has consumed `bytes` of received messages (any thread).
   void delivered(uint64_t bytes);
+  // Stops (or starts again) reading `conn`'s streams and granting its RDMA
+  // lanes credits: the application's back-pressure on one connection. What
+  // was already read is still delivered; the peer's sends then wait on TCP
+  // flow control.
+  void pause_reading(uint64_t conn, bool pause);
 
  private:
   struct Stream;
@@ -276,6 +281,8 @@ class Engine {
   void maybe_complete(Connection* c, OutMessage* m);
   void maybe_finish_graceful(Connection* c);
   void update_epoll(Stream* s);
+  // Not to be read now: the engine-wide back-pressure, or pause_reading().
+  static bool reading_held(const Stream* s);
   void emit(Event e) { pending_.push_back(e); }
   // RDMA lanes (engine.cc, "RDMA lanes").
   rdma::Device* rdma_device(const std::string& name, int gid_index, std::string* why);

@@ -62,6 +62,8 @@ export interface ListenOptions {
   handshakeTimeoutMs?: number;
   /** See ConnectOptions.peerTimeoutMs; for the sockets this listener accepts. */
   peerTimeoutMs?: number;
+  /** See ConnectOptions.highWaterMark; for the connections this listener accepts. */
+  highWaterMark?: number;
 }
 
 /**
@@ -88,6 +90,14 @@ export interface ConnectOptions {
   recvBufferBytes?: number;
   /** Link mode, for the defaults above. */
   mode?: NetworkMode;
+  /**
+   * Bytes of received messages held for a consumer yet to come (no
+   * `message` or `batch` listener; or the async iterator not keeping up)
+   * before the connection stops reading: the peer's sends then wait, as TCP
+   * flow control makes them. Reading starts again once half of it is taken.
+   * 1,024 to 1,073,741,824. Default 16 MiB.
+   */
+  highWaterMark?: number;
   /** Where the connection's I/O runs. Default `thread`. */
   io?: IoMode;
   /** Dial a lost stream again (back-off from 50 ms, 6 attempts). Default true. */
@@ -199,6 +209,8 @@ interface AmstEvent {
   osError: number;
   extra: number;
   data: Buffer | undefined;
+  /** The message is a view of a lent slab, valid only during this event. */
+  lent: boolean;
 }
 
 function eventError(e: AmstEvent, what: string): TransportError {
@@ -240,6 +252,7 @@ class Router {
           osError: fields[i + 5]!,
           extra: fields[i + 6]!,
           data: undefined,
+          lent: false,
         };
         let slab = -1;
         if (type === 'message') {
@@ -248,6 +261,7 @@ class Router {
             e.data = arena!.subarray(off, off + e.extra);
           } else if (e.osError >= 0) {
             slab = e.osError;
+            e.lent = true;
             e.data = Buffer.from(buffers[nextBuffer++] as ArrayBuffer, 0, e.extra);
           } else {
             e.data = buffers[nextBuffer++] as Buffer;
@@ -323,6 +337,9 @@ function checkInt(v: unknown, name: string, min: number, max: number, otherwise:
   }
   return v;
 }
+
+// ConnectOptions.highWaterMark, on both ends.
+const checkHighWaterMark = (v: unknown): number => checkInt(v, 'highWaterMark', 1024, 2 ** 30, 16 * 1024 * 1024);
 
 // ConnectOptions.peerTimeoutMs, on both ends.
 const checkPeerTimeout = (v: unknown): number => checkInt(v, 'peerTimeoutMs', 0, 3_600_000, 30_000);
@@ -528,11 +545,18 @@ function eachPacked(data: Buffer, count: number, fn: (m: Buffer) => void): void 
   }
 }
 
+// Why a connection is not reading (AmstConnection.#pausedBy).
+const PAUSED_BY_USER = 1;
+const PAUSED_BY_HELD = 2;
+
 /**
  * One connection: an ordered, message-oriented flow over N TCP streams.
  * Events: `message` (Buffer) or, while anyone listens for it, `batch`
  * (MessageBatch: every message arrives in one then, and `message` is not
- * emitted), `streamLost` (index, errno name), `streamUp`
+ * emitted). Messages that arrive while there is neither are held, in order,
+ * for the first such listener or for the async iterator (`for await (const
+ * m of conn)`); past `highWaterMark` bytes held the connection stops
+ * reading until they are taken. Also `streamLost` (index, errno name), `streamUp`
  * (index: re-dialled or added), `streamRetired` (index: removed by
  * setStreams at either end), `transport` ('rdma' | 'tcp', and the error
  * that took it off RDMA), `close` (error or undefined).
@@ -551,16 +575,33 @@ export class AmstConnection extends EventEmitter implements Handler {
   #client: boolean;
   #closeWaiters: Array<() => void> = [];
   #connectWaiter: { resolve: (c: AmstConnection) => void; reject: (e: Error) => void } | undefined;
+  // Messages waiting for a consumer: #held[#heldHead...], #heldBytes in all.
+  #held: Buffer[] = [];
+  #heldHead = 0;
+  #heldBytes = 0;
+  #highWaterMark: number;
+  #pausedBy = 0;
+  #iterating = false;
+  #reader: { resolve: (r: IteratorResult<Buffer>) => void; reject: (e: Error) => void } | undefined;
+  // How the connection ended, for the iterator: once past the held messages
+  // it ends, or throws this once.
+  #endError: Error | undefined;
 
   /** @internal */
-  constructor(r: Router, id: number, streams: number, client: boolean) {
+  constructor(r: Router, id: number, streams: number, client: boolean, highWaterMark: number) {
     super();
     this.#router = r;
     this.id = id;
     this.streams = streams;
     this.#client = client;
+    this.#highWaterMark = highWaterMark;
     r.handlers.set(id, this);
     r.retain();
+    // A listener attached after messages were held gets them first, in
+    // order, once it is in place.
+    this.on('newListener', (event: string | symbol) => {
+      if ((event === 'message' || event === 'batch') && this.#heldHead < this.#held.length) queueMicrotask(() => this.#flushHeld());
+    });
   }
 
   /** @internal */
@@ -633,8 +674,132 @@ export class AmstConnection extends EventEmitter implements Handler {
   close(): Promise<void> {
     if (this.#closed) return Promise.resolve();
     const done = new Promise<void>((resolve) => this.#closeWaiters.push(resolve));
+    // The peer's messages in flight must be read for both ends to finish:
+    // from here on they are held past highWaterMark.
+    if (this.#pausedBy !== 0) {
+      this.#pausedBy = 0;
+      this.#router.engine.pauseReading(this.id, false);
+    }
     this.#router.engine.close(this.id);
     return done;
+  }
+
+  /**
+   * Stops reading this connection: messages already read still arrive, and
+   * the peer's sends then wait (TCP flow control; RDMA credits). For a
+   * consumer that cannot keep up, e.g. one writing to a slow disk.
+   */
+  pause(): void {
+    this.#setPaused(PAUSED_BY_USER, true);
+  }
+
+  /** Undoes pause(). */
+  resume(): void {
+    this.#setPaused(PAUSED_BY_USER, false);
+  }
+
+  /** Whether pause() is in force. */
+  get isPaused(): boolean {
+    return (this.#pausedBy & PAUSED_BY_USER) !== 0;
+  }
+
+  /**
+   * Received messages, in order, as an async iterator: the messages held
+   * for want of a `message` or `batch` listener (it gets none while such a
+   * listener is attached). Ends when the connection closes cleanly and
+   * throws the connection's error when it does not, in both cases after the
+   * messages that arrived before. Leaving the loop stops the iteration, not
+   * the connection; one iteration at a time. Lent messages are copied.
+   */
+  messages(): AsyncIterableIterator<Buffer> {
+    if (this.#iterating) throw new InvalidArgumentError('messages(): this connection is already being iterated');
+    this.#iterating = true;
+    const done = (): IteratorResult<Buffer> => ({ value: undefined, done: true });
+    const it: AsyncIterableIterator<Buffer> = {
+      next: () => {
+        if (!this.#iterating) return Promise.resolve(done());
+        if (this.#heldHead < this.#held.length) return Promise.resolve({ value: this.#takeHeld(), done: false });
+        if (this.#closed) {
+          this.#iterating = false;
+          const err = this.#endError;
+          this.#endError = undefined;
+          return err ? Promise.reject(err) : Promise.resolve(done());
+        }
+        if (this.#reader) return Promise.reject(new InvalidArgumentError('messages(): next() called again before the previous one settled'));
+        return new Promise((resolve, reject) => (this.#reader = { resolve, reject }));
+      },
+      return: () => {
+        this.#iterating = false;
+        const r = this.#reader;
+        this.#reader = undefined;
+        r?.resolve(done());
+        return Promise.resolve(done());
+      },
+      [Symbol.asyncIterator]: () => it,
+    };
+    return it;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterableIterator<Buffer> {
+    return this.messages();
+  }
+
+  #setPaused(reason: number, on: boolean): void {
+    const was = this.#pausedBy !== 0;
+    this.#pausedBy = on ? this.#pausedBy | reason : this.#pausedBy & ~reason;
+    const now = this.#pausedBy !== 0;
+    if (was !== now && !this.#closed) this.#router.engine.pauseReading(this.id, now);
+  }
+
+  #hasListener(): boolean {
+    return this.listenerCount('message') > 0 || this.listenerCount('batch') > 0;
+  }
+
+  // Holds one received message (a pack: each of its messages); a waiting
+  // iterator takes it at once.
+  #hold(data: Buffer, packed: number, lent: boolean): void {
+    const own = lent ? Buffer.from(data) : data;
+    if (packed === 0) this.#held.push(own);
+    else eachPacked(own, packed, (m) => void this.#held.push(m));
+    this.#heldBytes += own.length;
+    const r = this.#reader;
+    if (r) {
+      this.#reader = undefined;
+      r.resolve({ value: this.#takeHeld(), done: false });
+    }
+    if (this.#heldBytes > this.#highWaterMark && !this.#closed) this.#setPaused(PAUSED_BY_HELD, true);
+  }
+
+  #takeHeld(): Buffer {
+    const m = this.#held[this.#heldHead]!;
+    this.#held[this.#heldHead++] = undefined as unknown as Buffer;
+    if (this.#heldHead === this.#held.length) {
+      this.#held = [];
+      this.#heldHead = 0;
+    } else if (this.#heldHead > 1024 && this.#heldHead * 2 > this.#held.length) {
+      this.#held = this.#held.slice(this.#heldHead);
+      this.#heldHead = 0;
+    }
+    // Pack members count a little less than their pack held: never below 0.
+    this.#heldBytes = this.#held.length === 0 ? 0 : Math.max(0, this.#heldBytes - m.length);
+    if (this.#heldBytes <= this.#highWaterMark / 2) this.#setPaused(PAUSED_BY_HELD, false);
+    return m;
+  }
+
+  #flushHeld(): void {
+    while (this.#heldHead < this.#held.length && this.#hasListener()) this.#deliver(this.#takeHeld(), 0);
+  }
+
+  #deliver(data: Buffer, packed: number): void {
+    if (this.listenerCount('batch') > 0) {
+      this.emit('batch', new MessageBatch(data, packed));
+      return;
+    }
+    if (packed === 0) {
+      this.emit('message', data);
+      return;
+    }
+    eachPacked(data, packed, (m) => this.emit('message', m));
   }
 
   /** Closes now; pending sends reject with ERR_AMST_CLOSED. */
@@ -694,16 +859,13 @@ export class AmstConnection extends EventEmitter implements Handler {
         this.#connectWaiter = undefined;
         return;
       case 'message': {
-        const data = e.data!;
-        if (this.listenerCount('batch') > 0) {
-          this.emit('batch', new MessageBatch(data, e.value));
+        if (this.#heldHead === this.#held.length && this.#hasListener()) {
+          this.#deliver(e.data!, e.value);
           return;
         }
-        if (e.value === 0) {
-          this.emit('message', data);
-          return;
-        }
-        eachPacked(data, e.value, (m) => this.emit('message', m));
+        // No listener, or older messages still held for one just attached.
+        this.#hold(e.data!, e.value, e.lent);
+        this.#flushHeld();
         return;
       }
       case 'sendDone': {
@@ -771,6 +933,15 @@ export class AmstConnection extends EventEmitter implements Handler {
         }
         this.#batches.clear();
         this.#connectWaiter?.reject(err ?? new TransportError('ERR_AMST_CLOSED', 'connect: closed'));
+        this.#endError = err;
+        const r = this.#reader;
+        if (r) {
+          this.#reader = undefined;
+          this.#iterating = false;
+          this.#endError = undefined;
+          if (err) r.reject(err);
+          else r.resolve({ value: undefined, done: true });
+        }
         for (const w of this.#closeWaiters) w();
         this.emit('close', err);
         return;
@@ -785,6 +956,8 @@ export class AmstConnection extends EventEmitter implements Handler {
 export class AmstServer extends EventEmitter implements Handler {
   readonly id: number;
   port = 0;
+  /** @internal ListenOptions.highWaterMark */
+  highWaterMark = 16 * 1024 * 1024;
   #router: Router;
   #ready: { resolve: (s: AmstServer) => void; reject: (e: Error) => void } | undefined;
   #closed: Array<() => void> = [];
@@ -844,7 +1017,7 @@ export class AmstServer extends EventEmitter implements Handler {
 
   /** @internal */
   accept(e: AmstEvent): void {
-    const conn = new AmstConnection(this.#router, e.id, e.value, false);
+    const conn = new AmstConnection(this.#router, e.id, e.value, false, this.highWaterMark);
     this.emit('connection', conn);
   }
 }
@@ -862,10 +1035,13 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
     const rdma = checkRdma(options);
     const handshakeMs = checkInt(options.handshakeTimeoutMs, 'handshakeTimeoutMs', 10, 3_600_000, 10_000);
     const peerTimeoutMs = checkPeerTimeout(options.peerTimeoutMs);
+    const highWaterMark = checkHighWaterMark(options.highWaterMark);
     const r = getRouter(options.io);
     r.busyPoll(busy);
     const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes, handshakeMs, peerTimeoutMs);
-    return new AmstServer(r, id).waitListening();
+    const server = new AmstServer(r, id);
+    server.highWaterMark = highWaterMark;
+    return server.waitListening();
   } catch (err) {
     return Promise.reject(err as Error);
   }
@@ -873,14 +1049,14 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
 
 /** Opens a connection of N streams; resolves once every stream has connected or failed (at least one connected). */
 export function connect(options: ConnectOptions): Promise<AmstConnection> {
-  let opened: { r: Router; id: number; streams: number; congestion: string };
+  let opened: ReturnType<typeof open>;
   try {
     opened = open(options);
   } catch (err) {
     return Promise.reject(err as Error);
   }
-  const { r, id, streams, congestion } = opened;
-  return new AmstConnection(r, id, streams, true).waitConnected().catch((err: unknown) => {
+  const { r, id, streams, congestion, highWaterMark } = opened;
+  return new AmstConnection(r, id, streams, true, highWaterMark).waitConnected().catch((err: unknown) => {
     // Every stream failed setting the congestion control: say so, not "connection lost".
     const said = err instanceof TransportError && congestion !== '' ? congestionRefused(congestion, err.syscallError) : undefined;
     const sys = err instanceof TransportError ? err.syscallError : undefined;
@@ -889,7 +1065,7 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
 }
 
 // Checks every option, then asks the engine to dial.
-function open(options: ConnectOptions): { r: Router; id: number; streams: number; congestion: string } {
+function open(options: ConnectOptions): { r: Router; id: number; streams: number; congestion: string; highWaterMark: number } {
   if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options must be an object');
   const host = checkHost(options.host);
   const port = checkPort(options.port, false);
@@ -919,6 +1095,7 @@ function open(options: ConnectOptions): { r: Router; id: number; streams: number
   };
   const connectTimeoutMs = checkInt(options.connectTimeoutMs, 'connectTimeoutMs', 0, 3_600_000, 10_000);
   const peerTimeoutMs = checkPeerTimeout(options.peerTimeoutMs);
+  const highWaterMark = checkHighWaterMark(options.highWaterMark);
   const busy = checkBusyPoll(options.busyPollMicros, options.io);
   const r = getRouter(options.io);
   r.busyPoll(busy);
@@ -939,6 +1116,6 @@ function open(options: ConnectOptions): { r: Router; id: number; streams: number
     connectTimeoutMs,
     peerTimeoutMs,
   });
-  return { r, id, streams, congestion };
+  return { r, id, streams, congestion, highWaterMark };
 }
 

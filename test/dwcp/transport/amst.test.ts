@@ -386,6 +386,119 @@ t.test(`io ${io}: lent messages are views of a few slabs, valid while their list
 });
 }
 
+for (const io of ['thread', 'loop'] as const) {
+t.test(`io ${io}: messages that arrive before any listener are held for the first one, in order`, async (t) => {
+  const server = await listen({ port: 0, io });
+  // The server speaks first, at once: before the client's code can listen.
+  const first = [randomBytes(10), randomBytes(1 << 20), randomBytes(100)];
+  server.on('connection', (conn: AmstConnection) => {
+    void conn.sendMany(first.slice(0, 1)).then(() => Promise.all(first.slice(1).map((m) => conn.send(m))));
+  });
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams: 2, io });
+  await until(() => client.stats()!.messagesReceived === first.length);
+  await new Promise((r) => setTimeout(r, 20));
+  const got = collect(client);
+  t.equal(got.length, 0, 'delivered after the listener is in place, not during on()');
+  await until(() => got.length === first.length);
+  for (const [i, m] of first.entries()) t.ok(got[i]!.equals(m), `message ${i} kept`);
+  await client.close();
+  await server.close();
+});
+
+t.test(`io ${io}: for await over a connection, to its clean end or its error`, async (t) => {
+  const server = await listen({ port: 0, io });
+  const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams: 3, chunkSize: 64 * 1024, io });
+  const [peer] = await accepted;
+  const small = Array.from({ length: 500 }, (_, i) => randomBytes(1 + (i % 90)));
+  const large = [randomBytes(3 << 20), randomBytes(65537)];
+  const sent = [...small, ...large, randomBytes(5)];
+  void client.sendMany(small).then(() => Promise.all(large.map((m) => client.send(m)))).then(() => client.send(sent[sent.length - 1]!)).then(() => client.close());
+  const got: Buffer[] = [];
+  for await (const m of peer) got.push(m);
+  t.equal(got.length, sent.length, 'ends when the peer closes, after every message');
+  t.ok(got.every((m, i) => m.equals(sent[i]!)), 'in order and intact');
+  t.throws(() => {
+    const it = peer.messages();
+    peer.messages();
+    void it.return!();
+  }, { code: 'ERR_INVALID_ARGUMENT' }, 'one iteration at a time');
+
+  // A connection that fails: the iterator throws its error after what came before.
+  const accepted2 = once(server, 'connection') as Promise<[AmstConnection]>;
+  const client2 = await connect({ host: '127.0.0.1', port: server.port, streams: 1, io, redial: false });
+  const [peer2] = await accepted2;
+  await client2.send(randomBytes(7));
+  const got2: Buffer[] = [];
+  const iterated = (async () => {
+    for await (const m of peer2) {
+      got2.push(m);
+      client2.destroy();
+    }
+  })();
+  await t.rejects(iterated, { code: /^ERR_AMST_/ });
+  t.equal(got2.length, 1);
+  await server.close();
+});
+}
+
+t.test('highWaterMark: a connection nobody reads stops reading, and loses nothing', async (t) => {
+  const server = await listen({ port: 0, highWaterMark: 1 << 20 });
+  const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams: 2 });
+  const [peer] = await accepted;
+  const msgs = Array.from({ length: 96 }, () => randomBytes(1 << 20));
+  const sends = msgs.map((m) => client.send(m));
+  await new Promise((r) => setTimeout(r, 700));
+  const held = peer.stats()!.bytesReceived;
+  t.ok(client.pendingSends > 48, `${client.pendingSends} of 96 sends wait`);
+  t.ok(held < 48 << 20, `the receiver took ${(held / 2 ** 20).toFixed(1)} MiB, not all 96`);
+  const got: Buffer[] = [];
+  for await (const m of peer) {
+    got.push(m);
+    if (got.length === msgs.length) break;
+  }
+  await Promise.all(sends);
+  t.ok(got.every((m, i) => m.equals(msgs[i]!)), 'all 96 in order once read');
+  await client.close();
+  await server.close();
+  await t.rejects(listen({ port: 0, highWaterMark: 10 }), { code: 'ERR_INVALID_ARGUMENT', message: /highWaterMark/ });
+  await t.rejects(connect({ host: '127.0.0.1', port: 1, highWaterMark: 1.5 }), { code: 'ERR_INVALID_ARGUMENT', message: /highWaterMark/ });
+});
+
+t.test('pause() holds a connection back until resume(); held lent messages are copies', async (t) => {
+  const server = await listen({ port: 0, lendBuffers: true });
+  const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams: 2 });
+  const [peer] = await accepted;
+  const got: Buffer[] = [];
+  peer.on('message', (m: Buffer) => got.push(Buffer.from(m)));  // lent: valid only in the listener
+  peer.pause();
+  t.equal(peer.isPaused, true);
+  const msgs = Array.from({ length: 64 }, () => randomBytes(1 << 20));
+  const sends = Promise.all(msgs.map((m) => client.send(m)));
+  await new Promise((r) => setTimeout(r, 700));
+  t.ok(got.length < 32, `${got.length} of 64 arrived while paused`);
+  peer.resume();
+  t.equal(peer.isPaused, false);
+  await sends;
+  await until(() => got.length === msgs.length);
+  t.ok(got.every((m, i) => m.equals(msgs[i]!)), 'all 64 in order once resumed');
+  // Lent messages with no listener: held as copies, so the slabs they came
+  // in can carry later messages meanwhile.
+  peer.removeAllListeners('message');
+  const more = Array.from({ length: 12 }, () => randomBytes(1 << 20));
+  await Promise.all(more.map((m) => client.send(m)));
+  const held: Buffer[] = [];
+  for await (const m of peer) {
+    held.push(m);
+    if (held.length === more.length) break;
+  }
+  t.ok(held.every((m, i) => m.equals(more[i]!)), 'each held message is its own bytes');
+  await client.close();
+  await server.close();
+});
+
 t.test('busy polling: loop mode only, bounded, and round trips still correct', async (t) => {
   await t.rejects(connect({ host: '127.0.0.1', port: 1, busyPollMicros: 50 }), { code: 'ERR_INVALID_ARGUMENT' });
   await t.rejects(connect({ host: '127.0.0.1', port: 1, io: 'loop', busyPollMicros: 10001 }), { code: 'ERR_INVALID_ARGUMENT' });
