@@ -69,6 +69,9 @@ export interface NativeAmstStreamStats {
   retransmits: number;
   cwnd: number;
   congestion: string;
+  /** SO_SNDBUF / SO_RCVBUF as the kernel reports them: twice what was asked (its bookkeeping), or as autotuning has grown them. */
+  sendBufferBytes: number;
+  recvBufferBytes: number;
 }
 
 export interface NativeAmstStats {
@@ -122,7 +125,8 @@ export interface NativeAmstConnectOptions {
 
 export interface NativeAmstEngine {
   /** `transport`: 0 tcp (decline RDMA offers), 1 auto; then the RDMA device, GID index (-1: picked) and ring bytes of accepted connections. */
-  listen(host: string, port: number, lendBuffers: boolean, transport: number, rdmaDevice: string, rdmaGidIndex: number, rdmaRingBytes: number, handshakeTimeoutMs: number, peerTimeoutMs: number): number;
+  listen(host: string, port: number, lendBuffers: boolean, transport: number, rdmaDevice: string, rdmaGidIndex: number, rdmaRingBytes: number, handshakeTimeoutMs: number, peerTimeoutMs: number,
+    congestion: string, sendBuffer: number, recvBuffer: number): number;
   connect(options: NativeAmstConnectOptions): number;
   send(conn: number, messageId: number, data: Uint8Array): void;
   /** `packed[i]` non-zero: `data[i]` is a pack of small messages (see amst.ts). */

@@ -393,8 +393,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     rdma.gid_index = info[5].As<Napi::Number>().Int32Value();
     rdma.ring_bytes = info[6].As<Napi::Number>().Uint32Value();
     const uint32_t handshake_ms = info[7].As<Napi::Number>().Uint32Value();
-    const uint32_t peer_timeout_ms = info[8].As<Napi::Number>().Uint32Value();
-    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport, rdma, handshake_ms, peer_timeout_ms)));
+    transport::tcp::SocketOptions accepted;
+    accepted.peer_timeout_ms = info[8].As<Napi::Number>().Uint32Value();
+    accepted.congestion = info[9].As<Napi::String>().Utf8Value();
+    accepted.send_buffer = info[10].As<Napi::Number>().Int32Value();
+    accepted.recv_buffer = info[11].As<Napi::Number>().Int32Value();
+    return Napi::Number::New(info.Env(), static_cast<double>(e.listen(host, port, lend, transport, rdma, handshake_ms, accepted)));
   }
 
   // release(slab): the listeners of a message lent from `slab` have returned.
@@ -534,6 +538,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       so.Set("retransmits", num(s.total_retrans));
       so.Set("cwnd", num(s.snd_cwnd));
       so.Set("congestion", s.congestion);
+      so.Set("sendBufferBytes", num(static_cast<uint64_t>(s.send_buffer)));
+      so.Set("recvBufferBytes", num(static_cast<uint64_t>(s.recv_buffer)));
       streams.Set(static_cast<uint32_t>(i), so);
     }
     o.Set("streams", streams);

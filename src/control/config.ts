@@ -58,6 +58,8 @@ export const SCHEMA = {
     transport: f({ kind: 'enum', default: 'auto', values: ['auto', 'tcp'], doc: "RDMA: auto takes peers' RDMA offers when this host has an RDMA device; tcp declines them" }),
     peerTimeoutMs: f({ kind: 'integer', default: 30000, min: 0, max: 3600000, unit: 'ms', doc: 'A peer that acknowledges nothing for this long is taken for gone and its connection fails; 0: the kernel decides (minutes)' }),
     handshakeTimeoutMs: f({ kind: 'integer', default: 10000, min: 10, max: 3600000, unit: 'ms', doc: 'An accepted socket that has not opened its stream by then is closed' }),
+    sendBufferBytes: f({ kind: 'integer', default: 0, min: 0, max: 1073741824, unit: 'bytes', doc: "SO_SNDBUF of accepted data-plane sockets; 0: the kernel's autotuning" }),
+    recvBufferBytes: f({ kind: 'integer', default: 0, min: 0, max: 1073741824, unit: 'bytes', doc: "SO_RCVBUF of accepted data-plane sockets (set before the handshake, so the window scale fits); 0: the kernel's autotuning" }),
   },
   dwcp: {
     mode: f({ kind: 'enum', default: 'auto', values: ['auto', 'datacenter', 'internet', 'hybrid'], reloadable: true, doc: 'Link mode; auto: detected per peer from RTT, bandwidth and loss' }),

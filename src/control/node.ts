@@ -485,7 +485,8 @@ export class NovacronNode {
   async #startNetwork(): Promise<void> {
     try {
       const d = this.config.data;
-      this.#amst = await listen({ host: d.host, port: d.port, io: d.io, transport: d.transport, peerTimeoutMs: d.peerTimeoutMs, handshakeTimeoutMs: d.handshakeTimeoutMs });
+      this.#amst = await listen({ host: d.host, port: d.port, io: d.io, transport: d.transport, peerTimeoutMs: d.peerTimeoutMs, handshakeTimeoutMs: d.handshakeTimeoutMs,
+        sendBufferBytes: d.sendBufferBytes, recvBufferBytes: d.recvBufferBytes });
     } catch (err) {
       if ((err as { syscallError?: string }).syscallError === 'EADDRINUSE') throw new RetriableError(`data port ${this.config.data.port} is in use`, { cause: err });
       throw err;

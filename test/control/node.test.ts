@@ -2,7 +2,7 @@ import t from 'tap';
 import { Writable } from 'node:stream';
 import { request } from 'node:http';
 import net, { createServer } from 'node:net';
-import { spawn, execFile } from 'node:child_process';
+import { spawn, spawnSync, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
@@ -52,7 +52,7 @@ const flags = (dir: string): Record<string, string> => ({ 'node.dataDir': dir, '
 t.test('a node starts, serves health and metrics, carries data, and stops', async (t) => {
   const dir = freshDir();
   const { stream, lines } = logSink();
-  const node = new NovacronNode({ env: {}, flags: { ...flags(dir), 'data.handshakeTimeoutMs': '200' }, logStream: stream });
+  const node = new NovacronNode({ env: {}, flags: { ...flags(dir), 'data.handshakeTimeoutMs': '200', 'data.recvBufferBytes': String(96 * 1024) }, logStream: stream });
   await node.start();
   t.equal((await http(node.apiPort, '/live')).status, 200);
   // data.handshakeTimeoutMs reaches the listener: a socket that says nothing is closed.
@@ -71,6 +71,10 @@ t.test('a node starts, serves health and metrics, carries data, and stops', asyn
   // The data plane takes AMST connections.
   const conn = await connect({ host: '127.0.0.1', port: node.dataPort, streams: 2 });
   await conn.send(Buffer.from('hello node'));
+  // data.recvBufferBytes reaches the accepted sockets (the kernel reports twice the size asked).
+  const ss = spawnSync('ss', ['-tmnH', 'state', 'established', `( sport = :${node.dataPort} )`], { encoding: 'utf8' });
+  if (ss.error) t.comment('ss (iproute2) not installed: the data sockets\' buffer size is not checked');
+  else t.same([...ss.stdout.matchAll(/rb(\d+)/g)].map((m) => Number(m[1])), [192 * 1024, 192 * 1024], 'both accepted streams have SO_RCVBUF 96 KiB');
   const metrics = (await http(node.apiPort, '/metrics')).body;
   t.match(metrics, /novacron_component_start_seconds\{component="database"\} \d/);
   t.match(metrics, /novacron_boot_phase_seconds\{phase="total"\} \d/);

@@ -320,7 +320,7 @@ void Engine::post(Command&& c) {
 }
 
 uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Transport transport, const RdmaOptions& rdma,
-                        uint32_t handshake_timeout_ms, uint32_t peer_timeout_ms) {
+                        uint32_t handshake_timeout_ms, const SocketOptions& accepted) {
   Command c;
   c.type = Command::Type::kListen;
   c.id = next_id_++;
@@ -330,7 +330,7 @@ uint64_t Engine::listen(const std::string& host, uint16_t port, bool lend, Trans
   c.transport = transport;
   c.rdma = rdma;
   c.handshake_timeout_ms = handshake_timeout_ms;
-  c.peer_timeout_ms = peer_timeout_ms;
+  c.accepted = accepted;
   const uint64_t id = c.id;
   post(std::move(c));
   return id;
@@ -444,6 +444,10 @@ bool Engine::stats(uint64_t conn, ConnectionStats* out) {
         st.snd_cwnd = info.tcpi_snd_cwnd;
       }
       st.congestion = congestion_of(s->fd.get());
+      socklen_t n = sizeof(int);
+      getsockopt(s->fd.get(), SOL_SOCKET, SO_SNDBUF, &st.send_buffer, &n);
+      n = sizeof(int);
+      getsockopt(s->fd.get(), SOL_SOCKET, SO_RCVBUF, &st.recv_buffer, &n);
     }
     out->streams.push_back(std::move(st));
   }
@@ -532,10 +536,11 @@ void Engine::handle(Command& c) {
       l->transport = c.transport;
       l->rdma = c.rdma;
       l->handshake_timeout = std::chrono::milliseconds(c.handshake_timeout_ms);
-      l->accepted.peer_timeout_ms = c.peer_timeout_ms;
+      l->accepted = c.accepted;
+      l->accepted.zerocopy = false;
       int err = 0;
       uint16_t port = c.port;
-      l->fd = tcp_listen(c.host, &port, 1024, &err);
+      l->fd = tcp_listen(c.host, &port, 1024, &err, l->accepted);
       if (!l->fd) {
         emit(Event{Event::Type::kError, c.id, 0, 0, Status::kInvalidArgument, err, nullptr});
         return;

@@ -123,6 +123,8 @@ struct StreamStats {
   uint32_t total_retrans = 0;
   uint32_t snd_cwnd = 0;
   std::string congestion;
+  int send_buffer = 0;  // SO_SNDBUF / SO_RCVBUF as the kernel reports them
+  int recv_buffer = 0;
 };
 
 struct ConnectionStats {
@@ -167,7 +169,7 @@ struct EngineCommand {
   Transport transport = Transport::kTcp;  // kListen: whether RDMA offers are taken
   RdmaOptions rdma;                        // kListen: for accepted connections' lanes
   uint32_t handshake_timeout_ms = 0;       // kListen
-  uint32_t peer_timeout_ms = 0;            // kListen: SocketOptions::peer_timeout_ms of accepted sockets
+  SocketOptions accepted;                  // kListen: options of accepted sockets
 };
 
 // How long an accepted socket may take to send its HELLO before it is closed.
@@ -195,11 +197,12 @@ class Engine {
   // With `lend`, accepted connections receive into the Lender's slabs.
   // With `transport` other than kTcp, RDMA offers from clients are taken
   // when this host has a device. An accepted socket that has not sent its
-  // HELLO within `handshake_timeout_ms` is closed; accepted sockets use
-  // `peer_timeout_ms` (see SocketOptions).
+  // HELLO within `handshake_timeout_ms` is closed; accepted sockets get
+  // `accepted` (congestion control, buffers, peer timeout: SocketOptions;
+  // zerocopy is a sender's choice and ignored here).
   uint64_t listen(const std::string& host, uint16_t port, bool lend = false, Transport transport = Transport::kAuto,
                   const RdmaOptions& rdma = RdmaOptions{}, uint32_t handshake_timeout_ms = kDefaultHandshakeTimeoutMs,
-                  uint32_t peer_timeout_ms = SocketOptions{}.peer_timeout_ms);
+                  const SocketOptions& accepted = SocketOptions{});
   // The verbs RDMA connections use (tests: an emulation). Call before
   // listen/connect; `verbs` outlives the engine. Without it the engine
   // opens libibverbs the first time a connection asks for RDMA.

@@ -35,9 +35,7 @@ bool make_address(const std::string& host, uint16_t port, sockaddr_storage* addr
   return false;
 }
 
-int apply_options(int fd, const SocketOptions& opts) {
-  int one = 1;
-  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) return errno;
+int apply_buffers_and_congestion(int fd, const SocketOptions& opts) {
   if (!opts.congestion.empty() &&
       setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, opts.congestion.data(),
                  static_cast<socklen_t>(opts.congestion.size())) != 0) {
@@ -45,6 +43,13 @@ int apply_options(int fd, const SocketOptions& opts) {
   }
   if (opts.send_buffer > 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &opts.send_buffer, sizeof(int)) != 0) return errno;
   if (opts.recv_buffer > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &opts.recv_buffer, sizeof(int)) != 0) return errno;
+  return 0;
+}
+
+int apply_options(int fd, const SocketOptions& opts) {
+  int one = 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) return errno;
+  if (const int err = apply_buffers_and_congestion(fd, opts); err != 0) return err;
   if (opts.peer_timeout_ms > 0) {
     // Probes start after half the timeout of silence, then every twelfth
     // of it until the timeout has passed (TCP keepalive counts in seconds).
@@ -72,7 +77,7 @@ Fd tcp_socket(int family, const SocketOptions& opts, int* err) {
   return fd;
 }
 
-Fd tcp_listen(const std::string& host, uint16_t* port, int backlog, int* err) {
+Fd tcp_listen(const std::string& host, uint16_t* port, int backlog, int* err, const SocketOptions& accepted) {
   sockaddr_storage addr;
   socklen_t len;
   if (!make_address(host, *port, &addr, &len)) {
@@ -86,6 +91,13 @@ Fd tcp_listen(const std::string& host, uint16_t* port, int backlog, int* err) {
   }
   int one = 1;
   setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  // Accepted sockets inherit these; buffer sizes must be set before the
+  // handshake, which fixes the window scale from the receive buffer.
+  const int opt_err = apply_buffers_and_congestion(fd.get(), accepted);
+  if (opt_err != 0) {
+    *err = opt_err;
+    return Fd();
+  }
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd.get(), backlog) != 0) {
     *err = errno;
     return Fd();

@@ -57,8 +57,12 @@ bool make_address(const std::string& host, uint16_t port, sockaddr_storage* addr
 Fd tcp_socket(int family, const SocketOptions& opts, int* err);
 // Applies the per-connection options to an accepted or new socket.
 int apply_options(int fd, const SocketOptions& opts);
+// Congestion control and buffer sizes only (0 or an errno).
+int apply_buffers_and_congestion(int fd, const SocketOptions& opts);
 // Bound, listening, non-blocking socket; *port receives the bound port.
-Fd tcp_listen(const std::string& host, uint16_t* port, int backlog, int* err);
+// `accepted`'s congestion control and buffer sizes are set on it (what
+// accepted sockets inherit); a congestion control the kernel lacks fails it.
+Fd tcp_listen(const std::string& host, uint16_t* port, int backlog, int* err, const SocketOptions& accepted = SocketOptions{});
 // The congestion control a socket uses, or "" when unknown.
 std::string congestion_of(int fd);
 

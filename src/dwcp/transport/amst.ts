@@ -64,6 +64,18 @@ export interface ListenOptions {
   peerTimeoutMs?: number;
   /** See ConnectOptions.highWaterMark; for the connections this listener accepts. */
   highWaterMark?: number;
+  /**
+   * Congestion control of accepted sockets (what this end sends with); a
+   * name the kernel lacks fails listen. Default: the system's.
+   */
+  congestion?: string;
+  /**
+   * SO_SNDBUF / SO_RCVBUF of accepted sockets, set on the listening socket
+   * so that the handshake's window scale fits them; 0 keeps the kernel's
+   * autotuning. Default 0.
+   */
+  sendBufferBytes?: number;
+  recvBufferBytes?: number;
 }
 
 /**
@@ -338,6 +350,9 @@ function checkInt(v: unknown, name: string, min: number, max: number, otherwise:
   return v;
 }
 
+// SO_SNDBUF / SO_RCVBUF take an int; the kernel caps them further (net.core.wmem_max, rmem_max).
+const checkBufferBytes = (v: unknown, name: string): number => checkInt(v, name, 0, 2 ** 30, 0);
+
 // ConnectOptions.highWaterMark, on both ends.
 const checkHighWaterMark = (v: unknown): number => checkInt(v, 'highWaterMark', 1024, 2 ** 30, 16 * 1024 * 1024);
 
@@ -356,6 +371,14 @@ function congestionRefused(name: string, sys: string | undefined): string | unde
   if (sys === 'ENOENT') return `congestion control ${name} is not offered by this kernel (see /proc/sys/net/ipv4/tcp_available_congestion_control)`;
   if (sys === 'EPERM') return `congestion control ${name} is not allowed for this user (see /proc/sys/net/ipv4/tcp_allowed_congestion_control)`;
   return undefined;
+}
+
+// A failure to set congestion control `name` (ENOENT, EPERM), in words;
+// any other error as it is.
+function congestionError(err: unknown, name: string, what: string): unknown {
+  const sys = err instanceof TransportError ? err.syscallError : undefined;
+  const said = name !== '' ? congestionRefused(name, sys) : undefined;
+  return said ? new TransportError('ERR_AMST_INVALID_ARGUMENT', `${what}: ${said} (${sys ?? 'error'})`, sys) : err;
 }
 
 function checkBusyPoll(us: unknown, io: unknown): number {
@@ -1036,12 +1059,18 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
     const handshakeMs = checkInt(options.handshakeTimeoutMs, 'handshakeTimeoutMs', 10, 3_600_000, 10_000);
     const peerTimeoutMs = checkPeerTimeout(options.peerTimeoutMs);
     const highWaterMark = checkHighWaterMark(options.highWaterMark);
+    const congestion = options.congestion === undefined ? '' : checkCongestion(options.congestion);
+    const sendBuffer = checkBufferBytes(options.sendBufferBytes, 'sendBufferBytes');
+    const recvBuffer = checkBufferBytes(options.recvBufferBytes, 'recvBufferBytes');
     const r = getRouter(options.io);
     r.busyPoll(busy);
-    const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes, handshakeMs, peerTimeoutMs);
+    const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes, handshakeMs, peerTimeoutMs,
+      congestion, sendBuffer, recvBuffer);
     const server = new AmstServer(r, id);
     server.highWaterMark = highWaterMark;
-    return server.waitListening();
+    return server.waitListening().catch((err: unknown) => {
+      throw congestionError(err, congestion, 'listen');
+    });
   } catch (err) {
     return Promise.reject(err as Error);
   }
@@ -1058,9 +1087,7 @@ export function connect(options: ConnectOptions): Promise<AmstConnection> {
   const { r, id, streams, congestion, highWaterMark } = opened;
   return new AmstConnection(r, id, streams, true, highWaterMark).waitConnected().catch((err: unknown) => {
     // Every stream failed setting the congestion control: say so, not "connection lost".
-    const said = err instanceof TransportError && congestion !== '' ? congestionRefused(congestion, err.syscallError) : undefined;
-    const sys = err instanceof TransportError ? err.syscallError : undefined;
-    throw said ? new TransportError('ERR_AMST_INVALID_ARGUMENT', `connect: ${said} (${sys ?? 'error'})`, sys) : err;
+    throw congestionError(err, congestion, 'connect');
   });
 }
 
@@ -1079,9 +1106,8 @@ function open(options: ConnectOptions): { r: Router; id: number; streams: number
     throw new InvalidArgumentError(`chunkSize must be a power of two from 4096 to 16777216, got ${shown(chunk)}`);
   }
   const congestion = options.congestion === undefined ? (mode === 'internet' ? 'bbr' : mode === 'datacenter' ? 'cubic' : '') : checkCongestion(options.congestion);
-  // SO_SNDBUF / SO_RCVBUF take an int; the kernel caps them further (net.core.wmem_max, rmem_max).
-  const sendBuffer = checkInt(options.sendBufferBytes, 'sendBufferBytes', 0, 2 ** 30, 0);
-  const recvBuffer = checkInt(options.recvBufferBytes, 'recvBufferBytes', 0, 2 ** 30, 0);
+  const sendBuffer = checkBufferBytes(options.sendBufferBytes, 'sendBufferBytes');
+  const recvBuffer = checkBufferBytes(options.recvBufferBytes, 'recvBufferBytes');
   const transport: unknown = options.transport ?? 'auto';
   const transportCode = transport === 'tcp' ? 0 : transport === 'auto' ? 1 : transport === 'rdma' ? 2 : -1;
   if (transportCode < 0) throw new InvalidArgumentError(`transport must be 'auto', 'rdma' or 'tcp', got ${shown(transport)}`);

@@ -106,6 +106,25 @@ t.test('congestion control per connection', async (t) => {
   await server.close();
 });
 
+t.test('a listener sets congestion control and buffer sizes of the sockets it accepts', async (t) => {
+  for (const cc of ['cubic', 'bbr']) {
+    const server = await listen({ port: 0, congestion: cc, sendBufferBytes: 64 * 1024, recvBufferBytes: 96 * 1024 });
+    const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
+    const client = await connect({ host: '127.0.0.1', port: server.port, streams: 2, congestion: cc === 'bbr' ? 'cubic' : 'bbr' });
+    const [peer] = await accepted;
+    const streams = peer.stats()!.streams;
+    t.same(streams.map((s) => s.congestion), [cc, cc], `accepted sockets send with ${cc}`);
+    // The kernel reports twice what was asked (its bookkeeping).
+    t.same(streams.map((s) => [s.sendBufferBytes, s.recvBufferBytes]), [[128 * 1024, 192 * 1024], [128 * 1024, 192 * 1024]]);
+    t.ok(client.stats()!.streams.every((s) => s.recvBufferBytes !== 192 * 1024), 'the dialling side keeps its own');
+    client.destroy();
+    await server.close();
+  }
+  await t.rejects(listen({ port: 0, congestion: 'nosuchcc' }), { code: 'ERR_AMST_INVALID_ARGUMENT', syscallError: 'ENOENT', message: /listen: congestion control nosuchcc is not offered by this kernel/ });
+  await t.rejects(listen({ port: 0, recvBufferBytes: -1 }), { code: 'ERR_INVALID_ARGUMENT', message: /recvBufferBytes/ });
+  await t.rejects(listen({ port: 0, congestion: 'bad name!' }), { code: 'ERR_INVALID_ARGUMENT', message: /congestion/ });
+});
+
 t.test(`io ${io}: a stream reset mid-transfer loses nothing`, async (t) => {
   const { server, client, peer } = await pair(4, 64 * 1024, io);
   const atPeer = collect(peer);
