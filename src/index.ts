@@ -31,7 +31,7 @@ export type { DoctorReport } from './sys/doctor.js';
 export { wanUp, wanDown, wanLink, wanUnavailable, traceSchedule, WanLink, WanError } from './sys/wan.js';
 export type { WanOptions, WanDirection, WanStats, WanDirectionStats } from './sys/wan.js';
 export { listen, connect, AmstConnection, AmstServer, MessageBatch, TransportError } from './dwcp/transport/amst.js';
-export type { IoMode, ListenOptions, ConnectOptions, SendOptions, ConnectionStats, StreamStats, Transport } from './dwcp/transport/amst.js';
+export type { IoMode, ListenOptions, ConnectOptions, SendOptions, ConnectionStats, StreamStats, Transport, AmstConnectionEvents } from './dwcp/transport/amst.js';
 export { sendPages } from './dwcp/transfer/pages.js';
 export type { SendPagesOptions, SendPagesResult } from './dwcp/transfer/pages.js';
 export { sendFile, receiveFiles, FileReceiver, TransferError } from './dwcp/transfer/file.js';

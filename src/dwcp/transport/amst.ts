@@ -584,6 +584,28 @@ const PAUSED_BY_HELD = 2;
  * setStreams at either end), `transport` ('rdma' | 'tcp', and the error
  * that took it off RDMA), `close` (error or undefined).
  */
+// The events' listener types (declaration merging: typed overloads in front
+// of EventEmitter's untyped ones).
+type ConnectionListener<K extends keyof AmstConnectionEvents> = (...args: AmstConnectionEvents[K]) => void;
+/** Events of an AmstConnection and their arguments. */
+export interface AmstConnectionEvents {
+  message: [message: Buffer];
+  batch: [batch: MessageBatch];
+  streamLost: [index: number, errno: string | undefined];
+  streamUp: [index: number];
+  streamRetired: [index: number];
+  transport: [carrier: 'tcp' | 'rdma', error: TransportError | undefined];
+  close: [error: TransportError | undefined];
+  /** EventEmitter's own. */
+  newListener: [event: string | symbol, listener: (...args: never[]) => void];
+}
+export interface AmstConnection {
+  on<K extends keyof AmstConnectionEvents>(event: K, listener: ConnectionListener<K>): this;
+  once<K extends keyof AmstConnectionEvents>(event: K, listener: ConnectionListener<K>): this;
+  off<K extends keyof AmstConnectionEvents>(event: K, listener: ConnectionListener<K>): this;
+  addListener<K extends keyof AmstConnectionEvents>(event: K, listener: ConnectionListener<K>): this;
+  removeListener<K extends keyof AmstConnectionEvents>(event: K, listener: ConnectionListener<K>): this;
+}
 export class AmstConnection extends EventEmitter implements Handler {
   readonly id: number;
   /** Streams the connection was set up with. */
@@ -976,6 +998,12 @@ export class AmstConnection extends EventEmitter implements Handler {
 }
 
 /** A listening socket. Events: `connection` (AmstConnection), `close`. */
+export interface AmstServer {
+  on(event: 'connection', listener: (conn: AmstConnection) => void): this;
+  on(event: 'close', listener: () => void): this;
+  once(event: 'connection', listener: (conn: AmstConnection) => void): this;
+  once(event: 'close', listener: () => void): this;
+}
 export class AmstServer extends EventEmitter implements Handler {
   readonly id: number;
   port = 0;
