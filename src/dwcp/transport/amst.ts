@@ -732,7 +732,9 @@ export class AmstConnection extends EventEmitter implements Handler {
   /**
    * Stops reading this connection: messages already read still arrive, and
    * the peer's sends then wait (TCP flow control; RDMA credits). For a
-   * consumer that cannot keep up, e.g. one writing to a slow disk.
+   * consumer that cannot keep up, e.g. one writing to a slow disk. The
+   * peer's acknowledgements are not read either: this end's own sends
+   * complete after resume(). close() resumes.
    */
   pause(): void {
     this.#setPaused(PAUSED_BY_USER, true);

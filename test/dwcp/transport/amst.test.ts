@@ -485,6 +485,27 @@ t.test('highWaterMark: a connection nobody reads stops reading, and loses nothin
   await t.rejects(connect({ host: '127.0.0.1', port: 1, highWaterMark: 1.5 }), { code: 'ERR_INVALID_ARGUMENT', message: /highWaterMark/ });
 });
 
+t.test('a paused receiver outlasts the sender\'s peer timeout', async (t) => {
+  const server = await listen({ port: 0, peerTimeoutMs: 500 });
+  const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
+  const client = await connect({ host: '127.0.0.1', port: server.port, streams: 2, peerTimeoutMs: 500 });
+  const [peer] = await accepted;
+  let got = 0;
+  peer.on('message', () => got++);
+  let closed = false;
+  client.on('close', () => (closed = true));
+  peer.pause();
+  const sends = Promise.all(Array.from({ length: 48 }, () => client.send(randomBytes(1 << 20))));
+  await new Promise((r) => setTimeout(r, 3000));  // six peer timeouts
+  t.notOk(closed, 'the sender still holds the connection');
+  t.ok(got < 48, `${got} of 48 arrived while paused`);
+  peer.resume();
+  await sends;
+  await until(() => got === 48);
+  await client.close();
+  await server.close();
+});
+
 t.test('pause() holds a connection back until resume(); held lent messages are copies', async (t) => {
   const server = await listen({ port: 0, lendBuffers: true });
   const accepted = once(server, 'connection') as Promise<[AmstConnection]>;
