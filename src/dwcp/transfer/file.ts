@@ -353,9 +353,16 @@ export interface ReceivedFile {
 
 /**
  * A file receiver. Events: `file` (ReceivedFile) for each file written and
- * verified, `transferError` (TransferError, file name or undefined) for each
- * transfer that failed; nothing is left behind by a failed one.
+ * verified, `transferError` (a NovacronError, such as a TransferError or an
+ * HdeError; the file name or undefined) for each transfer that failed;
+ * nothing is left behind by a failed one.
  */
+export interface FileReceiver {
+  on(event: 'file', listener: (file: ReceivedFile) => void): this;
+  on(event: 'transferError', listener: (error: NovacronError, name: string | undefined) => void): this;
+  once(event: 'file', listener: (file: ReceivedFile) => void): this;
+  once(event: 'transferError', listener: (error: NovacronError, name: string | undefined) => void): this;
+}
 export class FileReceiver extends EventEmitter {
   readonly server: AmstServer;
   readonly outDir: string;

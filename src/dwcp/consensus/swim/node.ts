@@ -53,6 +53,11 @@ function valid(m: unknown): m is SwimMessage {
   return false;
 }
 
+/** Events: `change` (Update) for each member whose state changed. */
+export interface SwimNode {
+  on(event: 'change', listener: (update: Update) => void): this;
+  once(event: 'change', listener: (update: Update) => void): this;
+}
 export class SwimNode extends EventEmitter {
   member!: SwimMember;
   #sock: Socket;
