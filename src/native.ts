@@ -138,6 +138,7 @@ export interface NativeAmstEngine {
   pauseReading(conn: number, pause: boolean): void;
   setCongestion(conn: number, name: string): number;
   stats(conn: number): NativeAmstStats | null;
+  addresses(conn: number): { localAddress: string; localPort: number; remoteAddress: string; remotePort: number } | null;
   release(slab: number): void;
   setBusyPoll(microseconds: number): void;
   ref(): void;

@@ -243,6 +243,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod<&EngineWrap::PauseReading>("pauseReading"),
                         InstanceMethod<&EngineWrap::SetCongestion>("setCongestion"),
                         InstanceMethod<&EngineWrap::Stats>("stats"),
+                        InstanceMethod<&EngineWrap::Addresses>("addresses"),
                         InstanceMethod<&EngineWrap::Release>("release"),
                         InstanceMethod<&EngineWrap::SetBusyPoll>("setBusyPoll"),
                         InstanceMethod<&EngineWrap::Ref>("ref"),
@@ -502,6 +503,19 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value SetCongestion(const Napi::CallbackInfo& info) {
     const int err = engine(info).set_congestion(Id(info[0]), info[1].As<Napi::String>().Utf8Value());
     return Napi::Number::New(info.Env(), err);
+  }
+
+  // addresses(conn) -> { localAddress, localPort, remoteAddress, remotePort } or null.
+  Napi::Value Addresses(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    transport::tcp::Endpoint local, remote;
+    if (!engine(info).addresses(Id(info[0]), &local, &remote)) return env.Null();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("localAddress", local.address);
+    o.Set("localPort", local.port);
+    o.Set("remoteAddress", remote.address);
+    o.Set("remotePort", remote.port);
+    return o;
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {

@@ -213,6 +213,12 @@ CONTRACT(messages_of_every_size_both_ways) {
   CHECK_EQ(st.messages_sent, msgs.size());
   p.check_carrier(p.client);
   p.check_carrier(p.server);
+  Endpoint local, remote, s_local, s_remote;
+  CHECK(p.engine.addresses(p.client, &local, &remote));
+  CHECK(remote.address == "127.0.0.1" && remote.port == p.port && local.address == "127.0.0.1");
+  CHECK(p.engine.addresses(p.server, &s_local, &s_remote));
+  CHECK(s_local.port == p.port && s_remote.address == "127.0.0.1" && s_remote.port != p.port);
+  CHECK(!p.engine.addresses(999999, &local, &remote));
 }
 
 // pause_reading holds one connection's incoming data back (its streams are

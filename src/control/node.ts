@@ -544,7 +544,7 @@ export class NovacronNode {
     if (this.state && this.#stateProtocolRunning && want !== this.#stateProtocolRunning) {
       this.log.warn({ running: this.#stateProtocolRunning, linkMode: this.linkMode(), wanted: want }, "cluster state protocol no longer matches the links' mode; it changes at the next start");
     }
-    this.log.info({ peer: conn.id, from: change.from, to: change.to, reason: change.reason, congestion: change.congestion, errors: change.errors }, 'link mode changed');
+    this.log.info({ peer: conn.id, address: conn.remoteAddress, from: change.from, to: change.to, reason: change.reason, congestion: change.congestion, errors: change.errors }, 'link mode changed');
   }
 
   #dwcpHealth(): ComponentHealth {

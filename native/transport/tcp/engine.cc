@@ -1,5 +1,6 @@
 #include "transport/tcp/engine.h"
 
+#include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -452,6 +453,41 @@ bool Engine::stats(uint64_t conn, ConnectionStats* out) {
     out->streams.push_back(std::move(st));
   }
   return true;
+}
+
+namespace {
+bool endpoint_of(const sockaddr_storage& a, Endpoint* out) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (a.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(&a);
+    if (!inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text))) return false;
+    out->port = ntohs(v4->sin_port);
+  } else if (a.ss_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&a);
+    if (!inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof(text))) return false;
+    out->port = ntohs(v6->sin6_port);
+  } else {
+    return false;
+  }
+  out->address = text;
+  return true;
+}
+}  // namespace
+
+bool Engine::addresses(uint64_t conn, Endpoint* local, Endpoint* remote) {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  auto it = conns_.find(conn);
+  if (it == conns_.end()) return false;
+  for (const auto& s : it->second->streams) {
+    if (!s->fd || s->connecting) continue;
+    sockaddr_storage l{}, r{};
+    socklen_t ll = sizeof(l), rl = sizeof(r);
+    if (getsockname(s->fd.get(), reinterpret_cast<sockaddr*>(&l), &ll) == 0 &&
+        getpeername(s->fd.get(), reinterpret_cast<sockaddr*>(&r), &rl) == 0 && endpoint_of(l, local) && endpoint_of(r, remote)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 void Engine::run() {

@@ -127,6 +127,11 @@ struct StreamStats {
   int recv_buffer = 0;
 };
 
+struct Endpoint {
+  std::string address;
+  uint16_t port = 0;
+};
+
 struct ConnectionStats {
   uint64_t zerocopy_sends = 0;   // payloads sent with MSG_ZEROCOPY
   uint64_t zerocopy_copied = 0;  // of those, ones the kernel copied after all (loopback, veth...)
@@ -223,6 +228,9 @@ class Engine {
   void destroy(uint64_t id);
   // Counters and TCP_INFO of each stream; false when `conn` is unknown.
   bool stats(uint64_t conn, ConnectionStats* out);
+  // The addresses of `conn`'s first stream with a socket (numeric; an IPv4
+  // peer of a dual-stack listener as ::ffff:a.b.c.d); false when it has none.
+  bool addresses(uint64_t conn, Endpoint* local, Endpoint* remote);
   // Switches every live stream of `conn` (and streams dialled later) to
   // congestion control `name`, now, from any thread. 0, ENOENT for an
   // unknown connection, or the setsockopt errno (ENOENT also for an

@@ -631,6 +631,8 @@ export class AmstConnection extends EventEmitter implements Handler {
   // How the connection ended, for the iterator: once past the held messages
   // it ends, or throws this once.
   #endError: Error | undefined;
+  // Its first stream's addresses, read once it has one (kept after close).
+  #addresses: ReturnType<NativeAmstEngine['addresses']> = null;
 
   /** @internal */
   constructor(r: Router, id: number, streams: number, client: boolean, highWaterMark: number) {
@@ -642,6 +644,7 @@ export class AmstConnection extends EventEmitter implements Handler {
     this.#highWaterMark = highWaterMark;
     r.handlers.set(id, this);
     r.retain();
+    if (!client) this.#addresses = r.engine.addresses(id);
     // A listener attached after messages were held gets them first, in
     // order, once it is in place.
     this.on('newListener', (event: string | symbol) => {
@@ -743,6 +746,29 @@ export class AmstConnection extends EventEmitter implements Handler {
   /** Undoes pause(). */
   resume(): void {
     this.#setPaused(PAUSED_BY_USER, false);
+  }
+
+  /** The peer's numeric address (an IPv4 peer of a dual-stack listener as `::ffff:a.b.c.d`). */
+  get remoteAddress(): string | undefined {
+    return this.#endpoints()?.remoteAddress;
+  }
+
+  /** The peer's port: the listener's for a dialled connection, the first stream's for an accepted one. */
+  get remotePort(): number | undefined {
+    return this.#endpoints()?.remotePort;
+  }
+
+  get localAddress(): string | undefined {
+    return this.#endpoints()?.localAddress;
+  }
+
+  get localPort(): number | undefined {
+    return this.#endpoints()?.localPort;
+  }
+
+  #endpoints(): ReturnType<NativeAmstEngine['addresses']> {
+    if (this.#addresses === null && !this.#closed) this.#addresses = this.#router.engine.addresses(this.id);
+    return this.#addresses;
   }
 
   /** Whether pause() is in force. */
@@ -898,6 +924,7 @@ export class AmstConnection extends EventEmitter implements Handler {
     switch (e.type) {
       case 'connected':
         this.streams = e.value;
+        this.#addresses = this.#router.engine.addresses(this.id);
         this.#connectWaiter?.resolve(this);
         this.#connectWaiter = undefined;
         return;

@@ -53,6 +53,9 @@ t.test(`io ${io}: messages of every size, both directions, in order`, async (t) 
   const st = client.stats()!;
   t.equal(st.streams.length, 4);
   t.equal(st.messagesSent, msgs.length);
+  t.same([client.remoteAddress, client.remotePort, client.localAddress], ['127.0.0.1', server.port, '127.0.0.1']);
+  t.same([peer.remoteAddress, peer.localAddress, peer.localPort], ['127.0.0.1', '127.0.0.1', server.port], 'each end sees the other');
+  t.ok(Number.isInteger(peer.remotePort) && peer.remotePort !== server.port, 'the accepted side sees one of the client\'s ports');
   t.ok(st.streams.filter((s) => s.bytesSent > 100000).length >= 3, 'large messages striped over the streams');
   t.ok(st.streams.every((s) => s.alive && s.congestion.length > 0 && s.rttUs > 0));
   const peerClosed = once(peer, 'close');
@@ -60,6 +63,7 @@ t.test(`io ${io}: messages of every size, both directions, in order`, async (t) 
   await peerClosed;
   await server.close();
   t.equal(client.stats(), null);
+  t.equal(client.remoteAddress, '127.0.0.1', 'addresses outlive the connection');
 });
 
 t.test(`io ${io}: stats give throughput over the last second, on both ends and per stream`, async (t) => {
@@ -649,20 +653,29 @@ const ipv6 = await listen({ host: '::1', port: 0 }).then(
 t.test('IPv6: a connection over ::1, and IPv4 clients of a dual-stack listener', { skip: ipv6 ? false : 'no IPv6 loopback here' }, async (t) => {
   const server = await listen({ host: '::1', port: 0 });
   const got: Buffer[] = [];
-  server.on('connection', (c: AmstConnection) => c.on('message', (m: Buffer) => got.push(m)));
+  const peers: AmstConnection[] = [];
+  server.on('connection', (c: AmstConnection) => {
+    peers.push(c);
+    c.on('message', (m: Buffer) => got.push(m));
+  });
   const big = randomBytes(3 << 20);
   const client = await connect({ host: '::1', port: server.port, streams: 3, chunkSize: 64 * 1024 });
+  t.same([client.remoteAddress, client.remotePort, client.localAddress], ['::1', server.port, '::1']);
   await client.send(big);
   await client.send(Buffer.from('after'));
   await until(() => got.length === 2);
   t.ok(got[0]!.equals(big), 'a striped message arrives whole over IPv6');
+  t.same([peers[0]!.remoteAddress, peers[0]!.localPort], ['::1', server.port]);
   t.equal(client.stats()?.streams.length, 3);
   await client.close();
   await server.close();
   const dual = await listen({ host: '::', port: 0 });
-  const v4 = await connect({ host: '127.0.0.1', port: dual.port, streams: 2 });
+  const dualPeer = once(dual, 'connection') as Promise<[AmstConnection]>;
+  const v4 = await connect({ host: '127.0.0.1', port: dual.port, streams: 1 });
   await v4.send(Buffer.from('v4 into ::'));
   t.pass('an IPv4 client reaches a listener on ::');
+  const [p4] = await dualPeer;
+  t.same([p4.remoteAddress, p4.remotePort], ['::ffff:127.0.0.1', v4.localPort], 'seen as an IPv4-mapped address; one stream: its port');
   await v4.close();
   await dual.close();
 });
