@@ -573,7 +573,6 @@ void Engine::handle(Command& c) {
       l->rdma = c.rdma;
       l->handshake_timeout = std::chrono::milliseconds(c.handshake_timeout_ms);
       l->accepted = c.accepted;
-      l->accepted.zerocopy = false;
       int err = 0;
       uint16_t port = c.port;
       l->fd = tcp_listen(c.host, &port, 1024, &err, l->accepted);

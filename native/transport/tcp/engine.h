@@ -203,8 +203,8 @@ class Engine {
   // With `transport` other than kTcp, RDMA offers from clients are taken
   // when this host has a device. An accepted socket that has not sent its
   // HELLO within `handshake_timeout_ms` is closed; accepted sockets get
-  // `accepted` (congestion control, buffers, peer timeout: SocketOptions;
-  // zerocopy is a sender's choice and ignored here).
+  // `accepted` (congestion control, buffers, splice, peer timeout:
+  // SocketOptions; their zerocopy is never turned on).
   uint64_t listen(const std::string& host, uint16_t port, bool lend = false, Transport transport = Transport::kAuto,
                   const RdmaOptions& rdma = RdmaOptions{}, uint32_t handshake_timeout_ms = kDefaultHandshakeTimeoutMs,
                   const SocketOptions& accepted = SocketOptions{});

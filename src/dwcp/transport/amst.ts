@@ -1036,16 +1036,16 @@ export interface AmstServer {
 export class AmstServer extends EventEmitter implements Handler {
   readonly id: number;
   port = 0;
-  /** @internal ListenOptions.highWaterMark */
-  highWaterMark = 16 * 1024 * 1024;
   #router: Router;
+  #highWaterMark: number;  // of accepted connections
   #ready: { resolve: (s: AmstServer) => void; reject: (e: Error) => void } | undefined;
   #closed: Array<() => void> = [];
 
   /** @internal */
-  constructor(r: Router, id: number) {
+  constructor(r: Router, id: number, highWaterMark: number) {
     super();
     this.#router = r;
+    this.#highWaterMark = highWaterMark;
     this.id = id;
     r.handlers.set(id, this);
     r.servers.set(id, this);
@@ -1097,7 +1097,7 @@ export class AmstServer extends EventEmitter implements Handler {
 
   /** @internal */
   accept(e: AmstEvent): void {
-    const conn = new AmstConnection(this.#router, e.id, e.value, false, this.highWaterMark);
+    const conn = new AmstConnection(this.#router, e.id, e.value, false, this.#highWaterMark);
     this.emit('connection', conn);
   }
 }
@@ -1123,9 +1123,7 @@ export function listen(options: ListenOptions = {}): Promise<AmstServer> {
     r.busyPoll(busy);
     const id = r.engine.listen(host, port, lend, transport === 'tcp' ? 0 : 1, rdma.device, rdma.gidIndex, rdma.ringBytes, handshakeMs, peerTimeoutMs,
       congestion, sendBuffer, recvBuffer);
-    const server = new AmstServer(r, id);
-    server.highWaterMark = highWaterMark;
-    return server.waitListening().catch((err: unknown) => {
+    return new AmstServer(r, id, highWaterMark).waitListening().catch((err: unknown) => {
       throw congestionError(err, congestion, 'listen');
     });
   } catch (err) {
