@@ -106,8 +106,9 @@ export interface ConnectOptions {
    * Bytes of received messages held for a consumer yet to come (no
    * `message` or `batch` listener; or the async iterator not keeping up)
    * before the connection stops reading: the peer's sends then wait, as TCP
-   * flow control makes them. Reading starts again once half of it is taken.
-   * 1,024 to 1,073,741,824. Default 16 MiB.
+   * flow control makes them, and so do this end's (their acknowledgements
+   * are behind the held data). Reading starts again once half of it is
+   * taken. 1,024 to 1,073,741,824. Default 16 MiB.
    */
   highWaterMark?: number;
   /** Where the connection's I/O runs. Default `thread`. */
