@@ -833,9 +833,12 @@ export class AmstConnection extends EventEmitter implements Handler {
   // iterator takes it at once.
   #hold(data: Buffer, packed: number, lent: boolean): void {
     const own = lent ? Buffer.from(data) : data;
-    if (packed === 0) this.#held.push(own);
-    else eachPacked(own, packed, (m) => void this.#held.push(m));
-    this.#heldBytes += own.length;
+    const keep = (m: Buffer): void => {
+      this.#held.push(m);
+      this.#heldBytes += m.length;
+    };
+    if (packed === 0) keep(own);
+    else eachPacked(own, packed, keep);
     const r = this.#reader;
     if (r) {
       this.#reader = undefined;
@@ -854,8 +857,7 @@ export class AmstConnection extends EventEmitter implements Handler {
       this.#held = this.#held.slice(this.#heldHead);
       this.#heldHead = 0;
     }
-    // Pack members count a little less than their pack held: never below 0.
-    this.#heldBytes = this.#held.length === 0 ? 0 : Math.max(0, this.#heldBytes - m.length);
+    this.#heldBytes -= m.length;
     if (this.#heldBytes <= this.#highWaterMark / 2) this.#setPaused(PAUSED_BY_HELD, false);
     return m;
   }

@@ -482,6 +482,7 @@ t.test('highWaterMark: a connection nobody reads stops reading, and loses nothin
     if (got.length === msgs.length) break;
   }
   await Promise.all(sends);
+  t.equal(got.length, msgs.length);
   t.ok(got.every((m, i) => m.equals(msgs[i]!)), 'all 96 in order once read');
   await client.close();
   await server.close();
@@ -538,6 +539,7 @@ t.test('pause() holds a connection back until resume(); held lent messages are c
     held.push(m);
     if (held.length === more.length) break;
   }
+  t.equal(held.length, more.length);
   t.ok(held.every((m, i) => m.equals(more[i]!)), 'each held message is its own bytes');
   await client.close();
   await server.close();
